@@ -1,0 +1,99 @@
+"""`ImageSet`: the one in-memory description of a labelled image collection.
+
+Every source (class folders, CSV, TFRecord, video, synthetic, packaged samples) returns an
+`ImageSet`; `make_dataset` turns one into a `tf.data.Dataset`. Images are held either as file
+paths (decoded lazily by the pipeline) or as an in-memory array, never both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class ImageSet:
+    """A labelled image collection.
+
+    Attributes:
+        classes: class names; `labels` index into this list.
+        labels: int64 array (N,) of class indices.
+        paths: N image file paths, or None when `images` holds the pixels.
+        images: array (N, H, W, C) of uint8, uint16 or float32 pixels, or None for file-backed sets.
+        boxes: optional per-image float32 arrays (K, 4) of `[x_min, y_min, x_max, y_max]` pixels.
+        box_labels: optional per-image int arrays (K,) naming each box's kind (source-specific;
+            the synthetic generator documents its codes).
+        groups: optional int array (N,) of split groups: images sharing a group always land on the
+            same side of a split (video frames of one time block, tiles of one slide).
+        order: optional float array (N,) giving each image's position in time (video frames);
+            splits of ordered data cut contiguous blocks instead of sampling at random.
+        split: optional array (N,) of "train" / "val" / "test" given by the source (blood-cell
+            layout's TRAIN/TEST folders); `split_imageset` honours it.
+        skipped: (path or row, reason) for inputs left out under `skip_bad_images`.
+        name: a short description for logs and galleries.
+    """
+
+    classes: list[str]
+    labels: np.ndarray
+    paths: list[str] | None = None
+    images: np.ndarray | None = None
+    boxes: list[np.ndarray] | None = None
+    box_labels: list[np.ndarray] | None = None
+    groups: np.ndarray | None = None
+    order: np.ndarray | None = None
+    split: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if (self.paths is None) == (self.images is None):
+            raise ValueError("ImageSet needs exactly one of `paths` or `images`.")
+        n = len(self.labels)
+        if len(self) != n:
+            raise ValueError(f"ImageSet has {len(self)} images but {n} labels.")
+        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            bad = int(self.labels[(self.labels < 0) | (self.labels >= len(self.classes))][0])
+            raise ValueError(
+                f"label {bad} is out of range for {len(self.classes)} classes {self.classes}."
+            )
+        for field in ("boxes", "box_labels", "groups", "order", "split"):
+            value = getattr(self, field)
+            if value is not None and len(value) != n:
+                raise ValueError(f"ImageSet.{field} has {len(value)} entries for {n} images.")
+
+    def __len__(self) -> int:
+        return len(self.paths) if self.paths is not None else len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
+        """The images at `indices`, with every per-image field kept in step."""
+        idx = np.asarray(indices, dtype=np.int64)
+
+        def take(value):
+            if value is None:
+                return None
+            if isinstance(value, np.ndarray):
+                return value[idx]
+            return [value[i] for i in idx]
+
+        return dataclasses.replace(
+            self,
+            labels=self.labels[idx],
+            paths=take(self.paths),
+            images=take(self.images),
+            boxes=take(self.boxes),
+            box_labels=take(self.box_labels),
+            groups=take(self.groups),
+            order=take(self.order),
+            split=take(self.split),
+            skipped=list(self.skipped),
+        )

@@ -1,0 +1,38 @@
+"""cellkeras: train, explain and serve CNNs on microscope images of cells."""
+
+from setuptools import find_packages, setup
+
+# The stack is pinned: these versions were checked to work together (TF 2.21 + Keras 3.15 +
+# keras-cv 0.9.0 + tf-keras-vis 0.8.7 on Python 3.11).
+INSTALL_REQUIRES = [
+    "tensorflow==2.21.0",
+    "keras==3.15.1",
+    "keras-cv==0.9.0",
+    "tf-keras-vis==0.8.7",
+    "tensorboard==2.21.0",
+    "opencv-python-headless==5.0.0.93",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "scikit-learn==1.9.1",
+    "absl-py==2.5.1",
+    "matplotlib==3.11.2",
+    "tifffile==2026.3.3",
+    "pillow==13.0.0",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest==9.2.0", "ruff==0.17.6"],
+}
+
+setup(
+    name="cellkeras",
+    version="0.1.0",
+    description="Train, explain and serve CNNs on microscope images of cells (TensorFlow/Keras).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["cellkeras", "cellkeras.*", "trainer", "trainer.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["cellkeras=cellkeras.cli:main"]},
+)
