@@ -1,5 +1,7 @@
 """cellkeras: train, explain and serve CNNs on microscope images of cells."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 # The stack is pinned: these versions were checked to work together (TF 2.21 + Keras 3.15 +
@@ -28,7 +30,7 @@ setup(
     name="cellkeras",
     version="0.1.0",
     description="Train, explain and serve CNNs on microscope images of cells (TensorFlow/Keras).",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["cellkeras", "cellkeras.*", "trainer", "trainer.*"]),

@@ -1,8 +1,9 @@
 """`ImageSet`: the one in-memory description of a labelled image collection.
 
 Every source (class folders, CSV, TFRecord, video, synthetic, packaged samples) returns an
-`ImageSet`; `make_dataset` turns one into a `tf.data.Dataset`. Images are held either as file
-paths (decoded lazily by the pipeline) or as an in-memory array, never both.
+`ImageSet`; `make_dataset` turns one into a `tf.data.Dataset`. Images are held in exactly one
+of three ways: file paths (decoded lazily by the pipeline), encoded bytes (TFRecords), or an
+in-memory pixel array (synthetic data, video frames).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ class ImageSet:
     Attributes:
         classes: class names; `labels` index into this list.
         labels: int64 array (N,) of class indices.
-        paths: N image file paths, or None when `images` holds the pixels.
-        images: array (N, H, W, C) of uint8, uint16 or float32 pixels, or None for file-backed sets.
+        paths: N image file paths, or None.
+        encoded: N encoded images (PNG/JPEG/TIFF bytes, as TFRecords hold them), or None.
+        images: array (N, H, W, C) of uint8, uint16 or float32 pixels, or None.
         boxes: optional per-image float32 arrays (K, 4) of `[x_min, y_min, x_max, y_max]` pixels.
         box_labels: optional per-image int arrays (K,) naming each box's kind (source-specific;
             the synthetic generator documents its codes).
@@ -38,6 +40,7 @@ class ImageSet:
     classes: list[str]
     labels: np.ndarray
     paths: list[str] | None = None
+    encoded: list[bytes] | None = None
     images: np.ndarray | None = None
     boxes: list[np.ndarray] | None = None
     box_labels: list[np.ndarray] | None = None
@@ -49,8 +52,9 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
-        if (self.paths is None) == (self.images is None):
-            raise ValueError("ImageSet needs exactly one of `paths` or `images`.")
+        storages = [s for s in (self.paths, self.encoded, self.images) if s is not None]
+        if len(storages) != 1:
+            raise ValueError("ImageSet needs exactly one of `paths`, `encoded` or `images`.")
         n = len(self.labels)
         if len(self) != n:
             raise ValueError(f"ImageSet has {len(self)} images but {n} labels.")
@@ -65,7 +69,10 @@ class ImageSet:
                 raise ValueError(f"ImageSet.{field} has {len(value)} entries for {n} images.")
 
     def __len__(self) -> int:
-        return len(self.paths) if self.paths is not None else len(self.images)
+        for storage in (self.paths, self.encoded, self.images):
+            if storage is not None:
+                return len(storage)
+        return 0
 
     @property
     def num_classes(self) -> int:
@@ -89,6 +96,7 @@ class ImageSet:
             self,
             labels=self.labels[idx],
             paths=take(self.paths),
+            encoded=take(self.encoded),
             images=take(self.images),
             boxes=take(self.boxes),
             box_labels=take(self.box_labels),

@@ -1,0 +1,192 @@
+"""`make_dataset`: the one tf.data factory from an `ImageSet` to training or evaluation batches.
+
+A progressive schedule calls it again at each stage's image size. Order of work:
+
+    decode (files/bytes) or slice (arrays) ─► resize ─► cache (when it fits) ─►
+    [training: oversample or shuffle] ─► batch ─► [training: augment] ─► prefetch
+
+Decoding runs `cellkeras.data.images.decode_image` (OpenCV / tifffile, which release the GIL)
+inside `tf.numpy_function`, so every format and bit depth is normalized by the same code that
+checked it. Batches are `(images, labels)`: float32 (B, H, W, C) in [0, 1] and one-hot float32
+(B, K). An augmenter is called on `{"images": ..., "labels": ...}` and returns that dict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from cellkeras.data.images import Channels, decode_image, normalize, select_channels
+from cellkeras.data.imageset import ImageSet
+
+BALANCE_MODES = (None, "oversample")
+# Resized float32 images are cached in memory up to this size; above it every epoch decodes
+# again, which is slower but never runs the machine out of memory.
+DEFAULT_CACHE_BYTES = 2 * 1024**3
+
+ImageSize = int | tuple[int, int]
+
+
+def parse_image_size(image_size: ImageSize | str) -> tuple[int, int]:
+    """`64`, `(64, 96)`, `"64"` or `"64x96"` (height x width) as (height, width)."""
+    if isinstance(image_size, str):
+        parts = image_size.lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"image size {image_size!r} is not SIZE or HEIGHTxWIDTH")
+        image_size = tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0])
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    height, width = (int(v) for v in image_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    return height, width
+
+
+def class_weights(imageset: ImageSet) -> dict[int, float]:
+    """Weights inversely proportional to class frequency (scikit-learn's "balanced" rule), for
+    `model.fit(class_weight=...)` as the alternative to oversampling."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(imageset.labels)
+    weights = compute_class_weight("balanced", classes=present, y=imageset.labels)
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+
+def _pixels(
+    imageset: ImageSet,
+    size: tuple[int, int],
+    channels: Channels,
+    out_channels: int,
+    normalization: str,
+) -> tf.data.Dataset:
+    """Resized float32 images in the set's order."""
+
+    def resize(images):
+        return tf.image.resize(images, size, method="bilinear", antialias=True)
+
+    if imageset.images is not None:
+        stored = select_channels(imageset.images, channels, imageset.name)
+        if normalization == "range" and stored.dtype in (np.uint8, np.uint16):
+            scale = 1.0 / np.iinfo(stored.dtype).max
+
+            def to_float(batch):
+                return resize(tf.cast(batch, tf.float32) * scale)
+
+            pixels = tf.data.Dataset.from_tensor_slices(stored)
+        else:
+            pixels = tf.data.Dataset.from_tensor_slices(
+                np.stack([normalize(image, normalization) for image in stored])
+            )
+
+            def to_float(batch):
+                return resize(batch)
+
+        # Same-size arrays resize fastest as whole batches.
+        return pixels.batch(256).map(to_float, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+    if imageset.paths is not None:
+        stored, from_file = [str(p) for p in imageset.paths], True
+    else:
+        stored, from_file = imageset.encoded, False
+
+    def decode(item: tf.Tensor) -> tf.Tensor:
+        def load(value: bytes) -> np.ndarray:
+            data = Path(value.decode()).read_bytes() if from_file else value
+            return decode_image(data, channels, normalization, source=str(value[:200]))
+
+        image = tf.numpy_function(load, [item], tf.float32, stateful=False)
+        image.set_shape([None, None, out_channels])
+        return resize(image)
+
+    return tf.data.Dataset.from_tensor_slices(stored).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def make_dataset(
+    imageset: ImageSet,
+    image_size: ImageSize | str,
+    training: bool,
+    batch_size: int = 32,
+    channels: Channels = None,
+    augment: Callable[[dict], dict] | None = None,
+    balance: str | None = None,
+    normalization: str = "range",
+    seed: int | None = 0,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> tf.data.Dataset:
+    """Builds the tf.data pipeline of (images, one-hot labels) batches at `image_size`.
+
+    Args:
+        imageset: any source's images; file-backed sets should have passed
+            `cellkeras.data.check_images` (which also tells the channel count).
+        image_size: output (height, width), or one int for squares.
+        training: shuffle (or oversample) every epoch and apply `augment`.
+        batch_size: images per batch; the last batch may be smaller.
+        channels: as in `cellkeras.data.images`; None keeps the stored count (in-memory arrays)
+            and must be given for files, where it is what `check_images` returned.
+        augment: called on each training batch as a dict with "images" and "labels".
+        balance: "oversample" draws classes equally often (each epoch then holds
+            `num_classes * largest class` images); None keeps the stored frequencies.
+        normalization: "range" or "percentile", see `cellkeras.data.images`.
+        seed: shuffling seed; None gives a different order on every run.
+        cache_bytes: cache resized images in memory when they fit in this many bytes.
+
+    Returns:
+        A dataset of `(float32 (B, H, W, C), float32 (B, K))` with known cardinality.
+    """
+    if balance not in BALANCE_MODES:
+        raise ValueError(f"unknown balance {balance!r}; known: {BALANCE_MODES}")
+    if len(imageset) == 0:
+        raise ValueError(f"image set {imageset.name!r} is empty")
+    size = parse_image_size(image_size)
+    if channels is None:
+        if imageset.images is None:
+            raise ValueError("channels must be given for file-backed sets (see check_images)")
+        channels = select_channels(imageset.images[0], None).shape[-1]
+    out_channels = channels if isinstance(channels, int) else len(channels)
+
+    num_classes = imageset.num_classes
+    pixels = _pixels(imageset, size, channels, out_channels, normalization)
+    labels = tf.data.Dataset.from_tensor_slices(imageset.labels)
+    examples = tf.data.Dataset.zip(pixels, labels)
+    if len(imageset) * size[0] * size[1] * out_channels * 4 <= cache_bytes:
+        examples = examples.cache()
+
+    if training and balance == "oversample":
+        counts = imageset.class_counts()
+        present = [c for c in range(num_classes) if counts[c]]
+        per_class = [
+            examples.filter(lambda _, label, c=c: tf.equal(label, c))
+            .repeat()
+            .shuffle(int(counts[c]), seed=None if seed is None else seed + c)
+            for c in present
+        ]
+        epoch_size = len(present) * int(counts.max())
+        examples = tf.data.Dataset.sample_from_datasets(
+            per_class, weights=[1.0 / len(present)] * len(present), seed=seed
+        ).take(epoch_size)
+    else:
+        epoch_size = len(imageset)
+        if training:
+            examples = examples.shuffle(len(imageset), seed=seed, reshuffle_each_iteration=True)
+
+    batches = examples.map(lambda image, label: (image, tf.one_hot(label, num_classes)))
+    batches = batches.batch(batch_size)
+    if training and augment is not None:
+
+        def apply(images, one_hot):
+            out = augment({"images": images, "labels": one_hot})
+            return out["images"], out["labels"]
+
+        batches = batches.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    batches = batches.apply(
+        tf.data.experimental.assert_cardinality(math.ceil(epoch_size / batch_size))
+    )
+    options = tf.data.Options()
+    options.deterministic = seed is not None
+    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,280 @@
+"""File-based sources: class-folder trees and CSV label files, and the check that every image
+they name can be used before training starts."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cellkeras.data.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    IMAGE_EXTENSIONS,
+    Channels,
+    ImageError,
+    decode_raw,
+    select_channels,
+)
+from cellkeras.data.imageset import ImageSet
+
+# Folder names that mark a pre-made split (the blood-cell layout uses TRAIN and TEST).
+SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+class BadInputError(ValueError):
+    """Every problem found in a source, listed at once so a user fixes them in one go."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]], hint: str = ""):
+        self.problems = list(problems)
+        shown = "\n".join(f"  {where}: {why}" for where, why in self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(
+            f"{len(self.problems)} bad input(s):\n{shown}{more}" + (f"\n{hint}" if hint else "")
+        )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_class_folders(
+    root: str | Path,
+    classes: Sequence[str] | None = None,
+    skip_bad_images: bool = False,
+) -> ImageSet:
+    """Reads a tree `root/<class>/<image>`, or `root/<split>/<class>/<image>`.
+
+    The blood-cell layout `images/{TRAIN,TEST}/{CLASS}/*.jpeg` is the second form: when every
+    sub-folder of `root` is named like a split (train, val, validation, test; any case), the
+    images keep that split in `ImageSet.split`.
+
+    Args:
+        root: the tree's top folder.
+        classes: class names in label order; default: the sorted folder names.
+        skip_bad_images: leave out empty class folders (recorded in `skipped`) instead of raising.
+
+    Raises:
+        BadInputError: a missing root, no class folders, an empty class folder, or a class
+            folder missing from `classes`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError([(str(root), "not a folder")])
+    top = _class_folders(root)
+    split_folders = {p: SPLIT_FOLDER_NAMES.get(p.name.lower()) for p in top}
+    if top and all(split_folders.values()):
+        layout = [(split_folders[p], p) for p in top]
+    else:
+        layout = [(None, root)]
+
+    found: dict[str, list[tuple[Path, str | None]]] = {}
+    problems: list[tuple[str, str]] = []
+    for split, folder in layout:
+        for class_dir in _class_folders(folder):
+            files = _image_files(class_dir)
+            if not files:
+                problems.append((str(class_dir), "class folder holds no image files"))
+            found.setdefault(class_dir.name, []).extend((f, split) for f in files)
+    if not found:
+        raise BadInputError([(str(root), "no class folders (expected root/<class>/<images>)")])
+
+    names = list(classes) if classes is not None else sorted(found)
+    unknown = sorted(set(found) - set(names))
+    problems += [(str(root / n), "class folder not among the given classes") for n in unknown]
+    empty = [n for n in names if not found.get(n)]
+    problems += [(str(root / n), "class has no images at all") for n in empty if n not in found]
+    if problems and not skip_bad_images:
+        raise BadInputError(problems, "Pass skip_bad_images (--skip_bad_images) to leave them out.")
+
+    skipped = list(problems)
+    if empty:
+        names = [n for n in names if n not in empty]
+    paths, labels, splits = [], [], []
+    for label, name in enumerate(names):
+        for path, split in found.get(name, []):
+            paths.append(str(path))
+            labels.append(label)
+            splits.append(split)
+    return ImageSet(
+        classes=names,
+        labels=np.array(labels),
+        paths=paths,
+        split=np.array(splits, dtype=object) if layout[0][0] is not None else None,
+        skipped=skipped,
+        name=root.name,
+    )
+
+
+def load_labels_csv(
+    csv_path: str | Path,
+    image_root: str | Path | None = None,
+    classes: Sequence[str] | None = None,
+    skip_bad_images: bool = False,
+) -> ImageSet:
+    """Reads a `filename,label` CSV (the seed's labels.csv); a header row is optional.
+
+    Labels are class names, or integer indices into `classes`. Filenames are relative to
+    `image_root` (default: the CSV's folder) and may not escape it.
+
+    Raises:
+        BadInputError: naming the CSV row of each missing file, path escaping the image root,
+            empty field or label out of range.
+    """
+    csv_path = Path(csv_path)
+    root = Path(image_root) if image_root is not None else csv_path.parent
+    if not csv_path.is_file():
+        raise BadInputError([(str(csv_path), "CSV file not found")])
+    resolved_root = root.resolve()
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    if rows and [c.strip().lower() for c in rows[0][:2]] in (
+        ["filename", "label"],
+        ["file", "label"],
+    ):
+        rows = rows[1:]
+        first_row = 2
+    else:
+        first_row = 1
+
+    problems: list[tuple[str, str]] = []
+    entries: list[tuple[str, str, str]] = []  # (where, path, raw label)
+    for number, row in enumerate(rows, start=first_row):
+        where = f"{csv_path}:{number}"
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            problems.append((where, f"expected 'filename,label', got {row!r}"))
+            continue
+        path = (root / row[0].strip()).resolve()
+        if not path.is_relative_to(resolved_root):
+            problems.append((where, f"path {row[0]!r} escapes the image root {root}"))
+        elif not path.is_file():
+            problems.append((where, f"image {row[0]!r} not found under {root}"))
+        else:
+            entries.append((where, str(path), row[1].strip()))
+
+    raw_labels = [raw for _, _, raw in entries]
+    numeric = bool(raw_labels) and all(r.lstrip("-").isdigit() for r in raw_labels)
+    if classes is not None:
+        names = list(classes)
+    elif numeric:
+        names = [str(i) for i in range(max(int(r) for r in raw_labels) + 1)]
+    else:
+        names = sorted(set(raw_labels))
+    index = {name: i for i, name in enumerate(names)}
+    paths, labels = [], []
+    for where, path, raw in entries:
+        if numeric:
+            label = int(raw)
+            if not 0 <= label < len(names):
+                problems.append((where, f"label {label} out of range for {len(names)} classes"))
+                continue
+        elif raw in index:
+            label = index[raw]
+        else:
+            problems.append((where, f"label {raw!r} is not one of the classes {names}"))
+            continue
+        paths.append(path)
+        labels.append(label)
+    if problems and not skip_bad_images:
+        raise BadInputError(problems, "Pass skip_bad_images (--skip_bad_images) to leave them out.")
+    if not paths:
+        raise BadInputError([(str(csv_path), "no usable rows")])
+    return ImageSet(
+        classes=names,
+        labels=np.array(labels),
+        paths=paths,
+        skipped=problems,
+        name=csv_path.stem,
+    )
+
+
+def check_images(
+    imageset: ImageSet,
+    channels: Channels = None,
+    skip_bad_images: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    workers: int = 4,
+    verbose: bool = True,
+) -> tuple[ImageSet, int]:
+    """Decodes every stored image once, so bad input fails before training, not mid-epoch.
+
+    Returns:
+        The image set (without the bad images when `skip_bad_images`, which are then listed in
+        `skipped`) and the channel count the pipeline will produce. With `channels=None` and a
+        mix of grey and RGB files, RGB wins (grey is replicated).
+
+    Raises:
+        BadInputError: every bad image with its reason, unless `skip_bad_images`.
+    """
+    if imageset.images is not None:
+        if imageset.images.ndim != 4:
+            raise BadInputError(
+                [(imageset.name, f"images array has shape {imageset.images.shape}")]
+            )
+        sample = select_channels(imageset.images[:1][0], channels, imageset.name)
+        return imageset, sample.shape[-1]
+
+    stored = imageset.paths if imageset.paths is not None else imageset.encoded
+    names = imageset.paths or [f"{imageset.name} record {i}" for i in range(len(stored))]
+
+    def probe(i: int) -> tuple[int, str | None]:
+        try:
+            data = Path(stored[i]).read_bytes() if imageset.paths is not None else stored[i]
+            pixels = select_channels(decode_raw(data, max_pixels, min_side, names[i]), channels)
+            return pixels.shape[-1], None
+        except ImageError as err:
+            return 0, err.reason
+        except OSError as err:
+            return 0, f"cannot be read ({err})"
+
+    progress = keras.utils.Progbar(len(stored), unit_name="image") if verbose else None
+    results = []
+    # OpenCV and tifffile release the GIL while decoding, so threads use every core.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(probe, range(len(stored))):
+            results.append(result)
+            if progress is not None and (len(results) % 64 == 0 or len(results) == len(stored)):
+                progress.update(len(results))
+    bad = [(names[i], why) for i, (_, why) in enumerate(results) if why is not None]
+    if bad and not skip_bad_images:
+        raise BadInputError(bad, "Pass skip_bad_images (--skip_bad_images) to leave them out.")
+    good = [i for i, (_, why) in enumerate(results) if why is None]
+    if not good:
+        raise BadInputError(bad or [(imageset.name, "no images")])
+    counts = {results[i][0] for i in good}
+    if len(counts) > 1 and counts != {1, 3}:
+        raise BadInputError(
+            [(imageset.name, f"images have different channel counts {sorted(counts)}")],
+            "Pass channels (an int or channel indices) so every image converts to the same.",
+        )
+    checked = imageset.subset(good) if bad else imageset
+    checked = dataclasses.replace(checked, skipped=list(imageset.skipped) + bad)
+    lost = sorted(
+        set(imageset.classes[i] for i in imageset.labels)
+        - set(checked.classes[i] for i in checked.labels)
+    )
+    if lost:
+        raise BadInputError([(c, "every image of this class was bad") for c in lost])
+    return checked, max(counts)
