@@ -1,26 +1,36 @@
 """Data sources, checks and the tf.data factory.
 
 Every source returns an `ImageSet`; `make_dataset` turns one into batches at any image size.
+Names are imported on first use, so `cellkeras --help` and the video tools do not pay for
+loading TensorFlow.
 """
 
-from cellkeras.data.images import ImageError, decode_image, read_image
-from cellkeras.data.imageset import ImageSet
-from cellkeras.data.pipeline import class_weights, make_dataset, parse_image_size
-from cellkeras.data.sources import BadInputError, check_images, load_class_folders, load_labels_csv
-from cellkeras.data.tfrecord import load_tfrecords, write_tfrecords
+import importlib
 
-__all__ = [
-    "BadInputError",
-    "ImageError",
-    "ImageSet",
-    "check_images",
-    "class_weights",
-    "decode_image",
-    "load_class_folders",
-    "load_labels_csv",
-    "load_tfrecords",
-    "make_dataset",
-    "parse_image_size",
-    "read_image",
-    "write_tfrecords",
-]
+_EXPORTS = {
+    "BadInputError": "cellkeras.data.sources",
+    "ImageError": "cellkeras.data.images",
+    "ImageSet": "cellkeras.data.imageset",
+    "check_images": "cellkeras.data.sources",
+    "class_weights": "cellkeras.data.pipeline",
+    "decode_image": "cellkeras.data.images",
+    "load_class_folders": "cellkeras.data.sources",
+    "load_labels_csv": "cellkeras.data.sources",
+    "load_tfrecords": "cellkeras.data.tfrecord",
+    "make_dataset": "cellkeras.data.pipeline",
+    "parse_image_size": "cellkeras.data.pipeline",
+    "read_image": "cellkeras.data.images",
+    "split_imageset": "cellkeras.data.splits",
+    "write_tfrecords": "cellkeras.data.tfrecord",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cellkeras.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+    return __all__

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from cellkeras.data.images import (
@@ -248,6 +247,8 @@ def check_images(
             return 0, err.reason
         except OSError as err:
             return 0, f"cannot be read ({err})"
+
+    import keras  # deferred: listing a folder should not load TensorFlow
 
     progress = keras.utils.Progbar(len(stored), unit_name="image") if verbose else None
     results = []
