@@ -15,6 +15,116 @@ import sys
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Registers the data commands on the `cellkeras` command's sub-parsers."""
     _add_video_to_folders(subparsers)
+    _add_gallery(subparsers)
+    _add_to_tfrecords(subparsers)
+
+
+# --- shared source arguments ----------------------------------------------------------------
+
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """The data-source options every command that reads a dataset takes."""
+    from cellkeras.data.sources import SOURCE_KINDS
+
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=("auto", *SOURCE_KINDS),
+        help="data source; auto: from the options below, else the synthetic cells",
+    )
+    p.add_argument("--data_dir", help="class-folder tree root/<class>/<image>")
+    p.add_argument("--labels_csv", help="CSV of filename,label rows")
+    p.add_argument("--image_root", help="folder the CSV's filenames are relative to")
+    p.add_argument("--tfrecords", help="TFRecord files (glob, folder or comma-separated)")
+    p.add_argument("--num_images", type=int, default=48, help="synthetic images to generate")
+    p.add_argument("--image_size", type=int, default=96, help="synthetic image side in pixels")
+    p.add_argument("--channels", type=int, default=None, help="1 grey or 3 RGB (default: stored)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable images out")
+
+
+def open_source_from_args(args: argparse.Namespace):
+    """The `ImageSet` named by `add_source_arguments` options."""
+    from cellkeras.data.sources import open_source
+
+    return open_source(
+        args.source,
+        data_dir=args.data_dir,
+        labels_csv=args.labels_csv,
+        image_root=args.image_root,
+        tfrecords=args.tfrecords,
+        num_images=args.num_images,
+        image_size=args.image_size,
+        channels=args.channels,
+        seed=args.seed,
+        skip_bad_images=args.skip_bad_images,
+    )
+
+
+def _fail(command: str, err: Exception) -> int:
+    print(f"cellkeras {command}: error: {err}", file=sys.stderr)
+    return 1
+
+
+# --- gallery --------------------------------------------------------------------------------
+
+
+def _add_gallery(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "gallery",
+        help="write a PNG grid of a few images per class (boxes drawn where the data has them)",
+    )
+    add_source_arguments(p)
+    p.add_argument("--per_class", type=int, default=6)
+    p.add_argument("--out", default="gallery.png", help="PNG file to write")
+    p.set_defaults(func=_run_gallery)
+
+
+def _run_gallery(args: argparse.Namespace) -> int:
+    from cellkeras.data.gallery import draw_gallery
+    from cellkeras.data.sources import BadInputError
+
+    try:
+        imageset = open_source_from_args(args)
+        path = draw_gallery(imageset, args.out, per_class=args.per_class)
+    except (ValueError, BadInputError, OSError) as err:
+        return _fail("gallery", err)
+    print(f"{imageset.name}: {len(imageset)} images, classes {imageset.classes} -> {path}")
+    return 0
+
+
+# --- to-tfrecords ---------------------------------------------------------------------------
+
+
+def _add_to_tfrecords(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "to-tfrecords",
+        help="convert any data source to TFRecord shards of tf.train.Example (as ExampleGen)",
+    )
+    add_source_arguments(p)
+    p.add_argument("--out", required=True, help="output prefix: OUT-00000-of-0000N.gz")
+    p.add_argument("--num_shards", type=int, default=1)
+    p.add_argument("--no_compress", action="store_true", help="write plain, not gzip, files")
+    p.set_defaults(func=_run_to_tfrecords)
+
+
+def _run_to_tfrecords(args: argparse.Namespace) -> int:
+    from cellkeras.data.sources import BadInputError, check_images
+    from cellkeras.data.tfrecord import write_tfrecords
+
+    try:
+        imageset, _ = check_images(
+            open_source_from_args(args), args.channels, skip_bad_images=args.skip_bad_images
+        )
+        shards = write_tfrecords(
+            imageset, args.out, num_shards=args.num_shards, compress=not args.no_compress
+        )
+    except (ValueError, BadInputError, OSError) as err:
+        return _fail("to-tfrecords", err)
+    for where, why in imageset.skipped:
+        print(f"skipped {where}: {why}")
+    print(f"{len(imageset)} examples of {imageset.num_classes} classes -> {', '.join(shards)}")
+    return 0
 
 
 # --- video-to-folders ------------------------------------------------------------------------

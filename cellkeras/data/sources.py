@@ -279,3 +279,61 @@ def check_images(
     if lost:
         raise BadInputError([(c, "every image of this class was bad") for c in lost])
     return checked, max(counts)
+
+
+SOURCE_KINDS = ("synthetic", "folders", "csv", "tfrecords", "embryo", "nuclei")
+
+
+def open_source(
+    source: str = "auto",
+    *,
+    data_dir: str | None = None,
+    labels_csv: str | None = None,
+    image_root: str | None = None,
+    tfrecords: str | None = None,
+    num_images: int = 3000,
+    image_size: int = 96,
+    difficulty: float = 1.0,
+    channels: int | None = None,
+    seed: int = 0,
+    skip_bad_images: bool = False,
+) -> ImageSet:
+    """Opens any source by kind; "auto" picks it from the arguments given (a folder tree, a CSV,
+    TFRecords, else the synthetic cells). The trainer and every command share this.
+
+    `num_images`, `image_size` and `difficulty` shape the synthetic cells; `channels` their
+    colour (and the embryo frames'). The packaged samples need their packages installed.
+    """
+    if source == "auto":
+        source = (
+            "folders"
+            if data_dir
+            else "csv"
+            if labels_csv
+            else "tfrecords"
+            if tfrecords
+            else "synthetic"
+        )
+    if source not in SOURCE_KINDS:
+        raise ValueError(f"unknown data source {source!r}; known: {', '.join(SOURCE_KINDS)}")
+    if source == "folders":
+        return load_class_folders(data_dir, skip_bad_images=skip_bad_images)
+    if source == "csv":
+        return load_labels_csv(labels_csv, image_root, skip_bad_images=skip_bad_images)
+    if source == "tfrecords":
+        from cellkeras.data.tfrecord import load_tfrecords
+
+        return load_tfrecords(tfrecords)
+    if source == "embryo":
+        from cellkeras.data.samples import embryo_stages
+
+        return embryo_stages(channels=channels or 1)
+    if source == "nuclei":
+        from cellkeras.data.samples import nuclei_patches
+
+        return nuclei_patches(seed=seed)
+    from cellkeras.data.synthetic import generate_cells
+
+    return generate_cells(
+        num_images, image_size, seed=seed, channels=channels or 3, difficulty=difficulty
+    )
