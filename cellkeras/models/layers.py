@@ -1,0 +1,188 @@
+"""Custom layers the model graphs use: in-graph edge detection and the learned branch weighting.
+
+They are registered with Keras so a `.keras` file loads in safe mode, and they are plain
+`keras.ops` code so the edges are computed inside the exported SavedModel (no OpenCV at serving).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+# ITU-R BT.601 luma, the weights cv2.cvtColor(..., COLOR_RGB2GRAY) uses.
+_LUMA_RGB = (0.299, 0.587, 0.114)
+# Largest Sobel gradient magnitude of an image in [0, 1]: |gx| and |gy| are each at most 4.
+_SOBEL_MAX = 4.0 * math.sqrt(2.0)
+# tan(22.5 deg): a gradient within 22.5 deg of an axis is treated as lying on that axis.
+_TAN_22_5 = math.tan(math.pi / 8.0)
+
+
+def _gaussian_kernel_1d(sigma: float) -> np.ndarray:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _shift(x, dy: int, dx: int):
+    """x[:, i + dy, j + dx] with edge replication, for any (None, None) spatial size."""
+    padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="symmetric")
+    height, width = ops.shape(x)[1], ops.shape(x)[2]
+    return ops.slice(padded, [0, 1 + dy, 1 + dx, 0], [ops.shape(x)[0], height, width, 1])
+
+
+@keras.saving.register_keras_serializable(package="cellkeras")
+class SobelEdges(keras.layers.Layer):
+    """Edge map of an image batch, computed in the graph (Sobel, or a Canny-like thinning).
+
+    The image is first reduced to one intensity channel (BT.601 luma for 3 channels, the mean
+    otherwise). `mode="sobel"` returns the Sobel gradient magnitude; `mode="canny"` adds what
+    makes Canny's edges thin and clean without its non-differentiable, iterative hysteresis:
+    Gaussian smoothing first, non-maximum suppression along the gradient direction, and a
+    threshold. Borders are mirrored like OpenCV's default `BORDER_REFLECT_101`, so with
+    `normalize=False` the Sobel magnitude equals `hypot(cv2.Sobel(dx), cv2.Sobel(dy))`.
+
+    Args:
+        mode: "sobel" or "canny".
+        sigma: standard deviation in pixels of the Gaussian smoothing; 0 disables it. Used by
+            both modes (default: none for "sobel", 1.0 for "canny").
+        threshold: magnitudes below it (after normalization) are set to zero ("canny" only).
+        normalize: divide the magnitude by its largest possible value (4 * sqrt(2) for inputs
+            in [0, 1]) so the output lies in [0, 1].
+        keep_image: also return the intensity channel, so later layers see edges and shading.
+        **kwargs: standard `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Input: (B, H, W, C) float images in [0, 1]. Output: (B, H, W, 1), or (B, H, W, 2) with
+    `keep_image` (intensity first).
+    """
+
+    def __init__(
+        self,
+        mode: str = "sobel",
+        sigma: float | None = None,
+        threshold: float = 0.05,
+        normalize: bool = True,
+        keep_image: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if mode not in ("sobel", "canny"):
+            raise ValueError(f"SobelEdges mode must be 'sobel' or 'canny', got {mode!r}.")
+        self.mode = mode
+        self.sigma = (1.0 if mode == "canny" else 0.0) if sigma is None else float(sigma)
+        self.threshold = float(threshold)
+        self.normalize = bool(normalize)
+        self.keep_image = bool(keep_image)
+        sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float32)
+        # Kernel (3, 3, in=1, out=2): channel 0 is d/dx, channel 1 is d/dy.
+        self._sobel = np.stack([sobel_x, sobel_x.T], axis=-1)[:, :, None, :]
+        self._gauss = _gaussian_kernel_1d(self.sigma) if self.sigma > 0 else None
+
+    def _intensity(self, images):
+        channels = images.shape[-1]
+        if channels == 1:
+            return images
+        if channels == 3:
+            weights = ops.convert_to_tensor(np.array(_LUMA_RGB, np.float32), dtype=images.dtype)
+            return ops.sum(images * weights, axis=-1, keepdims=True)
+        return ops.mean(images, axis=-1, keepdims=True)
+
+    def _blur(self, gray):
+        radius = len(self._gauss) // 2
+        # Separable: a row pass then a column pass, each a (k, 1) / (1, k) convolution.
+        for kernel_shape, pad in (
+            ((len(self._gauss), 1, 1, 1), [[0, 0], [radius, radius], [0, 0], [0, 0]]),
+            ((1, len(self._gauss), 1, 1), [[0, 0], [0, 0], [radius, radius], [0, 0]]),
+        ):
+            kernel = ops.convert_to_tensor(self._gauss.reshape(kernel_shape), dtype=gray.dtype)
+            gray = ops.conv(ops.pad(gray, pad, mode="reflect"), kernel, padding="valid")
+        return gray
+
+    def _non_max_suppression(self, magnitude, gx, gy):
+        ax, ay = ops.abs(gx), ops.abs(gy)
+        horizontal = ay <= _TAN_22_5 * ax  # gradient along x: compare left and right
+        vertical = ax <= _TAN_22_5 * ay  # gradient along y: compare up and down
+        same_sign = gx * gy > 0  # gradient along the main diagonal (y grows with x)
+
+        def is_peak(dy, dx):
+            # Strict on one side only: a plateau two pixels wide keeps exactly one of them.
+            return ops.logical_and(
+                magnitude > _shift(magnitude, dy, dx), magnitude >= _shift(magnitude, -dy, -dx)
+            )
+
+        peak = ops.where(
+            horizontal,
+            is_peak(0, 1),
+            ops.where(
+                vertical,
+                is_peak(1, 0),
+                ops.where(same_sign, is_peak(1, 1), is_peak(1, -1)),
+            ),
+        )
+        return ops.where(peak, magnitude, ops.zeros_like(magnitude))
+
+    def call(self, images):
+        gray = self._intensity(ops.cast(images, self.compute_dtype))
+        if self._gauss is not None:
+            gray = self._blur(gray)
+        kernel = ops.convert_to_tensor(self._sobel, dtype=gray.dtype)
+        grad = ops.conv(
+            ops.pad(gray, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect"),
+            kernel,
+            padding="valid",
+        )
+        gx, gy = grad[..., :1], grad[..., 1:]
+        magnitude = ops.sqrt(gx * gx + gy * gy)
+        if self.normalize:
+            magnitude = magnitude / _SOBEL_MAX
+        if self.mode == "canny":
+            magnitude = self._non_max_suppression(magnitude, gx, gy)
+            magnitude = ops.where(magnitude >= self.threshold, magnitude, ops.zeros_like(magnitude))
+        if self.keep_image:
+            return ops.concatenate([gray, magnitude], axis=-1)
+        return magnitude
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 2 if self.keep_image else 1)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            mode=self.mode,
+            sigma=self.sigma,
+            threshold=self.threshold,
+            normalize=self.normalize,
+            keep_image=self.keep_image,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="cellkeras")
+class WeightedAverage(keras.layers.Layer):
+    """Learned convex combination of N probability vectors: sum_i softmax(w)_i * p_i.
+
+    The weights start equal (w = 0), so an untrained merge is the plain average; the result is
+    still a probability distribution, whatever w becomes.
+
+    Input: a list of N tensors (B, K). Output: (B, K).
+    """
+
+    def build(self, input_shape) -> None:
+        self.branch_logits = self.add_weight(
+            name="branch_logits", shape=(len(input_shape),), initializer="zeros"
+        )
+
+    def branch_weights(self):
+        """The current mixing weights, shape (N,), summing to 1."""
+        return ops.softmax(self.branch_logits)
+
+    def call(self, inputs):
+        stacked = ops.stack([ops.cast(x, self.compute_dtype) for x in inputs], axis=1)
+        weights = ops.cast(self.branch_weights(), self.compute_dtype)
+        return ops.einsum("bnk,n->bk", stacked, weights)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]

@@ -1,0 +1,217 @@
+"""Training modes the trainer calls: joint training and the seed's stage-wise training.
+
+Datasets yield `(images, one_hot_labels)` batches (float32 (B, H, W, C) in [0, 1] and float32
+(B, K)); the loss is categorical cross-entropy. Keras 3 reads `trainable` when a model is
+compiled, so every change of the trainable set here is followed by a fresh `compile`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import keras
+
+from cellkeras.models.parallel import analysis_model, branch_models, branch_names
+
+OptimizerFactory = Callable[[], keras.optimizers.Optimizer]
+
+
+def compile_classifier(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer | str = "adam"
+) -> keras.Model:
+    """Compile `model` for one-hot labels: categorical cross-entropy and accuracy."""
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _layer_groups(model: keras.Model) -> tuple[dict[str, list[str]], list[str]]:
+    if hasattr(model, "branch_layer_names"):
+        return dict(model.branch_layer_names), list(model.head_layer_names)
+    raise TypeError(f"{type(model).__name__} has no branch bookkeeping; use a ParallelCNN.")
+
+
+def set_trainable(
+    model: keras.Model, branches: bool | Iterable[str] = True, head: bool = True
+) -> list[str]:
+    """Freeze or unfreeze branches and the merge head of a `ParallelCNN`.
+
+    Compile the model (again) afterwards: Keras 3 fixes the trainable set at compile time.
+    Frozen batch-norm layers also switch to inference mode, as Keras 3 does for any frozen
+    BatchNormalization.
+
+    Args:
+        model: a `ParallelCNN`.
+        branches: True (all trainable), False (all frozen) or the names of the branches to
+            train, the others frozen.
+        head: whether the merge head is trainable.
+
+    Returns:
+        The names of the layers that are now trainable.
+
+    Raises:
+        ValueError: for a branch name the model does not have.
+    """
+    groups, head_layers = _layer_groups(model)
+    if isinstance(branches, bool):
+        train_branches = set(groups) if branches else set()
+    else:
+        train_branches = set(branches)
+        unknown = train_branches - set(groups)
+        if unknown:
+            raise ValueError(f"Unknown branches {sorted(unknown)}; model has {list(groups)}.")
+    model.trainable = True
+    wanted = {name for b in train_branches for name in groups[b]}
+    if head:
+        wanted.update(head_layers)
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.InputLayer):
+            layer.trainable = layer.name in wanted
+    return [layer.name for layer in model.layers if layer.name in wanted]
+
+
+class _AliasMergedMetrics(keras.callbacks.Callback):
+    """Renames `[val_]merged_<metric>` to `[val_]<metric>` in the logs, so callbacks and the
+    history see the merged output under the same names as a plain single-output fit."""
+
+    def _alias(self, logs: dict | None) -> None:
+        for key in list(logs or {}):
+            for prefix in ("", "val_"):
+                if key.startswith(f"{prefix}merged_"):
+                    logs[prefix + key[len(prefix) + len("merged_") :]] = logs[key]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._alias(logs)
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        self._alias(logs)
+
+
+def _per_output_labels(data: Any, keys: Sequence[str]) -> Any:
+    if data is None:
+        return None
+    if isinstance(data, tuple):
+        images, labels = data
+        return images, {k: labels for k in keys}
+    return data.map(lambda images, labels: (images, {k: labels for k in keys}))
+
+
+def _fit_inputs(data: Any) -> dict[str, Any]:
+    """`fit` arguments for a dataset, or for an `(images, labels)` tuple of arrays."""
+    if isinstance(data, tuple):
+        images, labels = data
+        return {"x": images, "y": labels}
+    return {"x": data}
+
+
+def fit_joint(
+    model: keras.Model,
+    train_ds: Any,
+    val_ds: Any = None,
+    epochs: int = 1,
+    optimizer: keras.optimizers.Optimizer | str = "adam",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    branch_loss_weight: float = 0.3,
+    verbose: int | str = "auto",
+) -> dict[str, list[float]]:
+    """Train the whole model at once.
+
+    With `branch_loss_weight > 0` each branch's own softmax gets an auxiliary cross-entropy
+    (weighted by it) next to the merged output's: without it a "concat" merge leaves the branch
+    heads untrained, and per-branch accuracy would mean nothing.
+
+    Args:
+        model: a `ParallelCNN` (uncompiled or compiled; it is compiled here).
+        train_ds: a `tf.data.Dataset` of (images, one-hot) batches, or an `(images, one_hot)`
+            tuple of arrays.
+        val_ds: the same for validation, or None.
+        epochs: epochs to train.
+        optimizer: a Keras optimizer or its name (created in the caller's strategy scope).
+        callbacks: Keras callbacks; they see the merged output's metrics as `accuracy`,
+            `val_accuracy`, and each branch's as `<branch>_accuracy`.
+        branch_loss_weight: weight of each branch's auxiliary loss; 0 trains the merged output
+            alone.
+        verbose: passed to `fit`.
+
+    Returns:
+        The history dict: `loss`, `accuracy`, `val_accuracy`, ... and per-branch entries.
+    """
+    names = branch_names(model)
+    if branch_loss_weight <= 0 or len(names) < 2:
+        compile_classifier(model, optimizer)
+        history = model.fit(
+            **_fit_inputs(train_ds),
+            validation_data=val_ds,
+            epochs=epochs,
+            callbacks=list(callbacks),
+            verbose=verbose,
+        )
+        return history.history
+    trainer = analysis_model(model)
+    keys = ["merged", *names]
+    trainer.compile(
+        optimizer=optimizer,
+        loss={k: "categorical_crossentropy" for k in keys},
+        loss_weights={"merged": 1.0, **{n: branch_loss_weight for n in names}},
+        metrics={k: ["accuracy"] for k in keys},
+    )
+    train = _per_output_labels(train_ds, keys)
+    history = trainer.fit(
+        **_fit_inputs(train),
+        validation_data=_per_output_labels(val_ds, keys),
+        epochs=epochs,
+        callbacks=[_AliasMergedMetrics(), *callbacks],
+        verbose=verbose,
+    )
+    return {k: v for k, v in history.history.items() if "merged_" not in k}
+
+
+def fit_stagewise(
+    model: keras.Model,
+    train_ds: Any,
+    val_ds: Any = None,
+    epochs_per_branch: int = 1,
+    head_epochs: int = 1,
+    optimizer_factory: OptimizerFactory = keras.optimizers.Adam,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> dict[str, dict[str, list[float]]]:
+    """The seed's stage-wise training: each branch alone, then the merge head on frozen branches.
+
+    Each branch is trained through `branch_models(model)[name]`, which shares the weights of
+    `model`, with the other branches and the head frozen; then all branches are frozen and the
+    head is trained (skipped when the merge has no weights, e.g. "average"). On return every
+    layer is trainable again and `model` is compiled with a fresh optimizer, ready to evaluate
+    or to fine-tune jointly.
+
+    Args:
+        model: a `ParallelCNN`.
+        train_ds: a `tf.data.Dataset` of (images, one-hot) batches, or an `(images, one_hot)`
+            tuple of arrays.
+        val_ds: the same for validation, or None.
+        epochs_per_branch: epochs for each branch.
+        head_epochs: epochs for the merge head.
+        optimizer_factory: returns a new optimizer for each stage (an optimizer's state belongs
+            to the variables it was built for).
+        callbacks: Keras callbacks, passed to every stage's `fit`.
+        verbose: passed to `fit`.
+
+    Returns:
+        History dicts keyed `branch/<name>` and `head`.
+    """
+    histories: dict[str, dict[str, list[float]]] = {}
+    fit_kw = _fit_inputs(train_ds)
+    common = {"validation_data": val_ds, "callbacks": list(callbacks), "verbose": verbose}
+    for name, branch in branch_models(model).items():
+        set_trainable(model, branches=[name], head=False)
+        compile_classifier(branch, optimizer_factory())
+        histories[f"branch/{name}"] = branch.fit(
+            **fit_kw, epochs=epochs_per_branch, **common
+        ).history
+    set_trainable(model, branches=False, head=True)
+    if len(branch_names(model)) > 1 and model.trainable_weights and head_epochs > 0:
+        compile_classifier(model, optimizer_factory())
+        histories["head"] = model.fit(**fit_kw, epochs=head_epochs, **common).history
+    set_trainable(model, branches=True, head=True)
+    compile_classifier(model, optimizer_factory())
+    return histories

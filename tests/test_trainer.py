@@ -1,0 +1,177 @@
+"""The trainer: schedules, configs, and a whole run on tiny data."""
+
+import json
+
+import pytest
+
+from trainer.config import PRESETS, build_config
+from trainer.schedule import Stage, format_schedule, parse_schedule, total_epochs
+
+
+def test_schedule_parses_sizes_and_epochs():
+    stages = parse_schedule("32:2, 64x96:3")
+    assert stages == [Stage((32, 32), 2), Stage((64, 96), 3)]
+    assert format_schedule(stages) == "32:2,64x96:3" and total_epochs(stages) == 5
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "no stages"),
+        ("64", "not SIZE:EPOCHS"),
+        ("64:x", "not SIZE:EPOCHS"),
+        ("64:0", "epochs must be at least 1"),
+        ("4:2", "under the minimum"),
+        ("32:2,abc:1", "stage 2"),
+    ],
+)
+def test_schedule_rejects_bad_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_schedule(spec)
+
+
+def test_presets_and_overrides():
+    config = build_config("smoke", {"train.seed": 7, "data.balance": "oversample"})
+    assert config.train.seed == 7 and config.data.balance == "oversample"
+    assert config.train.schedule == PRESETS["smoke"]["train.schedule"]
+    assert config.output_dir == "runs/smoke"
+    with pytest.raises(ValueError, match="known presets: default"):
+        build_config("nope")
+    with pytest.raises(ValueError, match="unknown config field 'train.epochs'"):
+        build_config(overrides={"train.epochs": 3})
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_the_run_folder(tmp_path):
+    from trainer.task import run
+
+    config = build_config("smoke", {"train.augment": "none"})
+    config.output_dir = str(tmp_path / "run")
+    metrics = run(config, verbose=0)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved == metrics
+    assert saved["classes"] == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    assert [s["size"] for s in saved["stages"]] == [[16, 16], [24, 24]]
+    assert all(s["seconds"] > 0 and 0 <= s["val_accuracy"] <= 1 for s in saved["stages"])
+    assert set(saved["per_branch_val_accuracy"]) == {"edge", "deep_narrow"}
+    for name in ("config.json", "history.csv", "training_curves.png", "model.keras"):
+        assert (tmp_path / "run" / name).is_file(), name
+    history = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
+    assert len(history) == 1 + 2  # header + one row per epoch over both stages
+
+
+def _run_task(args, tmp_path, timeout=300, **popen):
+    """Runs `python -m trainer.task` in a fresh process (TF device setup happens once per
+    process, and a kill must not take the test runner with it)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "trainer.task", *args]
+    if popen:
+        return subprocess.Popen(command, env=env, cwd=tmp_path, **popen)
+    return subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_kill_and_resume_continues_mid_schedule(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    args = ["--preset=smoke", "--augment=none", "--schedule=16:2,24:3", f"--output_dir={out}"]
+    process = _run_task(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = out / "checkpoint" / "progress.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["epochs_done"] >= 1:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = json.loads(progress.read_text())["epochs_done"]
+    assert 1 <= done_before < 5
+
+    resumed = _run_task(args, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {out} after epoch {done_before} of 5" in resumed.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["epochs"] for s in metrics["stages"]] == [2, 3]
+    epochs = [line.split(",")[0] for line in (out / "history.csv").read_text().splitlines()[1:]]
+    assert sorted(set(epochs), key=int) == ["0", "1", "2", "3", "4"]
+    assert not (out / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_logical_cpus_and_mixed_precision(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(
+        "import tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(\n"
+        "    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "import keras\n"
+        "from trainer.config import build_config\n"
+        "from trainer.task import run\n"
+        "config = build_config('smoke', {'train.distribution': 'mirrored',\n"
+        "    'train.mixed_precision': 'bfloat16', 'train.augment': 'none'})\n"
+        f"config.output_dir = {str(tmp_path / 'run')!r}\n"
+        "metrics = run(config, verbose=0)\n"
+        "assert metrics['replicas'] == 2, metrics\n"
+        "assert metrics['dtype_policy'] == 'mixed_bfloat16', metrics\n"
+        "assert keras.config.dtype_policy().name == 'float32'\n"
+        "print('OK', metrics['val_accuracy'])\n"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout
+
+
+def test_precision_resolution_on_cpu():
+    from trainer.task import resolve_precision
+
+    assert resolve_precision("auto") == "float32"  # no GPU in tests
+    assert resolve_precision("off") == "float32"
+    assert resolve_precision("float16") == "mixed_float16"
+    with pytest.raises(ValueError, match="known"):
+        resolve_precision("fp8")
+
+
+@pytest.mark.slow
+def test_run_fn_reads_tfrecords_and_exports(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from cellkeras.data.synthetic import generate_cells
+    from cellkeras.data.tfrecord import write_tfrecords
+    from trainer.task import FnArgs, run_fn
+
+    cells = generate_cells(48, 24, seed=1)
+    train = write_tfrecords(cells.subset(np.arange(32)), tmp_path / "data" / "train")
+    evaluation = write_tfrecords(cells.subset(np.arange(32, 48)), tmp_path / "data" / "eval")
+    fn_args = FnArgs(
+        train_files=train,
+        eval_files=evaluation,
+        serving_model_dir=str(tmp_path / "serving"),
+        model_run_dir=str(tmp_path / "logs"),
+        custom_config={"preset": "smoke", "train.augment": "none"},
+        hyperparameters={"train.schedule": "16:1"},
+    )
+    metrics = run_fn(fn_args)
+    assert metrics["train_images"] == 32 and metrics["val_images"] == 16
+    assert metrics["classes"] == list(cells.classes)
+    loaded = tf.saved_model.load(str(tmp_path / "serving" / "1"))
+    png = tf.io.encode_png(tf.constant(cells.images[0]))
+    outputs = loaded.signatures["serving_default"](image_bytes=tf.stack([png]))
+    assert outputs["probabilities"].shape == (1, 4)
+    assert (tmp_path / "logs" / "metrics.json").is_file()

@@ -1,0 +1,111 @@
+"""Run configuration: dataclasses built once in `trainer.task` and passed down, plus presets.
+
+A preset is a plain dict of overrides, applied before the flags the user gave:
+
+    python -m trainer.task                    # "default": synthetic cells, a few minutes on CPU
+    python -m trainer.task --preset=smoke     # seconds: the whole path on tiny data
+    python -m trainer.task --preset=embryo    # the real C. elegans stage data (devolearn video)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the images come from and how they are split and normalized.
+
+    `source` is one of `cellkeras.data.sources.SOURCE_KINDS`, or "auto": chosen from the fields
+    given (`data_dir` a class-folder tree, `labels_csv` a CSV, `tfrecords` TFRecord files, none
+    of them the synthetic cells).
+    """
+
+    source: str = "auto"
+    data_dir: str | None = None
+    labels_csv: str | None = None
+    image_root: str | None = None
+    tfrecords: str | None = None
+    eval_tfrecords: str | None = None
+    synthetic_images: int = 3000
+    synthetic_size: int = 96
+    synthetic_difficulty: float = 1.0
+    channels: int | None = None
+    normalization: str = "range"
+    val_fraction: float = 0.2
+    balance: str | None = None
+    skip_bad_images: bool = False
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The model and how it is trained."""
+
+    model: str = "parallel_small"
+    augment: str = "basic"
+    schedule: str = "48:3,64:3,96:2"
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    mixed_precision: str = "auto"
+    distribution: str = "auto"
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything one run needs; saved as `config.json` in the run folder."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    preset: str = "default"
+    output_dir: str = ""
+    export_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# Overrides as "section.field": value. Docstring-level cost notes are for a 2-core CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "smoke": {
+        "data.synthetic_images": 96,
+        "data.synthetic_size": 32,
+        "train.schedule": "16:1,24:1",
+        "train.batch_size": 16,
+    },
+    "embryo": {
+        "data.source": "embryo",
+        "data.channels": 1,
+        "train.schedule": "48:4,96:3",
+        "train.batch_size": 16,
+    },
+}
+
+
+def build_config(preset: str = "default", overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A `RunConfig` from a preset, then `overrides` ("section.field" or top-level keys).
+
+    Raises:
+        ValueError: for an unknown preset or field; the message lists the known ones.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    config = RunConfig(preset=preset)
+    for key, value in {**PRESETS[preset], **(overrides or {})}.items():
+        section, _, field = key.rpartition(".")
+        target = getattr(config, section) if section else config
+        if section not in ("", "data", "train") or not hasattr(target, field):
+            known = [f"data.{f.name}" for f in dataclasses.fields(DataConfig)]
+            known += [f"train.{f.name}" for f in dataclasses.fields(TrainConfig)]
+            raise ValueError(f"unknown config field {key!r}; known: {', '.join(known)}")
+        setattr(target, field, value)
+    if not config.output_dir:
+        config.output_dir = str(Path("runs") / preset)
+    return config

@@ -1,0 +1,505 @@
+"""`python -m trainer.task`: train a cellkeras model and write a run folder.
+
+    python -m trainer.task                          # synthetic cells, the default schedule
+    python -m trainer.task --preset=smoke           # the whole path in seconds
+    python -m trainer.task --data_dir=images/ --schedule=64:4,128:2 --model=parallel_three
+
+Flags are read here, once, into a `RunConfig`; everything below takes that config (or parts of
+it) as arguments. The run folder holds `config.json`, `metrics.json`, `history.csv`,
+`skipped.json`, `training_curves.png`, `model.keras` and TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# TensorFlow's C++ INFO/WARNING start-up lines bury the run's own output; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from trainer.config import RunConfig, build_config  # noqa: E402
+from trainer.schedule import Stage, format_schedule, parse_schedule, total_epochs  # noqa: E402
+
+MIXED_PRECISION_MODES = ("auto", "off", "float16", "bfloat16")
+DISTRIBUTIONS = ("auto", "one", "mirrored", "multi_worker")
+
+
+def resolve_precision(mode: str) -> str:
+    """The Keras dtype policy for `--mixed_precision`: `auto` picks mixed_float16 on a GPU of
+    compute capability 7.0 or newer (tensor cores) and float32 elsewhere."""
+    import tensorflow as tf
+
+    if mode not in MIXED_PRECISION_MODES:
+        raise ValueError(f"unknown mixed_precision {mode!r}; known: {MIXED_PRECISION_MODES}")
+    if mode == "off":
+        return "float32"
+    if mode in ("float16", "bfloat16"):
+        return f"mixed_{mode}"
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if capability and capability >= (7, 0):
+            return "mixed_float16"
+    return "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Sets Keras' global dtype policy for the run and restores the caller's afterwards."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def make_strategy(mode: str):
+    """The tf.distribute strategy for `--distribution`."""
+    import tensorflow as tf
+
+    if mode not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {mode!r}; known: {DISTRIBUTIONS}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if mode == "multi_worker":
+        raise ValueError(
+            "--distribution=multi_worker is not available yet: Keras 3's fit() breaks under "
+            "MultiWorkerMirroredStrategy (keras-team/keras#20585); use auto, one or mirrored"
+        )
+    if mode == "mirrored" or (mode == "auto" and len(gpus) > 1):
+        # Without GPUs, mirror over the logical CPUs (tests split one CPU into two).
+        devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if mode == "one":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()
+
+
+def _use_xla(strategy) -> bool | str:
+    """XLA where Keras supports it, except multi-replica runs on CPU, where XLA's collectives
+    fail to compile."""
+    import tensorflow as tf
+
+    on_cpu = not tf.config.list_logical_devices("GPU")
+    return False if on_cpu and strategy.num_replicas_in_sync > 1 else "auto"
+
+
+def load_data(config: RunConfig):
+    """Reads the configured source and checks every image; returns (ImageSet, channels)."""
+    from cellkeras.data.sources import check_images, open_source
+
+    data = config.data
+    images = open_source(
+        data.source,
+        data_dir=data.data_dir,
+        labels_csv=data.labels_csv,
+        image_root=data.image_root,
+        tfrecords=data.tfrecords,
+        num_images=data.synthetic_images,
+        image_size=data.synthetic_size,
+        difficulty=data.synthetic_difficulty,
+        channels=data.channels,
+        seed=config.train.seed,
+        skip_bad_images=data.skip_bad_images,
+    )
+    return check_images(images, data.channels, skip_bad_images=data.skip_bad_images)
+
+
+class RunProgress(keras.callbacks.Callback):
+    """Makes a run resumable: after every epoch it saves the model (weights and optimizer
+    state) and the progress through the schedule, atomically, into the run's checkpoint folder.
+
+    Rerunning the same command after a crash or `kill -9` continues after the last finished
+    epoch, mid-stage included; at most the epoch in flight is lost. Keras' BackupAndRestore
+    does not fit a schedule of several `fit` calls: it restores the epoch counter into whichever
+    call comes first and deletes its backup when that call ends.
+    """
+
+    def __init__(self, folder: Path, fingerprint: dict[str, Any]):
+        super().__init__()
+        self.folder = folder
+        self.fingerprint = fingerprint
+        self.epochs_done = 0
+        self.stages: list[dict[str, Any]] = []
+        self.partial_seconds: dict[str, float] = {}
+        self._stage = 0
+        self._started = time.perf_counter()
+        self._carried = 0.0
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / "model.keras"
+
+    @classmethod
+    def resume_or_start(cls, folder: Path, config: RunConfig) -> RunProgress:
+        """The saved progress of an unfinished run of the same config, or a fresh start.
+
+        Raises:
+            ValueError: the folder holds an unfinished run of a different configuration.
+        """
+        fingerprint = {
+            "data": dataclasses.asdict(config.data),
+            "train": dataclasses.asdict(config.train),
+        }
+        progress = cls(folder, fingerprint)
+        saved = folder / "progress.json"
+        if not saved.is_file() or not progress.model_path.is_file():
+            return progress
+        state = json.loads(saved.read_text())
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{folder.parent} holds an unfinished run with a different configuration; "
+                "pass another --output_dir, or delete the folder to start over"
+            )
+        progress.epochs_done = state["epochs_done"]
+        progress.stages = state["stages"]
+        progress.partial_seconds = state["partial_seconds"]
+        return progress
+
+    def begin_stage(self, index: int) -> None:
+        self._stage = index
+        self._started = time.perf_counter()
+        self._carried = self.partial_seconds.get(str(index), 0.0)
+
+    def stage_seconds(self, index: int) -> float:
+        return self.partial_seconds.get(str(index), 0.0)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.epochs_done = epoch + 1
+        self.partial_seconds[str(self._stage)] = self._carried + time.perf_counter() - self._started
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.folder / "model.partial.keras"
+        self.model.save(temporary)
+        os.replace(temporary, self.model_path)
+        self.save()
+
+    def save(self) -> None:
+        state = {
+            "fingerprint": self.fingerprint,
+            "epochs_done": self.epochs_done,
+            "stages": self.stages,
+            "partial_seconds": self.partial_seconds,
+        }
+        temporary = self.folder / "progress.partial.json"
+        temporary.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(temporary, self.folder / "progress.json")
+
+    def finish(self) -> None:
+        """The run is complete: a rerun of the same command starts a new one."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _stage_strength(index: int, count: int) -> float:
+    """Augmentation strength per stage: weaker on small images, full at the last stage
+    (EfficientNetV2's progressive learning: small images carry less to regularize)."""
+    return 1.0 if count == 1 else 0.5 + 0.5 * index / (count - 1)
+
+
+def _make_augmenter(name: str, size: tuple[int, int], strength: float, seed: int, classes: int):
+    if name == "none":
+        return None
+    from cellkeras.augment import build_augmenter
+
+    return build_augmenter(name, image_size=size, strength=strength, seed=seed, num_classes=classes)
+
+
+def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
+    """Trains as configured, writes the run folder and returns the metrics dict."""
+    import numpy as np
+
+    from cellkeras.data import make_dataset
+    from cellkeras.data.splits import split_imageset
+    from cellkeras.models import create_model
+    from cellkeras.models.parallel import analysis_model
+
+    stages: list[Stage] = parse_schedule(config.train.schedule)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / "config.json")
+    train_cfg, data_cfg = config.train, config.data
+    keras.utils.set_random_seed(train_cfg.seed)
+
+    images, channels = load_data(config)
+    if data_cfg.eval_tfrecords:
+        from cellkeras.data import load_tfrecords
+
+        train_set, val_set = images, load_tfrecords(data_cfg.eval_tfrecords, classes=images.classes)
+    else:
+        train_set, val_set = split_imageset(images, data_cfg.val_fraction, seed=train_cfg.seed)
+    skipped = [{"input": where, "reason": why} for where, why in images.skipped]
+    (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
+    print(
+        f"data: {images.name} · {len(train_set)} train / {len(val_set)} val images · "
+        f"classes {images.classes} · {channels} channel(s)"
+        + (f" · {len(skipped)} skipped (see skipped.json)" if skipped else "")
+    )
+
+    def dataset(subset, size, training, strength=1.0):
+        augmenter = (
+            _make_augmenter(train_cfg.augment, size, strength, train_cfg.seed, images.num_classes)
+            if training
+            else None
+        )
+        return make_dataset(
+            subset,
+            size,
+            training=training,
+            batch_size=global_batch,
+            channels=channels,
+            augment=augmenter,
+            balance=data_cfg.balance if training else None,
+            normalization=data_cfg.normalization,
+            seed=train_cfg.seed,
+        )
+
+    policy = resolve_precision(train_cfg.mixed_precision)
+    strategy = make_strategy(train_cfg.distribution)
+    global_batch = train_cfg.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = len(dataset(train_set, stages[0].size, True))
+    progress = RunProgress.resume_or_start(out / "checkpoint", config)
+    with dtype_policy(policy), strategy.scope():
+        if progress.epochs_done:
+            model = keras.models.load_model(progress.model_path)
+            print(f"resuming {out} after epoch {progress.epochs_done} of {total_epochs(stages)}")
+        else:
+            model = create_model(train_cfg.model, images.num_classes, channels=channels)
+            schedule = keras.optimizers.schedules.CosineDecay(
+                train_cfg.learning_rate, steps_per_epoch * total_epochs(stages), alpha=0.05
+            )
+            model.compile(
+                optimizer=keras.optimizers.Adam(schedule),
+                loss="categorical_crossentropy",
+                metrics=["accuracy"],
+                jit_compile=_use_xla(strategy),
+            )
+    print(
+        f"model: {train_cfg.model} · {model.count_params():,} parameters · policy {policy} · "
+        f"{strategy.num_replicas_in_sync} replica(s) · schedule {format_schedule(stages)}"
+    )
+
+    if not progress.epochs_done:
+        (out / "history.csv").unlink(missing_ok=True)
+    callbacks = [
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out / "logs")),
+        keras.callbacks.ModelCheckpoint(
+            str(out / "best.keras"), monitor="val_accuracy", save_best_only=True
+        ),
+        progress,  # last: an epoch counts as done only once everything above has run
+    ]
+    first_epoch = 0
+    for index, stage in enumerate(stages):
+        last_epoch = first_epoch + stage.epochs
+        if progress.epochs_done >= last_epoch:
+            first_epoch = last_epoch
+            continue
+        strength = _stage_strength(index, len(stages))
+        progress.begin_stage(index)
+        history = model.fit(
+            dataset(train_set, stage.size, True, strength),
+            validation_data=dataset(val_set, stage.size, False),
+            initial_epoch=progress.epochs_done,
+            epochs=last_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # make_dataset already reshuffles every epoch
+        )
+        seconds = progress.stage_seconds(index)
+        val_accuracy = float(history.history["val_accuracy"][-1])
+        progress.stages.append(
+            {
+                "size": list(stage.size),
+                "epochs": stage.epochs,
+                "seconds": round(seconds, 2),
+                "val_accuracy": val_accuracy,
+                "augment_strength": strength,
+            }
+        )
+        progress.save()
+        print(
+            f"stage {index + 1}/{len(stages)} {stage}: {seconds:.1f} s · "
+            f"val_accuracy {val_accuracy:.4f}"
+        )
+        first_epoch = last_epoch
+    stage_metrics = progress.stages
+
+    final_size = stages[-1].size
+    final_val = dataset(val_set, final_size, False)
+    predictions = analysis_model(model).predict(final_val, verbose=0)
+    truth = val_set.labels
+    accuracy = {name: float(np.mean(p.argmax(-1) == truth)) for name, p in predictions.items()}
+    metrics = {
+        "classes": images.classes,
+        "val_accuracy": accuracy.pop("merged"),
+        "per_branch_val_accuracy": accuracy,
+        "stages": stage_metrics,
+        "total_seconds": round(sum(s["seconds"] for s in stage_metrics), 2),
+        "train_images": len(train_set),
+        "val_images": len(val_set),
+        "model": train_cfg.model,
+        "parameters": int(model.count_params()),
+        "dtype_policy": policy,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "final_size": list(final_size),
+    }
+    model.save(out / "model.keras")
+    if config.export_dir:
+        from cellkeras.export import export_model
+
+        version_dir = export_model(
+            model,
+            config.export_dir,
+            classes=images.classes,
+            image_size=final_size,
+            channels=channels,
+            normalization=data_cfg.normalization,
+            metadata={"metrics": metrics, "schedule": format_schedule(stages)},
+        )
+        metrics["export"] = str(version_dir)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _plot_curves(out, stages)
+    progress.finish()
+    print(
+        f"done: val_accuracy {metrics['val_accuracy']:.4f} "
+        f"(branches: {', '.join(f'{k} {v:.3f}' for k, v in accuracy.items())}) "
+        f"in {metrics['total_seconds']:.0f} s · run folder {out}"
+    )
+    return metrics
+
+
+def _plot_curves(out: Path, stages: list[Stage]) -> None:
+    import csv
+
+    from cellkeras.evaluate.plots import plot_training_curves, save_figure
+
+    with (out / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    boundaries = [sum(s.epochs for s in stages[: i + 1]) for i in range(len(stages) - 1)]
+    labels = [str(stage).split(":")[0] for stage in stages]
+    figure = plot_training_curves(rows, boundaries, labels, title=f"{out.name}: training curves")
+    save_figure(figure, out / "training_curves.png")
+
+
+def config_from_flags() -> RunConfig:
+    """Reads the absl flags (only here) into a `RunConfig`."""
+    from absl import flags
+
+    f = flags.FLAGS
+    overrides: dict[str, Any] = {}
+    for flag_name, key in _FLAG_FIELDS.items():
+        if f[flag_name].present:
+            overrides[key] = f[flag_name].value
+    if f.skip_bad_images:
+        overrides["data.skip_bad_images"] = True
+    config = build_config(f.preset, overrides)
+    if f.output_dir:
+        config.output_dir = f.output_dir
+    if f.export_dir:
+        config.export_dir = f.export_dir
+    return config
+
+
+_FLAG_FIELDS = {
+    "data_dir": "data.data_dir",
+    "labels_csv": "data.labels_csv",
+    "image_root": "data.image_root",
+    "tfrecords": "data.tfrecords",
+    "source": "data.source",
+    "channels": "data.channels",
+    "balance": "data.balance",
+    "synthetic_images": "data.synthetic_images",
+    "val_fraction": "data.val_fraction",
+    "model": "train.model",
+    "augment": "train.augment",
+    "schedule": "train.schedule",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.learning_rate",
+    "mixed_precision": "train.mixed_precision",
+    "distribution": "train.distribution",
+    "seed": "train.seed",
+}
+
+
+def define_flags() -> None:
+    from absl import flags
+
+    from trainer.config import PRESETS
+
+    flags.DEFINE_string("preset", "default", f"Named configuration: {', '.join(PRESETS)}.")
+    flags.DEFINE_string(
+        "data_dir", None, "Class-folder tree root/<class>/<image> (or root/<split>/<class>/...)."
+    )
+    flags.DEFINE_string("labels_csv", None, "CSV of filename,label rows.")
+    flags.DEFINE_string("image_root", None, "Folder the CSV's filenames are relative to.")
+    flags.DEFINE_string("tfrecords", None, "TFRecord files (glob, folder or comma-separated).")
+    flags.DEFINE_string("source", None, "Data source; default: chosen from the flags given.")
+    flags.DEFINE_integer("channels", None, "Image channels (1 grey, 3 RGB); default: as stored.")
+    flags.DEFINE_enum("balance", None, ["oversample"], "Class balancing in tf.data.")
+    flags.DEFINE_integer("synthetic_images", None, "Number of synthetic images.")
+    flags.DEFINE_float("val_fraction", None, "Validation share when the source has no split.")
+    flags.DEFINE_string("model", None, "Registered model name (cellkeras.models.list_models()).")
+    flags.DEFINE_string("augment", None, "Augmentation preset.")
+    flags.DEFINE_string("schedule", None, "Progressive schedule SIZE:EPOCHS[,SIZE:EPOCHS...].")
+    flags.DEFINE_integer("batch_size", None, "Per-replica batch size.")
+    flags.DEFINE_float("learning_rate", None, "Peak learning rate (cosine decay over the run).")
+    flags.DEFINE_enum("mixed_precision", None, list(MIXED_PRECISION_MODES), "Dtype policy.")
+    flags.DEFINE_enum("distribution", None, list(DISTRIBUTIONS), "tf.distribute strategy.")
+    flags.DEFINE_integer("seed", None, "Random seed (data, split, weights).")
+    flags.DEFINE_string("output_dir", None, "Run folder (default runs/<preset>).")
+    flags.DEFINE_string("export_dir", None, "Versioned SavedModel export folder.")
+    flags.DEFINE_boolean(
+        "skip_bad_images", False, "Skip unreadable images (listed in skipped.json)."
+    )
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    run(config_from_flags())
+
+
+@dataclasses.dataclass
+class FnArgs:
+    """The fields of TFX Trainer's `fn_args` that `run_fn` reads (TFX does not install here)."""
+
+    train_files: list[str]
+    eval_files: list[str]
+    serving_model_dir: str
+    model_run_dir: str
+    train_steps: int | None = None
+    eval_steps: int | None = None
+    schema_path: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    custom_config: dict[str, Any] | None = None
+    data_accessor: Any = None
+
+
+def run_fn(fn_args: Any) -> dict[str, Any]:
+    """TFX Trainer's module-file entry point: TFRecords in, a model in `serving_model_dir` out.
+
+    Options come from `custom_config` (any `section.field` of `RunConfig`, plus `preset`) and
+    `hyperparameters` (same keys; they win).
+    """
+    options = {**(fn_args.custom_config or {}), **(fn_args.hyperparameters or {})}
+    preset = options.pop("preset", "default")
+    options.setdefault("data.source", "tfrecords")
+    options["data.tfrecords"] = ",".join(fn_args.train_files)
+    options["data.eval_tfrecords"] = ",".join(fn_args.eval_files)
+    config = build_config(preset, options)
+    config.output_dir = fn_args.model_run_dir
+    config.export_dir = fn_args.serving_model_dir
+    return run(config, verbose=2)
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    define_flags()
+    app.run(main)
