@@ -24,6 +24,20 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "test": ["pytest==9.2.0", "ruff==0.17.6"],
+    # Peers that scripts/bench_augment.py measures against; never imported by cellkeras itself.
+    # Install with --no-deps (albumentations would pull the non-headless OpenCV):
+    #   pip install --no-deps albumentations==2.0.8 albucore==0.0.24 Augmentor==0.2.12 ...
+    "bench": [
+        "albumentations==2.0.8",
+        "albucore==0.0.24",
+        "Augmentor==0.2.12",
+        "pydantic==2.14.3",
+        "pydantic-core==2.50.4",
+        "annotated-types==0.8.0",
+        "typing-inspection==0.4.5",
+        "stringzilla==5.3.2",
+        "simsimd==6.5.16",
+    ],
 }
 
 setup(

@@ -14,6 +14,7 @@ import sys
 # Modules that contribute sub-commands; imported lazily so `cellkeras --help` stays fast.
 COMMAND_MODULES = [
     "cellkeras.data.commands",
+    "cellkeras.augment.commands",
     "cellkeras.export_commands",
 ]
 
