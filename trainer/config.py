@@ -49,6 +49,9 @@ class TrainConfig:
     schedule: str = "48:3,64:3,96:2"
     batch_size: int = 32
     learning_rate: float = 3e-3
+    # Weight of each branch's auxiliary loss: it gives every branch a trained head of its own,
+    # so per-branch accuracy means something (0 trains the merged output alone).
+    branch_loss_weight: float = 0.3
     mixed_precision: str = "auto"
     distribution: str = "auto"
     seed: int = 0

@@ -114,13 +114,15 @@ def load_data(config: RunConfig):
 
 
 class RunProgress(keras.callbacks.Callback):
-    """Makes a run resumable: after every epoch it saves the model (weights and optimizer
-    state) and the progress through the schedule, atomically, into the run's checkpoint folder.
+    """Makes a run resumable and keeps its best model.
 
-    Rerunning the same command after a crash or `kill -9` continues after the last finished
-    epoch, mid-stage included; at most the epoch in flight is lost. Keras' BackupAndRestore
-    does not fit a schedule of several `fit` calls: it restores the epoch counter into whichever
-    call comes first and deletes its backup when that call ends.
+    After every epoch it saves the weights and optimizer state of the model being fitted, and
+    the progress through the schedule, atomically, into the run's checkpoint folder; rerunning
+    the same command after a crash or `kill -9` continues after the last finished epoch,
+    mid-stage included (at most the epoch in flight is lost). Keras' BackupAndRestore does not
+    fit a schedule of several `fit` calls: it restores the epoch counter into whichever call
+    comes first and deletes its backup when that call ends. It also saves the watched model as
+    `best.keras` whenever validation accuracy improves.
     """
 
     def __init__(self, folder: Path, fingerprint: dict[str, Any]):
@@ -128,15 +130,17 @@ class RunProgress(keras.callbacks.Callback):
         self.folder = folder
         self.fingerprint = fingerprint
         self.epochs_done = 0
+        self.best_val_accuracy = -1.0
         self.stages: list[dict[str, Any]] = []
         self.partial_seconds: dict[str, float] = {}
         self._stage = 0
         self._started = time.perf_counter()
         self._carried = 0.0
+        self._watched: keras.Model | None = None
 
     @property
-    def model_path(self) -> Path:
-        return self.folder / "model.keras"
+    def weights_path(self) -> Path:
+        return self.folder / "state.weights.h5"
 
     @classmethod
     def resume_or_start(cls, folder: Path, config: RunConfig) -> RunProgress:
@@ -151,7 +155,7 @@ class RunProgress(keras.callbacks.Callback):
         }
         progress = cls(folder, fingerprint)
         saved = folder / "progress.json"
-        if not saved.is_file() or not progress.model_path.is_file():
+        if not saved.is_file() or not progress.weights_path.is_file():
             return progress
         state = json.loads(saved.read_text())
         if state["fingerprint"] != fingerprint:
@@ -160,9 +164,19 @@ class RunProgress(keras.callbacks.Callback):
                 "pass another --output_dir, or delete the folder to start over"
             )
         progress.epochs_done = state["epochs_done"]
+        progress.best_val_accuracy = state["best_val_accuracy"]
         progress.stages = state["stages"]
         progress.partial_seconds = state["partial_seconds"]
         return progress
+
+    def restore(self, fit_model: keras.Model) -> None:
+        """Loads the saved weights and optimizer state into the (compiled) model to fit."""
+        fit_model.optimizer.build(fit_model.trainable_variables)
+        fit_model.load_weights(self.weights_path)
+
+    def watch(self, model: keras.Model) -> None:
+        """The model saved as `best.keras` (the classifier, not the training wrapper)."""
+        self._watched = model
 
     def begin_stage(self, index: int) -> None:
         self._stage = index
@@ -174,33 +188,49 @@ class RunProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.epochs_done = epoch + 1
-        self.partial_seconds[str(self._stage)] = self._carried + time.perf_counter() - self._started
+        elapsed = self._carried + time.perf_counter() - self._started
+        self.partial_seconds[str(self._stage)] = elapsed
         self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.folder / "model.partial.keras"
-        self.model.save(temporary)
-        os.replace(temporary, self.model_path)
+        val_accuracy = (logs or {}).get("val_accuracy")
+        improved = val_accuracy is not None and val_accuracy > self.best_val_accuracy
+        if self._watched is not None and improved:
+            self.best_val_accuracy = float(val_accuracy)
+            _save_atomically(self._watched.save, self.folder.parent / "best.keras")
+        _save_atomically(self.model.save_weights, self.weights_path)
         self.save()
 
     def save(self) -> None:
         state = {
             "fingerprint": self.fingerprint,
             "epochs_done": self.epochs_done,
+            "best_val_accuracy": self.best_val_accuracy,
             "stages": self.stages,
             "partial_seconds": self.partial_seconds,
         }
-        temporary = self.folder / "progress.partial.json"
-        temporary.write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(temporary, self.folder / "progress.json")
+        _save_atomically(
+            lambda path: Path(path).write_text(json.dumps(state, indent=2) + "\n"),
+            self.folder / "progress.json",
+        )
 
     def finish(self) -> None:
         """The run is complete: a rerun of the same command starts a new one."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _stage_strength(index: int, count: int) -> float:
-    """Augmentation strength per stage: weaker on small images, full at the last stage
-    (EfficientNetV2's progressive learning: small images carry less to regularize)."""
-    return 1.0 if count == 1 else 0.5 + 0.5 * index / (count - 1)
+def _save_atomically(write, path: Path) -> None:
+    """Calls `write(temporary)` beside `path`, then renames: a kill never leaves half a file."""
+    temporary = path.with_name(f".partial-{path.name}")
+    write(str(temporary))
+    os.replace(temporary, path)
+
+
+def _stage_strength(stages: list[Stage], index: int) -> float:
+    """Augmentation strength for a stage, ramped with image size (EfficientNetV2's progressive
+    learning: small images carry less detail to regularize, so they get weaker augmentation)."""
+    from cellkeras.augment import strength_for_size
+
+    sides = [max(stage.size) for stage in stages]
+    return strength_for_size(sides[index], min(sides), max(sides), start=0.5)
 
 
 def _make_augmenter(name: str, size: tuple[int, int], strength: float, seed: int, classes: int):
@@ -219,6 +249,7 @@ def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
     from cellkeras.data.splits import split_imageset
     from cellkeras.models import create_model
     from cellkeras.models.parallel import analysis_model
+    from cellkeras.models.training import AliasMergedMetrics, joint_trainer
 
     stages: list[Stage] = parse_schedule(config.train.schedule)
     out = Path(config.output_dir)
@@ -266,20 +297,20 @@ def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
     steps_per_epoch = len(dataset(train_set, stages[0].size, True))
     progress = RunProgress.resume_or_start(out / "checkpoint", config)
     with dtype_policy(policy), strategy.scope():
+        model = create_model(train_cfg.model, images.num_classes, channels=channels)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            train_cfg.learning_rate, steps_per_epoch * total_epochs(stages), alpha=0.05
+        )
+        fit_model, to_labels = joint_trainer(
+            model,
+            keras.optimizers.Adam(schedule),
+            train_cfg.branch_loss_weight,
+            jit_compile=_use_xla(strategy),
+        )
         if progress.epochs_done:
-            model = keras.models.load_model(progress.model_path)
+            progress.restore(fit_model)
             print(f"resuming {out} after epoch {progress.epochs_done} of {total_epochs(stages)}")
-        else:
-            model = create_model(train_cfg.model, images.num_classes, channels=channels)
-            schedule = keras.optimizers.schedules.CosineDecay(
-                train_cfg.learning_rate, steps_per_epoch * total_epochs(stages), alpha=0.05
-            )
-            model.compile(
-                optimizer=keras.optimizers.Adam(schedule),
-                loss="categorical_crossentropy",
-                metrics=["accuracy"],
-                jit_compile=_use_xla(strategy),
-            )
+    progress.watch(model)
     print(
         f"model: {train_cfg.model} · {model.count_params():,} parameters · policy {policy} · "
         f"{strategy.num_replicas_in_sync} replica(s) · schedule {format_schedule(stages)}"
@@ -288,11 +319,9 @@ def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
     if not progress.epochs_done:
         (out / "history.csv").unlink(missing_ok=True)
     callbacks = [
+        AliasMergedMetrics(),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "logs")),
-        keras.callbacks.ModelCheckpoint(
-            str(out / "best.keras"), monitor="val_accuracy", save_best_only=True
-        ),
         progress,  # last: an epoch counts as done only once everything above has run
     ]
     first_epoch = 0
@@ -301,11 +330,11 @@ def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
         if progress.epochs_done >= last_epoch:
             first_epoch = last_epoch
             continue
-        strength = _stage_strength(index, len(stages))
+        strength = _stage_strength(stages, index)
         progress.begin_stage(index)
-        history = model.fit(
-            dataset(train_set, stage.size, True, strength),
-            validation_data=dataset(val_set, stage.size, False),
+        history = fit_model.fit(
+            to_labels(dataset(train_set, stage.size, True, strength)),
+            validation_data=to_labels(dataset(val_set, stage.size, False)),
             initial_epoch=progress.epochs_done,
             epochs=last_epoch,
             callbacks=callbacks,

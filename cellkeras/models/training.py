@@ -70,7 +70,7 @@ def set_trainable(
     return [layer.name for layer in model.layers if layer.name in wanted]
 
 
-class _AliasMergedMetrics(keras.callbacks.Callback):
+class AliasMergedMetrics(keras.callbacks.Callback):
     """Renames `[val_]merged_<metric>` to `[val_]<metric>` in the logs, so callbacks and the
     history see the merged output under the same names as a plain single-output fit."""
 
@@ -136,17 +136,41 @@ def fit_joint(
     Returns:
         The history dict: `loss`, `accuracy`, `val_accuracy`, ... and per-branch entries.
     """
+    trainer, to_labels = joint_trainer(model, optimizer, branch_loss_weight)
+    history = trainer.fit(
+        **_fit_inputs(to_labels(train_ds)),
+        validation_data=to_labels(val_ds),
+        epochs=epochs,
+        callbacks=[AliasMergedMetrics(), *callbacks],
+        verbose=verbose,
+    )
+    return {k: v for k, v in history.history.items() if "merged_" not in k}
+
+
+def joint_trainer(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer | str = "adam",
+    branch_loss_weight: float = 0.3,
+    **compile_kwargs: Any,
+) -> tuple[keras.Model, Callable[[Any], Any]]:
+    """The compiled model to `fit` for joint training, and the function that turns
+    `(images, one_hot)` data into the labels it expects.
+
+    With two or more branches and `branch_loss_weight > 0` the trainer is `analysis_model(model)`
+    (sharing `model`'s weights) with an auxiliary cross-entropy on every branch's softmax; fit it
+    with `AliasMergedMetrics()` among the callbacks so the merged output's metrics keep their
+    plain names. Otherwise it is `model` itself, compiled, and the labels pass unchanged.
+    `compile_kwargs` go to `compile` (e.g. `jit_compile`).
+    """
     names = branch_names(model)
     if branch_loss_weight <= 0 or len(names) < 2:
-        compile_classifier(model, optimizer)
-        history = model.fit(
-            **_fit_inputs(train_ds),
-            validation_data=val_ds,
-            epochs=epochs,
-            callbacks=list(callbacks),
-            verbose=verbose,
+        model.compile(
+            optimizer=optimizer,
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            **compile_kwargs,
         )
-        return history.history
+        return model, lambda data: data
     trainer = analysis_model(model)
     keys = ["merged", *names]
     trainer.compile(
@@ -154,16 +178,9 @@ def fit_joint(
         loss={k: "categorical_crossentropy" for k in keys},
         loss_weights={"merged": 1.0, **{n: branch_loss_weight for n in names}},
         metrics={k: ["accuracy"] for k in keys},
+        **compile_kwargs,
     )
-    train = _per_output_labels(train_ds, keys)
-    history = trainer.fit(
-        **_fit_inputs(train),
-        validation_data=_per_output_labels(val_ds, keys),
-        epochs=epochs,
-        callbacks=[_AliasMergedMetrics(), *callbacks],
-        verbose=verbose,
-    )
-    return {k: v for k, v in history.history.items() if "merged_" not in k}
+    return trainer, lambda data: _per_output_labels(data, keys)
 
 
 def fit_stagewise(
