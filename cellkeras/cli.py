@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "cellkeras.data.commands",
     "cellkeras.augment.commands",
+    "cellkeras.explain.commands",
     "cellkeras.export_commands",
 ]
 

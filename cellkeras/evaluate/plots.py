@@ -168,12 +168,14 @@ def plot_training_curves(
         for start, label in zip(starts, stage_labels, strict=False):
             ax.annotate(
                 f"{label} px",
-                xy=(start + 0.6, 1.0),
+                xy=(start + 0.8, 1.0),
                 xycoords=("data", "axes fraction"),
                 va="top",
+                ha="left",
                 fontsize=8,
                 color="dimgrey",
             )
+        ax.set_xlim(0.5, max(epochs[-1], 1) + 0.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

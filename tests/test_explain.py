@@ -1,0 +1,266 @@
+"""Explain: CAM methods on tiny mock models, parity with the keras.io reference and tf-keras-vis,
+occlusion on a model with a known answer region, faithfulness metrics and overlays."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cellkeras.explain import (
+    METHODS,
+    average_drop,
+    colorize,
+    compute_explanation,
+    default_layer,
+    deletion_curve,
+    explain,
+    gradcam,
+    keep_region,
+    occlusion,
+    overlay,
+)
+from cellkeras.explain.loading import model_min_side
+from cellkeras.models import create_model
+
+CAM_METHODS = [m for m in METHODS if m != "occlusion"]
+
+
+def tiny_model(activation="softmax", units=3, seed=0, size=None):
+    keras.utils.set_random_seed(seed)
+    images = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="c1")(images)
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(images, keras.layers.Dense(units, activation=activation, name="out")(x))
+
+
+@pytest.fixture(scope="module")
+def softmax_model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def sigmoid_model():
+    return tiny_model("sigmoid", 1, seed=1)
+
+
+@pytest.fixture(scope="module")
+def parallel_model():
+    keras.utils.set_random_seed(0)
+    return create_model("parallel_small", 3, channels=3)
+
+
+def batch(n, size=16, seed=0):
+    return np.random.default_rng(seed).random((n, size, size, 3)).astype(np.float32)
+
+
+def keras_io_gradcam(images, model, last_conv_layer_name, pred_index=None):
+    """keras.io `make_gradcam_heatmap`, verbatim but for the keras.ops spelling."""
+    grad_model = keras.models.Model(
+        model.inputs, [model.get_layer(last_conv_layer_name).output, model.output]
+    )
+    with tf.GradientTape() as tape:
+        last_conv_layer_output, preds = grad_model(images)
+        if pred_index is None:
+            pred_index = tf.argmax(preds[0])
+        class_channel = preds[:, pred_index]
+    grads = tape.gradient(class_channel, last_conv_layer_output)
+    pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
+    last_conv_layer_output = last_conv_layer_output[0]
+    heatmap = last_conv_layer_output @ pooled_grads[..., tf.newaxis]
+    heatmap = tf.squeeze(heatmap)
+    heatmap = tf.maximum(heatmap, 0) / tf.math.reduce_max(heatmap)
+    return heatmap.numpy()
+
+
+@pytest.mark.parametrize("score", ["probability", "logit"])
+def test_gradcam_matches_keras_io_reference(softmax_model, score):
+    images = batch(3)
+    reference_model = softmax_model
+    if score == "logit":  # keras.io removes the last layer's softmax
+        reference_model = tiny_model()
+        reference_model.get_layer("out").activation = None
+    ours = gradcam(softmax_model, images, layer_name="c2", score=score, resize=False)
+    for i in range(3):
+        expected = keras_io_gradcam(images[i : i + 1], reference_model, "c2")
+        np.testing.assert_allclose(ours[i], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["softmax_model", "sigmoid_model"])
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_methods_match_tf_keras_vis(request, model_name, method):
+    model = request.getfixturevalue(model_name)
+    images = batch(3, seed=2)
+    kw = {"resize": False, "max_n": 3}
+    ours = explain(model, images, method, **kw)
+    # tf-keras-vis' Faster Score-CAM takes the union of every image's top channels over the
+    # batch (ours keeps each image's own), so it is compared one image at a time.
+    step = 1 if method == "faster-scorecam" else 3
+    reference = np.concatenate(
+        [
+            explain(model, images[i : i + step], method, engine="tf-keras-vis", **kw)
+            for i in range(0, 3, step)
+        ]
+    )
+    np.testing.assert_allclose(ours, reference, atol=2e-3)
+
+
+@pytest.mark.parametrize("model_name", ["softmax_model", "sigmoid_model"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n", [1, 3])
+def test_every_method_shape_range_and_batch_independence(request, model_name, method, n):
+    model = request.getfixturevalue(model_name)
+    images = batch(n, seed=3)
+    result = compute_explanation(model, images, method, batch_size=2)
+    assert result.maps.shape == (n, 16, 16) and result.maps.dtype == np.float32
+    assert result.maps.min() >= 0.0 and result.maps.max() <= 1.0 + 1e-6
+    assert result.class_index.shape == (n,) and result.probability.shape == (n,)
+    # A map does not depend on the other images of its batch.
+    alone = explain(model, images[-1:], method)
+    np.testing.assert_allclose(result.maps[-1], alone[0], atol=1e-5)
+    raw = explain(model, images, method, normalize=False, batch_size=2)
+    assert raw.shape == (n, 16, 16) and raw.min() >= 0.0
+
+
+def test_scorecam_on_one_unit_sigmoid_is_not_flat(sigmoid_model):
+    # tf-keras-vis' softmax over one unit is constant 1: every channel weight would be equal.
+    maps = explain(sigmoid_model, batch(2), "scorecam", normalize=False, resize=False)
+    features = tf.keras.Model(sigmoid_model.inputs, sigmoid_model.get_layer("c2").output)
+    unweighted = np.maximum(np.asarray(features(batch(2))).sum(-1), 0)
+    assert not np.allclose(maps / maps.max(), unweighted / unweighted.max(), atol=1e-3)
+
+
+def test_class_index_forms(softmax_model):
+    images = batch(3)
+    predicted = compute_explanation(softmax_model, images).class_index
+    assert compute_explanation(softmax_model, images, class_index=2).class_index.tolist() == [2] * 3
+    per_image = compute_explanation(softmax_model, images, class_index=[0, 1, 2])
+    assert per_image.class_index.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(
+        explain(softmax_model, images, class_index=list(predicted)), explain(softmax_model, images)
+    )
+    with pytest.raises(ValueError, match="out of range"):
+        explain(softmax_model, images, class_index=3)
+    with pytest.raises(ValueError, match="2 class indices for 3"):
+        explain(softmax_model, images, class_index=[0, 1])
+
+
+def test_parallel_model_branches_and_merged(parallel_model):
+    images = batch(2, size=32)
+    assert default_layer(parallel_model) == "edge_last_conv"
+    for branch, layers in [
+        ("edge", ["edge_last_conv"]),
+        ("deep_narrow", ["deep_narrow_last_conv"]),
+        ("merged", ["edge_last_conv", "deep_narrow_last_conv"]),
+    ]:
+        result = compute_explanation(parallel_model, images, branch=branch)
+        assert result.layers == layers and result.maps.shape == (2, 32, 32)
+    with pytest.raises(ValueError, match="no branch 'nope'"):
+        explain(parallel_model, images, branch="nope")
+
+
+def test_mixed_precision_model_matches_float32():
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy("mixed_float16")
+        mixed = tiny_model()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    plain = tiny_model()
+    plain.set_weights(mixed.get_weights())
+    images = batch(2)
+    assert mixed.get_layer("c2").compute_dtype == "float16"
+    for method in ("gradcam", "scorecam"):
+        np.testing.assert_allclose(
+            explain(mixed, images, method), explain(plain, images, method), atol=0.03
+        )
+
+
+def test_nested_model_layer():
+    keras.utils.set_random_seed(0)
+    inner_in = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="inner_conv")(inner_in)
+    backbone = keras.Model(inner_in, x, name="backbone")
+    images = keras.Input((None, None, 3))
+    y = keras.layers.GlobalAveragePooling2D()(backbone(images))
+    model = keras.Model(images, keras.layers.Dense(2, activation="softmax")(y))
+    assert default_layer(model) == "inner_conv"
+    maps = gradcam(model, batch(2))
+    assert maps.shape == (2, 16, 16) and maps.max() == pytest.approx(1.0)
+
+
+def test_model_without_conv_layers_is_refused():
+    images = keras.Input((8, 8, 3))
+    x = keras.layers.Flatten()(images)
+    model = keras.Model(images, keras.layers.Dense(2, activation="softmax")(x))
+    with pytest.raises(ValueError, match="no convolutional layer"):
+        gradcam(model, batch(1, size=8))
+    assert occlusion(model, batch(1, size=8)).shape == (1, 8, 8)
+
+
+def test_wrong_channels_and_shapes(softmax_model):
+    with pytest.raises(ValueError, match="takes 3 channel"):
+        gradcam(softmax_model, np.zeros((1, 16, 16, 1), np.float32))
+    with pytest.raises(ValueError, match="Unknown method"):
+        explain(softmax_model, batch(1), "saliency")
+    assert gradcam(softmax_model, batch(1)[0]).shape == (1, 16, 16)
+
+
+def region_model():
+    """Answers 'bright spot' by looking only at rows/cols 16..23 of a 32 px image."""
+    images = keras.Input((32, 32, 1))
+    crop = keras.layers.Cropping2D(((16, 8), (16, 8)))(images)
+    mean = keras.layers.GlobalAveragePooling2D()(crop)
+    logits = keras.layers.Dense(2)(mean)
+    model = keras.Model(images, keras.layers.Activation("softmax")(logits))
+    model.layers[-2].set_weights([np.array([[-20.0, 20.0]], np.float32), np.array([5.0, -5.0])])
+    return model
+
+
+def test_occlusion_peaks_on_the_region_the_answer_depends_on():
+    model = region_model()
+    image = np.zeros((1, 32, 32, 1), np.float32)
+    image[0, 16:24, 16:24] = 1.0
+    result = compute_explanation(model, image, "occlusion", patch_size=8, stride=4, fill=0.0)
+    assert result.class_index[0] == 1 and result.probability[0] > 0.99
+    peak = np.unravel_index(result.maps[0].argmax(), (32, 32))
+    assert 16 <= peak[0] < 24 and 16 <= peak[1] < 24
+    assert result.maps[0][:8, :8].max() == 0.0  # occluding elsewhere changes nothing
+    raw = occlusion(model, image, patch_size=8, stride=4, fill=0.0, normalize=False)
+    assert 0.0 < raw.max() <= 1.0  # a probability drop
+
+
+def test_faithfulness_prefers_the_true_region():
+    model = region_model()
+    image = np.zeros((1, 32, 32, 1), np.float32)
+    image[0, 16:24, 16:24] = 1.0
+    good = np.zeros((1, 32, 32), np.float32)
+    good[0, 16:24, 16:24] = 1.0
+    bad = 1.0 - good
+    kept = keep_region(image, good, fraction=64 / 1024, fill=0.0)
+    np.testing.assert_array_equal(kept, image)
+    drop_good = average_drop(model, image, good, fraction=0.1, fill=0.0)
+    drop_bad = average_drop(model, image, bad, fraction=0.1, fill=0.0)
+    assert drop_good["average_drop"] < 0.01 < drop_bad["average_drop"]
+    curve_good = deletion_curve(model, image, good, steps=8, fill=0.0)
+    curve_bad = deletion_curve(model, image, bad, steps=8, fill=0.0)
+    assert len(curve_good["scores"][0]) == 9
+    assert curve_good["mean_auc"] < curve_bad["mean_auc"]
+
+
+def test_overlay_and_colorize():
+    heat = np.zeros((10, 12), np.float32)
+    heat[5, 6] = 1.0
+    rgb = colorize(heat)
+    assert rgb.shape == (10, 12, 3) and rgb.dtype == np.uint8
+    assert rgb[5, 6, 0] > rgb[5, 6, 2]  # jet: hot is red, cold is blue
+    blended = overlay(np.full((10, 12, 1), 0.5, np.float32), heat)
+    assert blended.shape == (10, 12, 3) and blended.dtype == np.uint8
+    small = overlay(np.zeros((20, 24, 3), np.uint8), heat)  # map resized to the image
+    assert small.shape == (20, 24, 3)
+    with pytest.raises(ValueError, match="Unknown colormap"):
+        colorize(heat, "rainbowish")
+
+
+def test_min_side_of_parallel_model(parallel_model):
+    assert model_min_side(parallel_model) == 8
