@@ -54,7 +54,16 @@ def test_smoke_run_writes_the_run_folder(tmp_path):
     assert [s["size"] for s in saved["stages"]] == [[16, 16], [24, 24]]
     assert all(s["seconds"] > 0 and 0 <= s["val_accuracy"] <= 1 for s in saved["stages"])
     assert set(saved["per_branch_val_accuracy"]) == {"edge", "deep_narrow"}
-    for name in ("config.json", "history.csv", "training_curves.png", "model.keras"):
+    for name in (
+        "config.json",
+        "history.csv",
+        "training_curves.png",
+        "model.keras",
+        "best.keras",
+        "branches.json",
+        "confusion_matrices.png",
+        "report.html",
+    ):
         assert (tmp_path / "run" / name).is_file(), name
     history = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
     assert len(history) == 1 + 2  # header + one row per epoch over both stages
@@ -175,3 +184,33 @@ def test_run_fn_reads_tfrecords_and_exports(tmp_path):
     outputs = loaded.signatures["serving_default"](image_bytes=tf.stack([png]))
     assert outputs["probabilities"].shape == (1, 4)
     assert (tmp_path / "logs" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_later_stages_head_freezes_the_branches(tmp_path):
+    import keras
+    import numpy as np
+
+    from trainer.task import run
+
+    snapshots = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append({v.path: v.numpy().copy() for v in self.model.weights})
+
+    config = build_config(
+        "smoke",
+        {"train.augment": "none", "train.later_stages": "head", "train.schedule": "16:1,24:1"},
+    )
+    config.output_dir = str(tmp_path / "run")
+    run(config, verbose=0, callbacks=[Snapshot()])
+    after_first, after_second = snapshots
+    branch = [p for p in after_first if p.startswith(("edge_", "deep_narrow_"))]
+    head = [p for p in after_first if p.startswith("merge_")]
+    assert branch and head
+    for path in branch:  # stage two left every branch weight where stage one did
+        np.testing.assert_array_equal(after_first[path], after_second[path], err_msg=path)
+    assert any(not np.array_equal(after_first[p], after_second[p]) for p in head)
+    with pytest.raises(ValueError, match="unknown later_stages"):
+        run(build_config("smoke", {"train.later_stages": "some"}), verbose=0)

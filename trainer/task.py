@@ -31,6 +31,7 @@ from trainer.schedule import Stage, format_schedule, parse_schedule, total_epoch
 
 MIXED_PRECISION_MODES = ("auto", "off", "float16", "bfloat16")
 DISTRIBUTIONS = ("auto", "one", "mirrored", "multi_worker")
+LATER_STAGE_MODES = ("all", "head")
 
 
 def resolve_precision(mode: str) -> str:
@@ -241,17 +242,27 @@ def _make_augmenter(name: str, size: tuple[int, int], strength: float, seed: int
     return build_augmenter(name, image_size=size, strength=strength, seed=seed, num_classes=classes)
 
 
-def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
-    """Trains as configured, writes the run folder and returns the metrics dict."""
-    import numpy as np
+def run(
+    config: RunConfig,
+    verbose: int | str = "auto",
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> dict[str, Any]:
+    """Trains as configured, writes the run folder and returns the metrics dict.
 
+    `callbacks` are added to every stage's `fit` (they see the model being fitted, which with
+    auxiliary branch losses wraps the classifier).
+    """
     from cellkeras.data import make_dataset
     from cellkeras.data.splits import split_imageset
+    from cellkeras.evaluate import evaluate_branches
     from cellkeras.models import create_model
-    from cellkeras.models.parallel import analysis_model
-    from cellkeras.models.training import AliasMergedMetrics, joint_trainer
+    from cellkeras.models.training import AliasMergedMetrics, joint_trainer, set_trainable
 
     stages: list[Stage] = parse_schedule(config.train.schedule)
+    if config.train.later_stages not in LATER_STAGE_MODES:
+        raise ValueError(
+            f"unknown later_stages {config.train.later_stages!r}; known: {LATER_STAGE_MODES}"
+        )
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.json")
@@ -318,8 +329,10 @@ def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
 
     if not progress.epochs_done:
         (out / "history.csv").unlink(missing_ok=True)
+    extra_callbacks = list(callbacks or [])
     callbacks = [
         AliasMergedMetrics(),
+        *extra_callbacks,
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "logs")),
         progress,  # last: an epoch counts as done only once everything above has run
@@ -331,6 +344,17 @@ def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
             first_epoch = last_epoch
             continue
         strength = _stage_strength(stages, index)
+        if index > 0 and train_cfg.later_stages == "head":
+            # The seed's variant: features learned on small images stay, the head relearns
+            # at the larger size. Keras 3 fixes the trainable set at compile time.
+            with dtype_policy(policy), strategy.scope():
+                set_trainable(model, branches=False, head=True)
+                fit_model, to_labels = joint_trainer(
+                    model,
+                    fit_model.optimizer,  # its state carries on, as in the other mode
+                    train_cfg.branch_loss_weight,
+                    jit_compile=_use_xla(strategy),
+                )
         progress.begin_stage(index)
         history = fit_model.fit(
             to_labels(dataset(train_set, stage.size, True, strength)),
@@ -361,13 +385,17 @@ def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
     stage_metrics = progress.stages
 
     final_size = stages[-1].size
-    final_val = dataset(val_set, final_size, False)
-    predictions = analysis_model(model).predict(final_val, verbose=0)
-    truth = val_set.labels
-    accuracy = {name: float(np.mean(p.argmax(-1) == truth)) for name, p in predictions.items()}
+    analysis = evaluate_branches(
+        model,
+        dataset(val_set, final_size, False),
+        images.classes,
+        out,
+        title=f"validation at {format_schedule(stages[-1:]).split(':')[0]} px",
+    )
+    accuracy = analysis["per_branch_accuracy"]
     metrics = {
         "classes": images.classes,
-        "val_accuracy": accuracy.pop("merged"),
+        "val_accuracy": analysis["models"]["merged"]["accuracy"],
         "per_branch_val_accuracy": accuracy,
         "stages": stage_metrics,
         "total_seconds": round(sum(s["seconds"] for s in stage_metrics), 2),
@@ -395,6 +423,7 @@ def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
         metrics["export"] = str(version_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot_curves(out, stages)
+    write_report(out, config, metrics, analysis, skipped)
     progress.finish()
     print(
         f"done: val_accuracy {metrics['val_accuracy']:.4f} "
@@ -402,6 +431,91 @@ def run(config: RunConfig, verbose: int | str = "auto") -> dict[str, Any]:
         f"in {metrics['total_seconds']:.0f} s · run folder {out}"
     )
     return metrics
+
+
+def write_report(
+    out: Path,
+    config: RunConfig,
+    metrics: dict[str, Any],
+    analysis: dict[str, Any],
+    skipped: list[dict[str, str]],
+) -> Path:
+    """`report.html`: the whole run on one page (figures, stages, branches, export)."""
+    import html
+
+    def table(header: list[str], rows: list[list[Any]]) -> str:
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+            for row in rows
+        )
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    stages = table(
+        ["stage", "size", "epochs", "seconds", "val accuracy", "augment strength"],
+        [
+            [i + 1, "x".join(map(str, s["size"])), s["epochs"], s["seconds"],
+             f"{s['val_accuracy']:.4f}", f"{s['augment_strength']:.2f}"]
+            for i, s in enumerate(metrics["stages"])
+        ],
+    )  # fmt: skip
+    models = table(
+        ["model", "accuracy", "ECE", "Brier"],
+        [
+            [name, f"{m['accuracy']:.4f}", f"{m['ece']:.4f}", f"{m['brier']:.4f}"]
+            for name, m in analysis["models"].items()
+        ],
+    )  # fmt: skip
+    pairs = table(
+        ["pair", "disagreement", "double fault", "oracle accuracy"],
+        [
+            [" + ".join(p["models"]), f"{p['disagreement']:.4f}", f"{p['double_fault']:.4f}",
+             f"{p['oracle_accuracy']:.4f}"]
+            for p in analysis["pairs"]
+        ],
+    )  # fmt: skip
+    figures = "".join(
+        f'<figure><img src="{name}" alt="{name}"><figcaption>{name}</figcaption></figure>'
+        for name in ("training_curves.png", "confusion_matrices.png", "reliability.png")
+        if (out / name).is_file()
+    )
+    skipped_html = (
+        table(["input", "reason"], [[s["input"], s["reason"]] for s in skipped])
+        if skipped
+        else "<p>none</p>"
+    )
+    export = (
+        f"<p>SavedModel: <code>{html.escape(metrics['export'])}</code> — check it with "
+        f"<code>cellkeras serve-check {html.escape(str(config.export_dir))}</code></p>"
+        if "export" in metrics
+        else "<p>not exported (pass <code>--export_dir</code>)</p>"
+    )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>cellkeras run {html.escape(out.name)}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th {{ background: #f0f0f0; }} img {{ max-width: 100%; }} figure {{ margin: 1em 0; }}
+code, pre {{ background: #f6f6f6; }}
+</style></head><body>
+<h1>cellkeras run <code>{html.escape(out.name)}</code></h1>
+<p><b>validation accuracy {metrics["val_accuracy"]:.4f}</b> ·
+model {html.escape(metrics["model"])} ({metrics["parameters"]:,} parameters) ·
+{metrics["train_images"]} training / {metrics["val_images"]} validation images ·
+classes {html.escape(", ".join(metrics["classes"]))} · {metrics["total_seconds"]:.0f} s ·
+policy {html.escape(metrics["dtype_policy"])} · {metrics["replicas"]} replica(s)</p>
+<h2>Stages</h2>{stages}
+<h2>Branches and merge (validation, final size)</h2>{models}{pairs}
+{figures}
+<h2>Export</h2>{export}
+<h2>Skipped inputs</h2>{skipped_html}
+<h2>Configuration</h2><pre>{html.escape(json.dumps(config.to_dict(), indent=2))}</pre>
+</body></html>
+"""
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 def _plot_curves(out: Path, stages: list[Stage]) -> None:
@@ -454,6 +568,8 @@ _FLAG_FIELDS = {
     "mixed_precision": "train.mixed_precision",
     "distribution": "train.distribution",
     "seed": "train.seed",
+    "later_stages": "train.later_stages",
+    "branch_loss_weight": "train.branch_loss_weight",
 }
 
 
@@ -482,6 +598,13 @@ def define_flags() -> None:
     flags.DEFINE_enum("mixed_precision", None, list(MIXED_PRECISION_MODES), "Dtype policy.")
     flags.DEFINE_enum("distribution", None, list(DISTRIBUTIONS), "tf.distribute strategy.")
     flags.DEFINE_integer("seed", None, "Random seed (data, split, weights).")
+    flags.DEFINE_enum(
+        "later_stages",
+        None,
+        list(LATER_STAGE_MODES),
+        "After the first stage train everything, or only the merge head (the seed's variant).",
+    )
+    flags.DEFINE_float("branch_loss_weight", None, "Weight of each branch's auxiliary loss.")
     flags.DEFINE_string("output_dir", None, "Run folder (default runs/<preset>).")
     flags.DEFINE_string("export_dir", None, "Versioned SavedModel export folder.")
     flags.DEFINE_boolean(
