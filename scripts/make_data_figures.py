@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 
 from cellkeras.data.gallery import draw_boxes, draw_gallery
-from cellkeras.data.samples import embryo_stage_sheet, nuclei_overlay
+from cellkeras.data.samples import embryo_stage_sheet, nuclei_overlay, nuclei_patches
 from cellkeras.data.synthetic import generate_cells, generate_scene
 
 
@@ -39,6 +39,9 @@ def main() -> None:
     )
     _write_rgb(out / "embryo_stages.png", embryo_stage_sheet(per_stage=3, tile_side=200))
     _write_rgb(out / "nuclei_sample.png", nuclei_overlay(0, scale=2))
+    patches = nuclei_patches(seed=0)
+    title = "ndev nuclei patches (32 px, weak patch-level labels for the nucleus detector)"
+    print(draw_gallery(patches, out / "nuclei_patches.png", per_class=8, title=title))
 
 
 if __name__ == "__main__":

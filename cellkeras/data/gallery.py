@@ -68,8 +68,16 @@ def draw_gallery(
         rows, per_class, figsize=(1.6 * per_class + 0.8, 1.6 * rows + 0.6), squeeze=False
     )
     counts = imageset.class_counts()
+    shown = [np.flatnonzero(imageset.labels == k)[:per_class] for k in range(rows)]
+    # One intensity range for the whole grid, so a dim background patch looks dim next to a
+    # bright nucleus instead of being stretched into loud noise on its own.
+    display_range = None
+    stored = imageset.images
+    if stored is not None and stored.dtype != np.uint8:
+        values = stored[np.concatenate(shown)].astype(np.float32)
+        display_range = tuple(np.percentile(values[np.isfinite(values)], [0.5, 99.5]))
     for row, name in enumerate(imageset.classes):
-        indices = np.flatnonzero(imageset.labels == row)[:per_class]
+        indices = shown[row]
         for col in range(per_class):
             ax = axes[row, col]
             ax.set_xticks([])
@@ -78,7 +86,8 @@ def draw_gallery(
                 spine.set_visible(col < len(indices))
             if col < len(indices):
                 index = int(indices[col])
-                ax.imshow(_render(imageset, index, draw_boxes), interpolation="antialiased")
+                image = _render(imageset, index, draw_boxes, display_range)
+                ax.imshow(image, interpolation="antialiased")
             if col == 0:
                 ax.set_ylabel(f"{name}\n(n={counts[row]})", fontsize=9)
     if title is None:
@@ -106,8 +115,9 @@ def _load_for_display(imageset: ImageSet, index: int) -> np.ndarray:
         raise OSError(f"cannot read image {path!r}: file not found.") from None
 
 
-def _to_rgb8(image: np.ndarray) -> np.ndarray:
-    """Any stored pixels → uint8 RGB (H, W, 3) for display."""
+def _to_rgb8(image: np.ndarray, display_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Any stored pixels → uint8 RGB (H, W, 3) for display; non-uint8 pixels are mapped from
+    `display_range` when given, else from their own 0.5-99.5 percentiles."""
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim == 3 and image.shape[2] not in (3, 4):
@@ -116,6 +126,8 @@ def _to_rgb8(image: np.ndarray) -> np.ndarray:
         image = image[..., :3]
     if image.dtype == np.uint8:
         out = image
+    elif display_range is not None:
+        out = _stretch(image.astype(np.float32), display_range)
     elif image.dtype == np.uint16 or np.issubdtype(image.dtype, np.integer):
         out = _stretch(image.astype(np.float32))
     else:
@@ -130,21 +142,27 @@ def _to_rgb8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _stretch(values: np.ndarray) -> np.ndarray:
-    """Maps the 0.5-99.5 percentile range to 0-255: 16-bit microscopy rarely fills 16 bits."""
+def _stretch(values: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Maps `value_range` (default: the 0.5-99.5 percentiles) to 0-255: 16-bit microscopy
+    rarely fills 16 bits."""
     finite = values[np.isfinite(values)]
     if not finite.size:
         return np.zeros(values.shape, dtype=np.uint8)
-    lo, hi = np.percentile(finite, [0.5, 99.5])
+    lo, hi = value_range if value_range is not None else np.percentile(finite, [0.5, 99.5])
     if hi <= lo:
         hi = lo + 1.0
     scaled = (np.nan_to_num(values, nan=lo) - lo) * (255.0 / (hi - lo))
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
-def _render(imageset: ImageSet, index: int, with_boxes: bool) -> np.ndarray:
+def _render(
+    imageset: ImageSet,
+    index: int,
+    with_boxes: bool,
+    display_range: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Image `index` as uint8 RGB, enlarged if small, with its boxes drawn."""
-    image = _to_rgb8(_load_for_display(imageset, index))
+    image = _to_rgb8(_load_for_display(imageset, index), display_range)
     zoom = max(1, int(np.ceil(_MIN_DISPLAY / max(1, min(image.shape[:2])))))
     if zoom > 1:
         image = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC)
