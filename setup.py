@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "scipy==1.17.1",
     "scikit-learn==1.9.1",
+    "scikit-image==0.26.0",
     "absl-py==2.5.1",
     "matplotlib==3.11.2",
     "tifffile==2026.3.3",

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "cellkeras.data.commands",
     "cellkeras.augment.commands",
     "cellkeras.explain.commands",
+    "cellkeras.detect.commands",
     "cellkeras.export_commands",
 ]
 

@@ -1,0 +1,77 @@
+"""Detection: a classifier's heatmap → threshold → contours → boxes, with touching-cell splitting
+and tiling of large images.
+
+```
+from cellkeras.detect import DetectConfig, detect
+dets = detect(model, image, DetectConfig.for_workflow("nuclei"), class_names=["background", "nucleus"])
+boxes, scores = dets.boxes, dets.scores         # [x_min, y_min, x_max, y_max] pixels, (K,)
+boxes, scores = heatmap_to_boxes(heat, BoxParams(threshold="otsu", split="distance"))
+```
+
+`boxes` holds the pure heatmap → boxes steps, `heatmaps` the ways to get a heatmap from a model
+(sliding window, Grad-CAM, tiling, rescaling), `pipeline` the two put together, `calibrate` the
+frozen threshold, `draw` and `coco` the outputs, `commands` the `cellkeras detect` command.
+Scoring lives in `cellkeras.evaluate.detection`.
+"""
+
+from cellkeras.detect.boxes import (
+    BoxParams,
+    area_limits_px,
+    contour_labels,
+    heatmap_to_boxes,
+    heatmaps_to_boxes,
+    label_boxes,
+    non_max_suppression,
+    peak_markers,
+    split_touching,
+    threshold_heatmap,
+)
+from cellkeras.detect.calibrate import calibrate_threshold
+from cellkeras.detect.coco import to_coco, xywh_to_xyxy, xyxy_to_xywh
+from cellkeras.detect.heatmaps import (
+    gradcam_heatmap,
+    normalize_windows,
+    rescale_for_diameter,
+    sliding_window_heatmap,
+    target_classes,
+    tiled_heatmap,
+)
+from cellkeras.detect.pipeline import (
+    HEATMAP_METHODS,
+    WORKFLOWS,
+    DetectConfig,
+    DetectError,
+    Detections,
+    check_model,
+    detect,
+)
+
+__all__ = [
+    "HEATMAP_METHODS",
+    "WORKFLOWS",
+    "BoxParams",
+    "DetectConfig",
+    "DetectError",
+    "Detections",
+    "area_limits_px",
+    "calibrate_threshold",
+    "check_model",
+    "contour_labels",
+    "detect",
+    "gradcam_heatmap",
+    "heatmap_to_boxes",
+    "heatmaps_to_boxes",
+    "label_boxes",
+    "non_max_suppression",
+    "normalize_windows",
+    "peak_markers",
+    "rescale_for_diameter",
+    "sliding_window_heatmap",
+    "split_touching",
+    "target_classes",
+    "threshold_heatmap",
+    "tiled_heatmap",
+    "to_coco",
+    "xywh_to_xyxy",
+    "xyxy_to_xywh",
+]

@@ -1,0 +1,76 @@
+"""Detections as COCO-style JSON (the `cellkeras detect` output, contract in DESIGN.md).
+
+```
+{"images": [{"id": 1, "file_name": "a.png", "width": 576, "height": 210}],
+ "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [x, y, w, h],
+                  "area": w * h, "score": 0.97, "iscrowd": 0}],
+ "categories": [{"id": 1, "name": "nucleus"}]}
+```
+
+`bbox` is COCO's `[x, y, width, height]` in pixels, from the internal
+`[x_min, y_min, x_max, y_max]` (inclusive-exclusive, so width = x_max - x_min).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """(K, 4) `[x_min, y_min, x_max, y_max]` → `[x, y, width, height]`."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """(K, 4) `[x, y, width, height]` → `[x_min, y_min, x_max, y_max]`."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def to_coco(
+    images: Sequence[dict[str, Any]],
+    boxes: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+    category: str = "cell",
+) -> dict[str, Any]:
+    """A COCO results document for one category.
+
+    Args:
+        images: per image a dict with at least `file_name`, `width`, `height` (ids are assigned
+            1, 2, ... in order; other keys are kept).
+        boxes: per image (K, 4) `[x_min, y_min, x_max, y_max]`.
+        scores: per image (K,).
+        category: the category's name (id 1).
+
+    Returns:
+        A JSON-serialisable dict with `images`, `annotations` and `categories`.
+    """
+    if not len(images) == len(boxes) == len(scores):
+        raise ValueError("images, boxes and scores need one entry per image")
+    out_images, annotations = [], []
+    for image_id, (meta, image_boxes, image_scores) in enumerate(
+        zip(images, boxes, scores, strict=True), start=1
+    ):
+        out_images.append({"id": image_id, **meta})
+        for xywh, score in zip(xyxy_to_xywh(image_boxes), np.asarray(image_scores), strict=True):
+            x, y, w, h = (round(float(v), 2) for v in xywh)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [x, y, w, h],
+                    "area": round(w * h, 2),
+                    "score": round(float(score), 4),
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "images": out_images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": category}],
+    }

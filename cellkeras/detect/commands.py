@@ -1,0 +1,190 @@
+"""`cellkeras detect IMAGE... --model M --out DIR`: boxes around cells, as COCO JSON + PNGs.
+
+Writes `DIR/detections.json` (COCO style: `images`, `annotations` with `bbox` = [x, y, w, h],
+`score`, `category_id`, `image_id`; `categories`) and `DIR/<image stem>_detections.png` with the
+boxes drawn (plus `<stem>_heatmap.png` with `--save_heatmaps`).
+
+The workflow (heatmap method, window, thresholds: `cellkeras.detect.WORKFLOWS`) is chosen from
+the model's classes unless `--workflow` names one: ["background", "nucleus"] is the nuclei
+preset's model, ["background", "white_cell"] the synthetic centred-cell model; any other model
+with a "background" class gets the sliding window over its training size, and a classifier
+without one gets Grad-CAM (every class but "background" is a target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    """Registers `detect` on the `cellkeras` command's sub-parsers."""
+    p = subparsers.add_parser(
+        "detect",
+        help="find cells in images with a trained classifier (heatmap -> boxes), COCO JSON out",
+        description=(
+            "Turns a classifier's heatmap over each image into boxes and writes "
+            "OUT/detections.json (COCO) and an annotated PNG per image."
+        ),
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
+    p.add_argument(
+        "--model", required=True, help="export folder, version folder, run folder or .keras file"
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--cell_diameter",
+        type=float,
+        default=None,
+        help="typical cell diameter in these images, pixels: the image is rescaled so cells "
+        "match the training scale (as Cellpose's diameter)",
+    )
+    p.add_argument(
+        "--train_diameter",
+        type=float,
+        default=None,
+        help="cell diameter the model was trained on, pixels (default: the workflow's)",
+    )
+    p.add_argument(
+        "--workflow",
+        default="auto",
+        help="auto, or a named configuration: " + ", ".join(_workflow_names()),
+    )
+    p.add_argument("--method", choices=("sliding_window", "gradcam"), default=None)
+    p.add_argument("--stride", type=int, default=None, help="sliding-window step in pixels")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="fixed heat threshold in [0, 1] for boxes"
+    )
+    p.add_argument("--gate", type=float, default=None, help="min class probability per image")
+    p.add_argument("--min_area", type=float, default=None, help="smallest cell, px (or um^2)")
+    p.add_argument("--max_area", type=float, default=None, help="largest cell, px (or um^2)")
+    p.add_argument("--pixel_size", type=float, default=None, help="um per pixel: areas in um^2")
+    p.add_argument("--border", choices=("keep", "drop"), default=None, help="cells cut by the edge")
+    p.add_argument("--save_heatmaps", action="store_true", help="also write <stem>_heatmap.png")
+    p.set_defaults(func=_run_detect)
+
+
+def _workflow_names() -> list[str]:
+    from cellkeras.detect.pipeline import WORKFLOWS
+
+    return list(WORKFLOWS)
+
+
+def choose_workflow(classes: list[str] | None) -> str | None:
+    """The workflow for a model's classes (None: no named one fits; use the generic config)."""
+    from cellkeras.data.samples import NUCLEI_CLASSES
+
+    if classes is None:
+        return None
+    if list(classes) == list(NUCLEI_CLASSES):
+        return "nuclei"
+    if list(classes) == ["background", "white_cell"]:
+        return "synthetic"
+    return None
+
+
+def build_config(args: argparse.Namespace, info):
+    """The `DetectConfig` for the parsed arguments and the loaded model's `ModelInfo`."""
+    from cellkeras.detect.boxes import area_limits_px
+    from cellkeras.detect.pipeline import DetectConfig
+
+    name = choose_workflow(info.classes) if args.workflow == "auto" else args.workflow
+    overrides: dict = {"normalization": info.normalization, "cell_diameter": args.cell_diameter}
+    if info.image_size is not None:
+        overrides["window"] = int(min(info.image_size))
+    if name is None:
+        has_background = info.classes is not None and "background" in info.classes
+        overrides["method"] = "sliding_window" if has_background else "gradcam"
+        if info.image_size is not None:
+            # Grad-CAM tiles of the training size see cells at the context they were taught in.
+            overrides.update(tile=int(min(info.image_size)), overlap=int(min(info.image_size)) // 2)
+    for key in ("method", "stride", "gate", "border", "train_diameter"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.threshold is not None:
+        overrides.update(threshold="fixed", value=args.threshold, min_peak=args.threshold)
+    if args.min_area is not None or args.max_area is not None:
+        low, high = area_limits_px(args.min_area, args.max_area, args.pixel_size)
+        if args.min_area is not None:
+            overrides["min_area"] = low
+        if args.max_area is not None:
+            overrides["max_area"] = high
+    if name is None:
+        from cellkeras.detect.boxes import BoxParams
+
+        box_keys = {f for f in BoxParams.__dataclass_fields__}
+        box_args = {k: overrides.pop(k) for k in list(overrides) if k in box_keys}
+        return None, DetectConfig(**overrides, boxes=BoxParams(**box_args))
+    return name, DetectConfig.for_workflow(name, **overrides)
+
+
+def _fail(err: Exception | str) -> int:
+    print(f"cellkeras detect: error: {err}", file=sys.stderr)
+    return 1
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    # Registers ParallelCNN and the custom layers, so their `.keras` files deserialize.
+    import cellkeras.models  # noqa: F401
+    from cellkeras.data.images import ImageError, decode_raw
+    from cellkeras.detect.coco import to_coco
+    from cellkeras.detect.draw import colour_heatmap, draw_boxes, save_rgb
+    from cellkeras.detect.pipeline import DetectError, check_model, detect
+    from cellkeras.explain.loading import expand_image_paths, load_model_for_inference
+
+    try:
+        model, info = load_model_for_inference(args.model)
+        check_model(model)
+        workflow, config = build_config(args, info)
+    except (OSError, ValueError) as err:
+        return _fail(err)
+    paths = expand_image_paths(args.images)
+    if not paths:
+        return _fail("no images found in " + ", ".join(args.images))
+    # Read every image before running the model, so a bad file fails fast and nothing is written.
+    try:
+        pixels = [decode_raw(Path(p).read_bytes(), source=str(p)) for p in paths]
+    except ImageError as err:
+        return _fail(err)
+    except OSError as err:
+        return _fail(f"{err.filename}: cannot be read ({err.strerror})")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [c for c in info.classes or [] if c.lower() != "background"]
+    category = targets[0] if len(targets) == 1 else "cell"
+    metas, all_boxes, all_scores = [], [], []
+    for path, image in zip(paths, pixels, strict=True):
+        try:
+            found = detect(model, image, config, channels=info.channels, class_names=info.classes)
+        except DetectError as err:
+            return _fail(f"{path}: {err}")
+        stem = Path(path).stem
+        png = save_rgb(out / f"{stem}_detections.png", draw_boxes(image, found.boxes, found.scores))
+        if args.save_heatmaps:
+            save_rgb(out / f"{stem}_heatmap.png", colour_heatmap(found.heatmap))
+        metas.append(
+            {
+                "file_name": str(path),
+                "width": int(image.shape[1]),
+                "height": int(image.shape[0]),
+                "annotated": png.name,
+                "probability": round(found.probability, 4),
+            }
+        )
+        all_boxes.append(found.boxes)
+        all_scores.append(found.scores)
+        print(f"{path}: {len(found.boxes)} {category}(s) -> {png}")
+    document = to_coco(metas, all_boxes, all_scores, category=category)
+    document["info"] = {
+        "model": str(info.source),
+        "workflow": workflow or "generic",
+        "method": config.method,
+        "cell_diameter": args.cell_diameter,
+    }
+    target = out / "detections.json"
+    target.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    print(f"{len(document['annotations'])} detections in {len(paths)} image(s) -> {target}")
+    return 0

@@ -1,0 +1,296 @@
+"""`detect`: one image and a classifier in, boxes out — heatmap, gate, boxes, back to input pixels.
+
+```
+dets = detect(model, image, DetectConfig.for_workflow("nuclei"))   # image: (H, W, C) as stored
+dets.boxes, dets.scores          # float32 (K, 4) [x_min, y_min, x_max, y_max], (K,)
+dets.heatmap                     # float32 (H, W) in [0, 1] at the input's size
+```
+
+The configuration per workflow (`WORKFLOWS`) was picked by `scripts/experiment_detection.py`
+on held-out labelled images; see docs/BENCHMARKS.md ("Detection").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cellkeras.detect.boxes import BoxParams, heatmap_to_boxes
+from cellkeras.detect.heatmaps import (
+    gradcam_heatmap,
+    rescale_for_diameter,
+    sliding_window_heatmap,
+    target_classes,
+)
+
+HEATMAP_METHODS = ("sliding_window", "gradcam")
+
+
+class DetectError(ValueError):
+    """An image or model that detection cannot use, with the reason."""
+
+
+@dataclasses.dataclass
+class DetectConfig:
+    """Everything `detect` needs besides the model and the image.
+
+    Attributes:
+        method: "sliding_window" (classify windows of the training size) or "gradcam".
+        window: sliding-window side in pixels (after rescaling): the training patch size.
+        stride: sliding-window grid step.
+        tile: Grad-CAM tile side, about the training image size (None: the whole image).
+        overlap: Grad-CAM tile overlap.
+        layer_name: Grad-CAM layer (None: the explain module's default).
+        branch: Grad-CAM branch of a ParallelCNN ("auto": "merged" for multi-branch models).
+        classes: target class indices (None: every class not named "background").
+        normalization: how pixels become model input ("range" or "percentile"; per window for
+            the sliding window, per image for Grad-CAM).
+        gate: the image gives no boxes when its heatmap's maximum (a target-class probability
+            for the sliding window; probability times normalized CAM for Grad-CAM) is below this.
+        train_diameter: cell diameter in pixels the model was trained on; with `cell_diameter`
+            the image is rescaled so the two match.
+        cell_diameter: cell diameter in this image, pixels (None: no rescaling).
+        boxes: `BoxParams` for heatmap → boxes (thresholds apply to the [0, 1] heatmap).
+        batch_size: windows per model call.
+    """
+
+    method: str = "sliding_window"
+    window: int = 32
+    stride: int = 4
+    tile: int | None = None
+    overlap: int = 32
+    layer_name: str | None = None
+    branch: str | None = "auto"
+    classes: Sequence[int] | None = None
+    normalization: str = "range"
+    gate: float = 0.5
+    train_diameter: float | None = None
+    cell_diameter: float | None = None
+    boxes: BoxParams = dataclasses.field(default_factory=BoxParams)
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.method not in HEATMAP_METHODS:
+            raise ValueError(f"unknown heatmap method {self.method!r}; known: {HEATMAP_METHODS}")
+
+    @classmethod
+    def for_workflow(cls, name: str, **overrides: Any) -> DetectConfig:
+        """The measured configuration of a workflow in `WORKFLOWS`, with overrides.
+
+        `overrides` may set `DetectConfig` fields and, by their names, `BoxParams` fields.
+        """
+        if name not in WORKFLOWS:
+            raise ValueError(f"unknown workflow {name!r}; known: {', '.join(WORKFLOWS)}")
+        preset = {**WORKFLOWS[name]}
+        box_fields = {f.name for f in dataclasses.fields(BoxParams)}
+        box_args = {**preset.pop("boxes", {})}
+        for key in list(overrides):
+            if key in box_fields:
+                box_args[key] = overrides.pop(key)
+        return cls(**{**preset, **overrides, "boxes": BoxParams(**box_args)})
+
+
+# The per-workflow defaults, chosen by scripts/experiment_detection.py (docs/BENCHMARKS.md).
+WORKFLOWS: dict[str, dict[str, Any]] = {
+    # The `--preset=nuclei` patch classifier: 32 px "nucleus centred or not" windows with
+    # per-window percentile normalization as in training. Its heat regions are nuclei grown by
+    # the patches' central region, so they serve as markers (eroded, calibrated threshold) and
+    # the boxes take the image's own Otsu foreground as extent. Stride 4: the same F1@0.5 as
+    # stride 2 (0.904 vs 0.906 on held-out frames) at a quarter of the windows.
+    "nuclei": {
+        "method": "sliding_window",
+        "window": 32,
+        "stride": 4,
+        "normalization": "percentile",
+        "gate": 0.5,
+        "train_diameter": 12.0,
+        "boxes": {
+            "threshold": "fixed",
+            "value": 0.98,
+            "min_peak": 0.98,
+            "erode": 7,
+            "extent": "image",
+            "min_area": 12.0,
+            "score": "max",
+            "nms_iou": 0.3,
+        },
+    },
+    # Synthetic blood smears: a "white cell centred or not" classifier on 64 px windows of
+    # scenes (scripts/experiment_detection.py trains it), slid over the field; threshold,
+    # erosion and marker distance calibrated on 4 scenes (F1@0.5 0.919 on 5 others).
+    "synthetic": {
+        "method": "sliding_window",
+        "window": 64,
+        "stride": 8,
+        "normalization": "range",
+        "gate": 0.5,
+        "train_diameter": 34.0,
+        "boxes": {
+            "threshold": "fixed",
+            "value": 0.95,
+            "min_peak": 0.95,
+            "erode": 9,
+            "split": "distance",
+            "min_distance": 18.0,
+            "min_area": 100.0,
+            "score": "max",
+            "nms_iou": 0.3,
+        },
+    },
+}
+
+
+@dataclasses.dataclass
+class Detections:
+    """What `detect` found in one image.
+
+    Attributes:
+        boxes: float32 (K, 4) `[x_min, y_min, x_max, y_max]` in the input image's pixels.
+        scores: float32 (K,).
+        heatmap: float32 (H, W) in [0, 1] at the input image's size.
+        probability: the image's highest target-class probability (what `gate` compared).
+        scale: the factor the image was resized by before the model (1.0: not resized).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    heatmap: np.ndarray
+    probability: float
+    scale: float = 1.0
+
+
+def has_conv_layers(model) -> bool:
+    """Whether any layer of `model` (nested models included) is a convolution."""
+    import keras
+
+    conv_types = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D)
+
+    def walk(layer) -> bool:
+        if isinstance(layer, conv_types):
+            return True
+        return any(walk(inner) for inner in getattr(layer, "layers", []))
+
+    return walk(model)
+
+
+def check_model(model) -> None:
+    """Raises `DetectError` for a model detection cannot use (no convolution layers)."""
+    if not has_conv_layers(model):
+        raise DetectError(
+            f"model {getattr(model, 'name', '?')!r} has no convolution layers; detection needs a "
+            "CNN (its heatmaps come from convolutional features)"
+        )
+
+
+def _to_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
+    """Grey <-> RGB and RGBA -> RGB as the data layer converts; anything else is refused."""
+    from cellkeras.data.images import ImageError, select_channels
+
+    if image.ndim == 2:
+        image = image[..., None]
+    have = image.shape[-1]
+    if channels is None or have == channels:
+        return image
+    if (have, channels) not in ((1, 3), (3, 1), (4, 3), (4, 1)):
+        raise DetectError(
+            f"the image has {have} channel(s) and the model takes {channels}; only grey/RGB/RGBA "
+            "conversions are automatic, convert it first"
+        )
+    try:
+        return select_channels(image[..., :3] if have == 4 else image, channels)
+    except ImageError as err:
+        raise DetectError(str(err)) from None
+
+
+def detect(
+    model,
+    image: np.ndarray,
+    config: DetectConfig | None = None,
+    channels: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Detections:
+    """Finds cells in one image with a classifier trained on image (or patch) labels.
+
+    Args:
+        model: a Keras CNN classifier (float32 (B, h, w, C) in [0, 1] → probabilities).
+        image: (H, W) or (H, W, C) pixels as stored (uint8, uint16 or float in [0, 1]);
+            normalized here as `config.normalization` says.
+        config: a `DetectConfig` (default: the "nuclei" workflow's).
+        channels: the model's input channels (default: read from the model); grey/RGB images
+            are converted, other counts raise.
+        class_names: the model's class names; the target classes (unless `config.classes` says)
+            are all but "background". Without names: all but output 0.
+
+    Returns:
+        `Detections` in the input image's pixels.
+
+    Raises:
+        DetectError: a model without convolutions, an image whose channels the model does not
+            take, or an image smaller than the model's window after rescaling.
+    """
+    config = config or DetectConfig.for_workflow("nuclei")
+    if channels is None:
+        channels = model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None
+    check_model(model)
+    image = _to_channels(np.asarray(image), channels)
+    height, width = image.shape[:2]
+    scaled, scale = rescale_for_diameter(image, config.cell_diameter, config.train_diameter)
+    min_side = config.window if config.method == "sliding_window" else 8
+    if min(scaled.shape[:2]) < min_side:
+        raise DetectError(
+            f"the image ({width}x{height}"
+            + (f", {scaled.shape[1]}x{scaled.shape[0]} after rescaling" if scale != 1 else "")
+            + f") is smaller than the model's window of {min_side} px"
+        )
+    num_classes = int(model.outputs[0].shape[-1])
+    if config.classes is not None:
+        classes = [int(c) for c in config.classes]
+    elif class_names is not None:
+        classes = target_classes(class_names, num_classes)
+    else:
+        classes = list(range(1, num_classes)) or [0]
+
+    if config.method == "sliding_window":
+        heat = sliding_window_heatmap(
+            model,
+            scaled,
+            config.window,
+            config.stride,
+            classes,
+            config.normalization,
+            config.batch_size,
+        )
+        probability = float(heat.max()) if heat.size else 0.0
+    else:
+        from cellkeras.data.images import normalize
+
+        branch = config.branch
+        if branch == "auto":
+            many = len(getattr(model, "last_conv_layers", None) or {}) > 1
+            branch = "merged" if many and config.layer_name is None else None
+        heat = gradcam_heatmap(
+            model,
+            normalize(scaled, config.normalization),
+            classes,
+            tile=config.tile,
+            overlap=config.overlap,
+            layer_name=config.layer_name,
+            branch=branch,
+        )
+        probability = float(heat.max()) if heat.size else 0.0
+
+    if probability < config.gate:
+        boxes, scores = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    else:
+        extent_image = scaled if config.boxes.extent == "image" else None
+        boxes, scores = heatmap_to_boxes(heat, config.boxes, extent_image)
+    if scale != 1.0:
+        boxes = boxes / np.float32(scale)
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+        heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
+    return Detections(boxes.astype(np.float32), scores, heat, probability, scale)

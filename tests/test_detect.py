@@ -1,0 +1,216 @@
+"""cellkeras.detect: heatmap → boxes on maps with known blobs, splitting, tiling, the pipeline."""
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from cellkeras.data.images import normalize
+from cellkeras.detect import (
+    BoxParams,
+    DetectConfig,
+    DetectError,
+    area_limits_px,
+    calibrate_threshold,
+    detect,
+    heatmap_to_boxes,
+    non_max_suppression,
+    normalize_windows,
+    rescale_for_diameter,
+    sliding_window_heatmap,
+    split_touching,
+    threshold_heatmap,
+    tiled_heatmap,
+)
+
+
+def blobs_map() -> np.ndarray:
+    heat = np.zeros((60, 80), np.float32)
+    heat[10:20, 5:15] = 1.0  # a 10x10 square
+    cv2.circle(heat, (50, 30), 8, 0.8, -1)  # a disc: columns/rows 42..58 and 22..38
+    return heat
+
+
+def test_contours_give_exact_boxes_and_scores():
+    boxes, scores = heatmap_to_boxes(blobs_map(), BoxParams(threshold="fraction", value=0.5))
+    np.testing.assert_array_equal(boxes, [[5, 10, 15, 20], [42, 22, 59, 39]])
+    np.testing.assert_allclose(scores, [1.0, 0.8])
+
+
+@pytest.mark.parametrize("mode,value", [("fraction", 0.5), ("otsu", 0.0), ("fixed", 0.3)])
+def test_threshold_modes_find_both_blobs(mode, value):
+    boxes, _ = heatmap_to_boxes(blobs_map(), BoxParams(threshold=mode, value=value))
+    assert len(boxes) == 2
+
+
+def test_threshold_levels():
+    heat = blobs_map()
+    assert threshold_heatmap(heat, "fraction", 0.25) == pytest.approx(0.25)
+    assert threshold_heatmap(heat, "fixed", 0.7) == pytest.approx(0.7)
+    assert 0.0 < threshold_heatmap(heat, "otsu") < 0.8
+    assert threshold_heatmap(np.zeros((4, 4)), "otsu") == np.inf
+
+
+def test_watershed_splits_two_touching_disks():
+    mask = np.zeros((40, 60), np.uint8)
+    cv2.circle(mask, (20, 20), 10, 1, -1)
+    cv2.circle(mask, (37, 20), 10, 1, -1)
+    assert len(heatmap_to_boxes(mask.astype(np.float32))[0]) == 1  # one contour unsplit
+    labels = split_touching(mask, min_distance=5)
+    assert labels.max() == 2
+    boxes, _ = heatmap_to_boxes(mask.astype(np.float32), BoxParams(split="distance"))
+    boxes = boxes[np.argsort(boxes[:, 0])]
+    # Each half spans its own disc's rows; the cut is near the neck at x ~ 28.5.
+    np.testing.assert_array_equal(boxes[:, 1], [10, 10])
+    np.testing.assert_array_equal(boxes[:, 3], [31, 31])
+    assert boxes[0, 0] == 10 and boxes[1, 2] == 48
+    assert abs(boxes[0, 2] - 29) <= 1 and abs(boxes[1, 0] - 29) <= 1
+
+
+def test_blank_and_noise_images_give_no_boxes():
+    for heat in (np.zeros((32, 32), np.float32), np.full((32, 32), 0.05, np.float32)):
+        for mode in ("fraction", "otsu"):
+            boxes, scores = heatmap_to_boxes(heat, BoxParams(threshold=mode, min_peak=0.2))
+            assert boxes.shape == (0, 4) and scores.shape == (0,)
+    noise = np.random.default_rng(0).uniform(0, 0.1, (32, 32)).astype(np.float32)
+    assert len(heatmap_to_boxes(noise, BoxParams(threshold="otsu"))[0]) == 0
+
+
+def test_area_limits_and_border_policy():
+    heat = blobs_map()
+    heat[0:4, 70:80] = 1.0  # a small blob on the border
+    assert len(heatmap_to_boxes(heat)[0]) == 3
+    assert len(heatmap_to_boxes(heat, BoxParams(min_area=50))[0]) == 2
+    assert len(heatmap_to_boxes(heat, BoxParams(max_area=150))[0]) == 2  # the disc is ~200 px
+    assert len(heatmap_to_boxes(heat, BoxParams(border="drop"))[0]) == 2
+    low, high = area_limits_px(10.0, 100.0, pixel_size_um=0.5)
+    assert (low, high) == (40.0, 400.0)
+    assert area_limits_px(10.0) == (10.0, None)
+
+
+def test_erosion_shrinks_boxes_by_the_kernel():
+    heat = np.zeros((40, 40), np.float32)
+    heat[10:30, 5:21] = 1.0
+    boxes, _ = heatmap_to_boxes(heat, BoxParams(erode=5))
+    np.testing.assert_array_equal(boxes, [[7, 12, 19, 28]])
+
+
+def test_extent_from_image():
+    image = np.zeros((40, 40), np.float32)
+    cv2.circle(image, (20, 20), 6, 1.0, -1)
+    heat = np.zeros_like(image)
+    heat[17:24, 17:24] = 1.0  # a rough hot spot inside the cell
+    boxes, _ = heatmap_to_boxes(heat, BoxParams(extent="image"), image)
+    np.testing.assert_array_equal(boxes, [[14, 14, 27, 27]])
+    with pytest.raises(ValueError, match="needs the image"):
+        heatmap_to_boxes(heat, BoxParams(extent="image"))
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
+    kept = non_max_suppression(boxes, np.array([0.5, 0.9, 0.7]), iou_threshold=0.5)
+    np.testing.assert_array_equal(kept, [1, 2])
+
+
+def test_unknown_modes_raise():
+    with pytest.raises(ValueError, match="known"):
+        BoxParams(threshold="magic")
+    with pytest.raises(ValueError, match="known"):
+        DetectConfig(method="magic")
+
+
+def test_calibration_reports_frozen_and_per_image_optimum():
+    heats = [blobs_map(), blobs_map() * 0.5]
+    truth = [np.array([[5, 10, 15, 20], [42, 22, 59, 39]], np.float32)] * 2
+    result = calibrate_threshold(heats, truth, thresholds=[0.1, 0.3, 0.45, 0.9])
+    assert result["threshold"] in (0.1, 0.3) and result["f1"] == pytest.approx(1.0)
+    assert result["per_image_optimum_f1"] >= result["f1"]
+    assert len(result["sweep"]) == 4
+
+
+# --- heatmaps from a model -------------------------------------------------------------------
+
+
+def tiny_cnn(channels: int = 1, classes: int = 2) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, channels))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_cnn()
+
+
+def test_percentile_windows_match_the_training_normalization():
+    windows = np.random.default_rng(1).integers(0, 4000, (3, 8, 8, 1)).astype(np.uint16)
+    expected = np.stack([normalize(w, "percentile") for w in windows])
+    np.testing.assert_allclose(normalize_windows(windows, "percentile"), expected, atol=1e-6)
+
+
+def test_sliding_window_heatmap_shape_and_range(model):
+    image = np.random.default_rng(2).integers(0, 255, (21, 30, 1)).astype(np.uint8)
+    heat = sliding_window_heatmap(model, image, window=8, stride=4, class_indices=[1])
+    assert heat.shape == (21, 30) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+
+
+def test_tiling_reproduces_the_whole_image_map(model):
+    image = np.random.default_rng(3).integers(0, 4000, (40, 52, 1)).astype(np.uint16)
+    kwargs = dict(window=8, stride=2, class_indices=[1], normalization="percentile")
+    whole = sliding_window_heatmap(model, image, **kwargs)
+
+    def per_tile(tiles):
+        return np.stack([sliding_window_heatmap(model, t, **kwargs) for t in tiles])
+
+    tiled = tiled_heatmap(image, per_tile, tile=24, overlap=16, align=2)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_rescale_for_diameter_round_trip():
+    image = np.zeros((40, 60, 1), np.uint16)
+    resized, scale = rescale_for_diameter(image, cell_diameter=20, train_diameter=10)
+    assert resized.shape == (20, 30, 1) and resized.dtype == np.uint16 and scale == 0.5
+    same, one = rescale_for_diameter(image, None, 10)
+    assert same is image and one == 1.0
+
+
+def test_detect_pipeline_and_errors(model):
+    image = np.zeros((40, 40), np.uint8)
+    config = DetectConfig(window=8, stride=4, gate=0.0, boxes=BoxParams(min_peak=0.0))
+    found = detect(model, image, config, class_names=["background", "cell"])
+    assert found.heatmap.shape == (40, 40) and found.boxes.shape[1] == 4
+    gated = detect(model, image, DetectConfig(window=8, stride=4, gate=1.01))
+    assert len(gated.boxes) == 0
+    with pytest.raises(DetectError, match="smaller than the model's window"):
+        detect(model, np.zeros((6, 6), np.uint8), config)
+    with pytest.raises(DetectError, match="channel"):
+        detect(model, np.zeros((20, 20, 2), np.uint8), config)
+    dense = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]
+    )
+    with pytest.raises(DetectError, match="no convolution"):
+        detect(dense, image, config)
+
+
+def test_gradcam_detection_on_tiles(model):
+    image = np.random.default_rng(4).integers(0, 255, (40, 40, 1)).astype(np.uint8)
+    config = DetectConfig(method="gradcam", tile=16, overlap=8, gate=0.0)
+    found = detect(model, image, config, class_names=["background", "cell"])
+    assert found.heatmap.shape == (40, 40)
+    assert found.heatmap.min() >= 0.0 and found.heatmap.max() <= 1.0
+
+
+def test_detect_rescales_boxes_back(model):
+    image = np.zeros((64, 64), np.uint8)
+    config = DetectConfig(
+        window=8, stride=4, gate=0.0, train_diameter=8, cell_diameter=16,
+        boxes=BoxParams(threshold="fixed", value=-1.0, min_peak=0.0),
+    )  # fmt: skip
+    found = detect(model, image, config)
+    assert found.scale == 0.5 and found.heatmap.shape == (64, 64)
+    # Everything is above a threshold of -1: one box over the whole (rescaled-back) image.
+    np.testing.assert_allclose(found.boxes, [[0, 0, 64, 64]])
