@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cellkeras.augment.presets import AUGMENTATION_PRESETS
+from cellkeras.augment.preset_names import AUGMENTATION_PRESETS
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:

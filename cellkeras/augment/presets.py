@@ -21,16 +21,7 @@ import keras
 import tensorflow as tf
 
 from cellkeras.augment.fluid import FluidDistortion
-
-AUGMENTATION_PRESETS: dict[str, str] = {
-    "none": "no augmentation: returns its input",
-    "basic": "flips, rotation up to 15 deg, translation up to 1 % x 10 % (the seed's RandomAffine)",
-    "fluid": "mesh distortion 4x4 (magnitude 0.03) + flips + 90 %-area random crop, resized back "
-    "(the seed's Augmentor pipeline), one fused resample",
-    "randaugment": "keras-cv RandAugment, 2 ops per image, magnitude 0.5",
-    "mix": "keras-cv MixUp (alpha 0.2) or CutMix (alpha 1.0), one of the two per batch; needs labels",
-}
-"""Known preset names and what each does at strength 1."""
+from cellkeras.augment.preset_names import AUGMENTATION_PRESETS
 
 # The seed's settings, i.e. strength 1.
 _ROTATION_DEG = 15.0

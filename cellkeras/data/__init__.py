@@ -5,7 +5,7 @@ Names are imported on first use, so `cellkeras --help` and the video tools do no
 loading TensorFlow.
 """
 
-import importlib
+from cellkeras._lazy import lazy_exports
 
 _EXPORTS = {
     "BadInputError": "cellkeras.data.sources",
@@ -23,14 +23,4 @@ _EXPORTS = {
     "split_imageset": "cellkeras.data.splits",
     "write_tfrecords": "cellkeras.data.tfrecord",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'cellkeras.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

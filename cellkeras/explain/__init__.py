@@ -9,69 +9,46 @@ model, info = load_model_for_inference("exports/cells")
 ```
 
 Arrays in, arrays out; figures live in `cellkeras.explain.plots` (the only module here that
-touches matplotlib) and are imported from there.
+touches matplotlib) and are imported from there. Names are imported on first use, so the
+`explain` command's `--help` does not load TensorFlow.
 """
 
-from cellkeras.explain.cam import (
-    ENGINES,
-    GRADIENT_METHODS,
-    MERGED,
-    METHODS,
-    SCORE_METHODS,
-    Explanation,
-    compute_explanation,
-    default_layer,
-    explain,
-    faster_scorecam,
-    feature_maps,
-    find_layer,
-    first_conv_kernels,
-    gradcam,
-    gradcam_plus_plus,
-    layercam,
-    normalize_maps,
-    occlusion,
-    predict,
-    scorecam,
-)
-from cellkeras.explain.faithfulness import average_drop, deletion_curve, keep_region
-from cellkeras.explain.loading import (
-    ModelInfo,
-    expand_image_paths,
-    load_image_for_model,
-    load_model_for_inference,
-)
-from cellkeras.explain.overlay import colorize, overlay, to_rgb_uint8
+from cellkeras._lazy import lazy_exports
 
-__all__ = [
-    "ENGINES",
-    "GRADIENT_METHODS",
-    "MERGED",
-    "METHODS",
-    "SCORE_METHODS",
-    "Explanation",
-    "ModelInfo",
-    "average_drop",
-    "colorize",
-    "compute_explanation",
-    "default_layer",
-    "deletion_curve",
-    "expand_image_paths",
-    "explain",
-    "faster_scorecam",
-    "feature_maps",
-    "find_layer",
-    "first_conv_kernels",
-    "gradcam",
-    "gradcam_plus_plus",
-    "keep_region",
-    "layercam",
-    "load_image_for_model",
-    "load_model_for_inference",
-    "normalize_maps",
-    "occlusion",
-    "overlay",
-    "predict",
-    "scorecam",
-    "to_rgb_uint8",
-]
+# Eager on purpose: `overlay` is also this module's name, and a lazy lookup would hand back the
+# module once anything had imported `cellkeras.explain.overlay`. It needs only OpenCV.
+from cellkeras.explain.overlay import colorize as colorize
+from cellkeras.explain.overlay import overlay as overlay
+from cellkeras.explain.overlay import to_rgb_uint8 as to_rgb_uint8
+
+_EXPORTS = {
+    "ENGINES": "cellkeras.explain.methods",
+    "Explanation": "cellkeras.explain.cam",
+    "GRADIENT_METHODS": "cellkeras.explain.methods",
+    "MERGED": "cellkeras.explain.methods",
+    "METHODS": "cellkeras.explain.methods",
+    "ModelInfo": "cellkeras.explain.loading",
+    "SCORE_METHODS": "cellkeras.explain.methods",
+    "average_drop": "cellkeras.explain.faithfulness",
+    "compute_explanation": "cellkeras.explain.cam",
+    "default_layer": "cellkeras.explain.cam",
+    "deletion_curve": "cellkeras.explain.faithfulness",
+    "expand_image_paths": "cellkeras.explain.loading",
+    "explain": "cellkeras.explain.cam",
+    "faster_scorecam": "cellkeras.explain.cam",
+    "feature_maps": "cellkeras.explain.cam",
+    "find_layer": "cellkeras.explain.cam",
+    "first_conv_kernels": "cellkeras.explain.cam",
+    "gradcam": "cellkeras.explain.cam",
+    "gradcam_plus_plus": "cellkeras.explain.cam",
+    "keep_region": "cellkeras.explain.faithfulness",
+    "layercam": "cellkeras.explain.cam",
+    "load_image_for_model": "cellkeras.explain.loading",
+    "load_model_for_inference": "cellkeras.explain.loading",
+    "normalize_maps": "cellkeras.explain.cam",
+    "occlusion": "cellkeras.explain.cam",
+    "predict": "cellkeras.explain.cam",
+    "scorecam": "cellkeras.explain.cam",
+}
+__getattr__, __dir__, _lazy_names = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted([*_lazy_names, "colorize", "overlay", "to_rgb_uint8"])

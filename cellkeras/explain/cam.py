@@ -56,13 +56,8 @@ import numpy as np
 import tensorflow as tf
 
 from cellkeras.explain.loading import feature_layers
+from cellkeras.explain.methods import ENGINES, MERGED, METHODS, SCORE_METHODS, SCORES
 
-GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
-SCORE_METHODS = ("scorecam", "faster-scorecam")
-METHODS = (*GRADIENT_METHODS, *SCORE_METHODS, "occlusion")
-ENGINES = ("cellkeras", "tf-keras-vis")
-SCORES = ("logit", "probability")
-MERGED = "merged"
 _POOLING = ("Pooling", "Dropout", "SpatialDropout", "GaussianNoise")
 
 ClassIndex = int | Sequence[int] | np.ndarray | None

@@ -171,7 +171,7 @@ def _run_classify(args: argparse.Namespace) -> int:
 
 
 def _add_explain(subparsers: argparse._SubParsersAction) -> None:
-    from cellkeras.explain.cam import METHODS
+    from cellkeras.explain.methods import METHODS
 
     p = subparsers.add_parser(
         "explain",

@@ -164,6 +164,9 @@ def load_model_for_inference(
     """
     import keras
 
+    # Registers cellkeras' custom layers (SobelEdges, WeightedAverage, ParallelCNN) so that
+    # safe-mode loading can rebuild a trainer's `.keras` file.
+    import cellkeras.models  # noqa: F401
     from cellkeras.data.pipeline import parse_image_size
 
     path = Path(path)
