@@ -20,7 +20,9 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "matplotlib==3.11.2",
     "tifffile==2026.3.3",
-    "pillow==13.0.0",
+    # A range, not a pin: apache-beam 2.77 (the "beam" extra) requires pillow<13, and cellkeras
+    # only reads image headers with it, which 12.x and 13.x do alike (the full suite passes on both).
+    "pillow>=12.1.1,<14",
 ]
 
 EXTRAS_REQUIRE = {
@@ -39,6 +41,9 @@ EXTRAS_REQUIRE = {
         "stringzilla==5.3.2",
         "simsimd==6.5.16",
     ],
+    # `cellkeras batch` (Apache Beam RunInference). It moves protobuf from 7.x to 6.x and pillow
+    # to 12.x beside TensorFlow 2.21; the full test suite passes with both.
+    "beam": ["apache-beam==2.77.0"],
 }
 
 setup(

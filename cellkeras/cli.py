@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "cellkeras.explain.commands",
     "cellkeras.detect.commands",
     "cellkeras.export_commands",
+    "cellkeras.batch.commands",
 ]
 
 

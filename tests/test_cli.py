@@ -19,7 +19,15 @@ def test_parser_lists_every_command_without_loading_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     commands = eval(out[0])  # noqa: S307 - our own print of a list of names
-    for command in ("classify", "detect", "explain", "gallery", "serve-check", "to-tfrecords"):
+    for command in (
+        "batch",
+        "classify",
+        "detect",
+        "explain",
+        "gallery",
+        "serve-check",
+        "to-tfrecords",
+    ):
         assert command in commands
     assert out[1] == "False"
 

@@ -27,7 +27,7 @@ from cellkeras.detect.boxes import (
     threshold_heatmap,
 )
 from cellkeras.detect.calibrate import calibrate_threshold
-from cellkeras.detect.coco import to_coco, xywh_to_xyxy, xyxy_to_xywh
+from cellkeras.detect.coco import merge_coco, to_coco, xywh_to_xyxy, xyxy_to_xywh
 from cellkeras.detect.heatmaps import (
     gradcam_heatmap,
     normalize_windows,
@@ -62,6 +62,7 @@ __all__ = [
     "heatmap_to_boxes",
     "heatmaps_to_boxes",
     "label_boxes",
+    "merge_coco",
     "non_max_suppression",
     "normalize_windows",
     "peak_markers",

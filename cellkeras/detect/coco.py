@@ -74,3 +74,51 @@ def to_coco(
         "annotations": annotations,
         "categories": [{"id": 1, "name": category}],
     }
+
+
+def merge_coco(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One COCO document from several (e.g. the shards of `cellkeras batch`).
+
+    Image and annotation ids are renumbered 1, 2, ... in the order given (each annotation keeps
+    its image); the `info` of the first document is kept.
+
+    Raises:
+        ValueError: when the documents' categories differ, or an annotation names an image id
+            its document does not have.
+    """
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    categories = None
+    for index, document in enumerate(documents):
+        if categories is None:
+            categories = document["categories"]
+        elif document["categories"] != categories:
+            raise ValueError(
+                f"document {index} has categories {document['categories']}, the first has "
+                f"{categories}: only documents of the same categories merge"
+            )
+        new_ids = {}
+        for image in document["images"]:
+            new_ids[image["id"]] = len(images) + 1
+            images.append({**image, "id": new_ids[image["id"]]})
+        for annotation in document["annotations"]:
+            if annotation["image_id"] not in new_ids:
+                raise ValueError(
+                    f"document {index}: annotation {annotation['id']} names image "
+                    f"{annotation['image_id']}, which the document does not have"
+                )
+            annotations.append(
+                {
+                    **annotation,
+                    "id": len(annotations) + 1,
+                    "image_id": new_ids[annotation["image_id"]],
+                }
+            )
+    merged: dict[str, Any] = {
+        "images": images,
+        "annotations": annotations,
+        "categories": categories or [],
+    }
+    if documents and "info" in documents[0]:
+        merged["info"] = documents[0]["info"]
+    return merged

@@ -34,6 +34,13 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         "--model", required=True, help="export folder, version folder, run folder or .keras file"
     )
     p.add_argument("--out", required=True, help="output folder")
+    add_detection_arguments(p)
+    p.add_argument("--save_heatmaps", action="store_true", help="also write <stem>_heatmap.png")
+    p.set_defaults(func=_run_detect)
+
+
+def add_detection_arguments(p: argparse.ArgumentParser) -> None:
+    """The options `build_config` reads; shared by `cellkeras detect` and `cellkeras batch`."""
     p.add_argument(
         "--cell_diameter",
         type=float,
@@ -62,8 +69,6 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max_area", type=float, default=None, help="largest cell, px (or um^2)")
     p.add_argument("--pixel_size", type=float, default=None, help="um per pixel: areas in um^2")
     p.add_argument("--border", choices=("keep", "drop"), default=None, help="cells cut by the edge")
-    p.add_argument("--save_heatmaps", action="store_true", help="also write <stem>_heatmap.png")
-    p.set_defaults(func=_run_detect)
 
 
 def _workflow_names() -> list[str]:
@@ -120,6 +125,12 @@ def build_config(args: argparse.Namespace, info):
     return name, DetectConfig.for_workflow(name, **overrides)
 
 
+def category_name(classes: list[str] | None) -> str:
+    """The COCO category: the one non-background class, or "cell" when there are several."""
+    targets = [c for c in classes or [] if c.lower() != "background"]
+    return targets[0] if len(targets) == 1 else "cell"
+
+
 def _fail(err: Exception | str) -> int:
     print(f"cellkeras detect: error: {err}", file=sys.stderr)
     return 1
@@ -153,8 +164,7 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    targets = [c for c in info.classes or [] if c.lower() != "background"]
-    category = targets[0] if len(targets) == 1 else "cell"
+    category = category_name(info.classes)
     metas, all_boxes, all_scores = [], [], []
     for path, image in zip(paths, pixels, strict=True):
         try:

@@ -116,12 +116,32 @@ def classify_images(
         chunk = images[start : start + step]
         probabilities = predict(model, np.stack([p for _, p in chunk]), batch_size)
         for (path, _), probs in zip(chunk, probabilities, strict=True):
-            best = int(np.argmax(probs))
-            row = {"path": str(path), "predicted_class": names[best]}
-            row["probability"] = float(probs[best])
-            row.update({name: float(v) for name, v in zip(names, probs, strict=True)})
-            rows.append(row)
+            rows.append(prediction_row(path, probs, names))
     return rows
+
+
+def prediction_row(path: Any, probabilities: Any, names: list[str]) -> dict[str, Any]:
+    """One CSV row: `path, predicted_class, probability, <class>: probability...`."""
+    import numpy as np
+
+    best = int(np.argmax(probabilities))
+    row = {
+        "path": str(path),
+        "predicted_class": names[best],
+        "probability": float(probabilities[best]),
+    }
+    row.update({name: float(v) for name, v in zip(names, probabilities, strict=True)})
+    return row
+
+
+def csv_columns(info: Any) -> list[str]:
+    """The columns of the `classify` CSV (and of `cellkeras batch`'s predictions)."""
+    return ["path", "predicted_class", "probability", *info.class_names()]
+
+
+def csv_values(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as the CSV stores it: probabilities with 6 decimals."""
+    return {k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()}
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -152,13 +172,10 @@ def _run_classify(args: argparse.Namespace) -> int:
         out = Path(args.csv)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", newline="", encoding="utf-8") as f:
-            columns = ["path", "predicted_class", "probability", *info.class_names()]
-            writer = csv.DictWriter(f, fieldnames=columns)
+            writer = csv.DictWriter(f, fieldnames=csv_columns(info))
             writer.writeheader()
             for row in rows:
-                writer.writerow(
-                    {k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()}
-                )
+                writer.writerow(csv_values(row))
     if not args.quiet:
         _print_table(rows)
         where = f" -> {args.csv}" if args.csv else ""

@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from cellkeras.data.images import DEFAULT_MIN_SIDE, ImageError, read_image
+from cellkeras.data.images import (
+    DEFAULT_MIN_SIDE,
+    ImageError,
+    decode_raw,
+    normalize,
+    select_channels,
+)
 
 MODEL_FILE = "model.keras"
 RUN_METRICS_FILE = "metrics.json"
@@ -199,31 +205,58 @@ def load_image_for_model(path: str | Path, info: ModelInfo) -> np.ndarray:
     """Reads one image as the model takes it: float32 (H, W, C) in [0, 1], at `info.image_size`.
 
     Raises:
-        ImageError: naming the file, for a non-image, a channel count the model cannot take
-            (e.g. a 4-channel TIFF for an RGB model), or an image whose smaller side is below
-            `info.min_side`.
+        ImageError: naming the file, for a missing or unreadable file, a non-image, a channel
+            count the model cannot take (e.g. a 4-channel TIFF for an RGB model), or an image
+            whose smaller side is below `info.min_side`.
     """
-    import tensorflow as tf
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(str(path), "file not found") from None
+    except OSError as err:
+        raise ImageError(str(path), f"cannot be read ({err.strerror or err})") from None
+    return decode_image_for_model(data, info, source=str(path))
 
-    pixels = read_image(path, None, info.normalization)
+
+def decode_image_for_model(data: bytes, info: ModelInfo, source: str = "<bytes>") -> np.ndarray:
+    """`load_image_for_model` on the bytes of an image file (read from any file system).
+
+    Raises:
+        ImageError: naming `source`, as `load_image_for_model`.
+    """
+    return prepare_image_for_model(decode_raw(data, source=source), info, source)
+
+
+def prepare_image_for_model(pixels: np.ndarray, info: ModelInfo, source: str) -> np.ndarray:
+    """Raw decoded pixels (`decode_raw`: (H, W, C) as stored) → what the model takes.
+
+    Channels converted, normalized as `info` says and resized to `info.image_size`; the one
+    place `classify`, `explain` and `cellkeras batch` turn a decoded image into model input.
+
+    Raises:
+        ImageError: naming `source`, for a channel count the model cannot take or an image
+            smaller than `info.min_side`.
+    """
     have = pixels.shape[-1]
     want = info.channels
-    # Grey <-> RGB is a safe conversion (read_image has already dropped PNG alpha); anything
+    # Grey <-> RGB is a safe conversion (decode_raw has already dropped PNG alpha); anything
     # else, e.g. the 4th channel of a TIFF, is data the model was not trained on.
     convertible = want is None or have == want or (have, want) in ((1, 3), (3, 1))
     if not convertible:
         raise ImageError(
-            str(path), f"has {have} channel(s) but the model takes {want}; convert it first"
+            source, f"has {have} channel(s) but the model takes {want}; convert it first"
         )
-    if want is not None and have != want:
-        pixels = read_image(path, want, info.normalization)
     if min(pixels.shape[:2]) < info.min_side:
         raise ImageError(
-            str(path),
+            source,
             f"{pixels.shape[1]}x{pixels.shape[0]} is smaller than the model's minimum side "
             f"{info.min_side} (the total stride of its feature maps)",
         )
+    pixels = normalize(select_channels(pixels, want, source), info.normalization)
     if info.image_size is not None and tuple(pixels.shape[:2]) != tuple(info.image_size):
+        import tensorflow as tf
+
         from cellkeras.export import resize_images
 
         pixels = resize_images(tf.constant(pixels[None]), info.image_size)[0].numpy()

@@ -1,0 +1,218 @@
+"""`cellkeras batch`: the Beam pipeline against `cellkeras classify` and `cellkeras.detect`."""
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("apache_beam")
+
+from cellkeras import cli  # noqa: E402
+from cellkeras.export import export_model  # noqa: E402
+from tests.conftest import write_png  # noqa: E402
+
+CLASSES = ["alpha", "beta", "gamma"]
+IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def tiny_model():
+    keras.utils.set_random_seed(0)
+    images = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(images)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="last")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(images, keras.layers.Dense(3, activation="softmax")(x))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    export_model(tiny_model(), root, classes=CLASSES, image_size=16, channels=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Seven images of several sizes and formats, in two folders, and one corrupt file."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("images")
+    for k, (h, w) in enumerate([(24, 20), (32, 32), (20, 28), (24, 24), (40, 30), (16, 16)]):
+        sub = "sub/" if k % 2 else ""
+        write_png(folder / f"{sub}img{k}.png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    write_png(folder / "sub/photo.jpg", rng.integers(0, 255, (28, 24, 3), dtype=np.uint8))
+    (folder / "broken.png").write_bytes(b"this is not a PNG at all")
+    return folder
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_batch_gives_the_classify_rows_in_shards_and_lists_the_bad_file(
+    exported, images, tmp_path, capsys
+):
+    out = tmp_path / "batch"
+    # The default runner: the DirectRunner with one worker process per core.
+    argv = ["batch", "--input", f"{images}/**", "--model", exported, "--out", out]
+    assert cli.main([str(a) for a in [*argv, "--num_shards", "3"]]) == 1
+    printed = capsys.readouterr()
+    assert (
+        "8 file(s) matched" in printed.out and "7 decoded, 7 classified, 1 error(s)" in printed.out
+    )
+    assert "errors.csv" in printed.err
+
+    classify_csv = tmp_path / "classify.csv"
+    # classify fails (exit 1) on the same corrupt file and writes the other rows.
+    assert (
+        cli.main(["classify", str(images), "--model", str(exported), "--csv", str(classify_csv)])
+        == 1
+    )
+    expected = {row["path"]: row for row in read_csv(classify_csv)}
+    assert len(expected) == 7
+
+    shards = sorted(out.glob("predictions-*-of-00003.csv"))
+    assert [s.name for s in shards] == [f"predictions-0000{k}-of-00003.csv" for k in range(3)]
+    header = ["path", "predicted_class", "probability", *CLASSES]
+    merged = []
+    for shard in shards:
+        assert shard.read_text().splitlines()[0] == ",".join(header)  # every shard has the header
+        merged.extend(read_csv(shard))
+    assert sorted(r["path"] for r in merged) == sorted(expected)  # no image lost or repeated
+    for row in merged:
+        want = expected[row["path"]]
+        assert list(row) == header
+        assert row["predicted_class"] == want["predicted_class"]
+        for column in ("probability", *CLASSES):
+            assert float(row[column]) == pytest.approx(float(want[column]), abs=2e-6)
+
+    errors = read_csv(out / "errors.csv")
+    assert [(e["path"], e["stage"]) for e in errors] == [(str(images / "broken.png"), "decode")]
+    assert errors[0]["reason"].startswith("not a recognised image")
+
+    from cellkeras.batch import read_results
+
+    results = read_results(str(out))
+    assert [r["path"] for r in results.rows] == sorted(expected)
+    assert results.detections is None and len(results.errors) == 1
+
+
+def test_detection_shards_are_coco_with_the_boxes_of_detect(exported, images, tmp_path):
+    from cellkeras.batch import BatchConfig, read_results, run_batch
+    from cellkeras.data.images import decode_raw
+    from cellkeras.detect import BoxParams, DetectConfig, detect, xyxy_to_xywh
+    from cellkeras.explain.loading import load_model_for_inference
+
+    model, info = load_model_for_inference(exported)
+    # Grad-CAM over 16 px tiles (the generic workflow for a classifier without "background"),
+    # no gate and a mid threshold, so random images still give boxes to compare.
+    config = DetectConfig(
+        method="gradcam",
+        tile=16,
+        overlap=8,
+        gate=0.0,
+        boxes=BoxParams(threshold="fixed", value=0.5, min_peak=0.5),
+    )
+    out = tmp_path / "detect"
+    counters = run_batch(
+        BatchConfig(
+            inputs=[str(images / "*.png"), str(images / "sub" / "*")],
+            model=info.model_file,
+            info=info,
+            out=str(out),
+            detect=config,
+            classify=False,
+            save_heatmaps=True,
+            num_shards=2,
+            detection_info={"workflow": "generic"},
+        ),
+        IN_MEMORY,
+    )
+    assert counters == {
+        "images_decoded": 7,
+        "images_classified": 0,
+        "images_detected": 7,
+        "errors": 1,
+    }
+    shards = sorted(out.glob("detections-*-of-00002.json"))
+    assert len(shards) == 2
+    for shard in shards:
+        document = json.loads(shard.read_text())
+        assert set(document) == {"images", "annotations", "categories", "info"}
+        assert document["categories"] == [{"id": 1, "name": "cell"}]
+        assert document["info"]["workflow"] == "generic"
+        ids = [image["id"] for image in document["images"]]
+        assert ids == list(range(1, len(ids) + 1))
+        sizes = {image["id"]: (image["width"], image["height"]) for image in document["images"]}
+        for ann in document["annotations"]:
+            x, y, w, h = ann["bbox"]
+            width, height = sizes[ann["image_id"]]
+            assert x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= width and y + h <= height
+            assert ann["category_id"] == 1 and ann["area"] == pytest.approx(w * h, abs=0.02)
+
+    merged = read_results(str(out)).detections
+    assert len(merged["images"]) == 7
+    assert [a["id"] for a in merged["annotations"]] == list(
+        range(1, len(merged["annotations"]) + 1)
+    )
+
+    one = images / "sub" / "img1.png"
+    (entry,) = [image for image in merged["images"] if image["file_name"] == str(one)]
+    assert (out / entry["heatmap"]).is_file()
+    found = detect(model, decode_raw(one.read_bytes()), config, info.channels, info.classes)
+    assert len(found.boxes) > 0
+    got = sorted(
+        (a["bbox"], a["score"]) for a in merged["annotations"] if a["image_id"] == entry["id"]
+    )
+    want = sorted(
+        ([round(float(v), 2) for v in box], round(float(score), 4))
+        for box, score in zip(xyxy_to_xywh(found.boxes), found.scores, strict=True)
+    )
+    assert got == want
+
+
+def test_bad_arguments_fail_before_the_pipeline(exported, images, tmp_path, capsys):
+    base = ["batch", "--model", str(exported), "--out", str(tmp_path / "o")]
+    assert cli.main([*base, "--input", str(images / "*.tif")]) == 1
+    assert "matches no files" in capsys.readouterr().err
+    assert cli.main([*base, "--input", str(images / "*.png"), "--no_classify"]) == 1
+    assert "nothing to do" in capsys.readouterr().err
+    assert cli.main(["batch", "--input", "x", "--model", str(tmp_path / "none"), "--out", "o"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_options_after_the_separator_reach_beam(exported):
+    from cellkeras.batch.commands import pipeline_options
+
+    args = cli.build_parser().parse_args(
+        ["batch", "--input", "a", "--model", "m", "--out", "o", "--", "--runner=FlinkRunner"]
+    )
+    assert pipeline_options(args) == [
+        "--direct_num_workers=0",
+        "--direct_running_mode=multi_processing",
+        "--runner=FlinkRunner",
+    ]
+
+
+def test_merge_coco_renumbers_images_and_annotations():
+    from cellkeras.detect import merge_coco, to_coco
+
+    a = to_coco([{"file_name": "a", "width": 9, "height": 9}], [np.array([[0, 0, 2, 2]])], [[0.9]])
+    b = to_coco(
+        [{"file_name": "b", "width": 9, "height": 9}, {"file_name": "c", "width": 9, "height": 9}],
+        [np.zeros((0, 4)), np.array([[1, 1, 3, 4], [0, 0, 1, 1]])],
+        [[], [0.5, 0.4]],
+    )
+    merged = merge_coco([a, b])
+    assert [(i["id"], i["file_name"]) for i in merged["images"]] == [(1, "a"), (2, "b"), (3, "c")]
+    assert [(x["id"], x["image_id"], x["bbox"]) for x in merged["annotations"]] == [
+        (1, 1, [0.0, 0.0, 2.0, 2.0]),
+        (2, 3, [1.0, 1.0, 2.0, 3.0]),
+        (3, 3, [0.0, 0.0, 1.0, 1.0]),
+    ]
+    with pytest.raises(ValueError, match="categories"):
+        merge_coco([a, to_coco([], [], [], category="nucleus")])
