@@ -2,7 +2,7 @@
 
 Command (the numbers in docs/BENCHMARKS.md, "## Augmentation"):
 
-    /work/venv/bin/python scripts/bench_augment.py --sizes 64 128 256 --seconds 4
+    python scripts/bench_augment.py --sizes 64 128 256 --seconds 4
 
 Machine: the project's 2-core CPU VM (no GPU), TensorFlow 2.21 CPU build, Python 3.11.
 Peers are benchmark-only (`pip install -e .[bench]`): albumentations 2.0.8 (OpenCV `remap`),

@@ -6,7 +6,7 @@ window at several strides, on random-weight `parallel_small` models of the workf
 box stage runs whatever the random model says.
 
 Command (the numbers in docs/BENCHMARKS.md, about 3 min):
-    /work/venv/bin/python scripts/bench_detect.py
+    python scripts/bench_detect.py
 
 Machine: 2-core x86-64 CPU, no GPU, TensorFlow 2.21 / Keras 3.15.1, float32, shared with other
 jobs (so treat the numbers as lower bounds).

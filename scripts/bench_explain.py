@@ -3,7 +3,7 @@ tf-keras-vis, on the same model and images.
 
 Command (the numbers in docs/BENCHMARKS.md, "## Explain"):
 
-    /work/venv/bin/python scripts/bench_explain.py --size 64 --images 64
+    python scripts/bench_explain.py --size 64 --images 64
 
 Machine: the project's 2-core CPU VM (no GPU), TensorFlow 2.21 CPU build, Python 3.11.
 

@@ -5,7 +5,7 @@ For each model and image size: the train step (forward + backward + Adam update,
 absorb tracing. Prints a markdown table (docs/BENCHMARKS.md "## Models" holds the last one).
 
 Command (the numbers in docs/BENCHMARKS.md):
-    /work/venv/bin/python scripts/bench_models.py --sizes 64 128 --batch_size 32 \
+    python scripts/bench_models.py --sizes 64 128 --batch_size 32 \
         --json runs/bench_models.json
 
 Machine: 2-core x86-64 CPU (AVX-512), no GPU, TensorFlow 2.21 / Keras 3.15.1, float32,

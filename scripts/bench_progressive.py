@@ -4,7 +4,7 @@ For each data set and seed, two runs of `trainer.task.run` with the same model, 
 batch size, learning rate and augmentation:
 
 - fixed: every epoch at the final size (`--fixed`, default `96:6`);
-- progressive: small images first (`--progressive`, default `48:3,64:2,96:1`).
+- progressive: small images first (`--progressive`, default `48:3,64:2,96:2`).
 
 The target is the fixed run's final validation accuracy. "Time to target" is the wall time of
 training (data preparation excluded, identical for both) until the first epoch whose validation
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--fixed", default="96:6")
-    parser.add_argument("--progressive", default="48:3,64:2,96:1")
+    parser.add_argument("--progressive", default="48:3,64:2,96:2")
     parser.add_argument("--embryo_fixed", default="64x96:8")
     parser.add_argument("--embryo_progressive", default="32x48:4,48x72:2,64x96:2")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_progressive")

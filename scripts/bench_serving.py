@@ -8,7 +8,7 @@ synthetic blood smear) through `serving_default`, both as one batch and one imag
 
 Command (the numbers in docs/BENCHMARKS.md, "## Serving"):
 
-    /work/venv/bin/python scripts/bench_serving.py
+    python scripts/bench_serving.py
 
 Machine: 2-core CPU, no GPU (TensorFlow 2.21 CPU build, oneDNN on).
 """

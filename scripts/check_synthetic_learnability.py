@@ -12,7 +12,7 @@ five (it is learnable in a few minutes on a CPU).
 
 Command (machine: 2-core CPU, no GPU, shared with other jobs; about 2 minutes):
 
-    /work/venv/bin/python scripts/check_synthetic_learnability.py --epochs 1,5
+    python scripts/check_synthetic_learnability.py --epochs 1,5
 
 Measured (2,000 images at 64 px, seed 0, 1,600 train / 400 validation):
     difficulty 1 (default): 1 epoch 48 %, 5 epochs 98 %; mean-colour baseline 32 %.

@@ -25,7 +25,7 @@ all-point AP@0.5 (greedy by score), count error, MaxBoxAccV2 of the heatmaps; th
 threshold's F1 and, labelled, the per-image optimum (each image its own best threshold).
 
 Command (the numbers in docs/BENCHMARKS.md, about 15 min):
-    /work/venv/bin/python scripts/experiment_detection.py
+    python scripts/experiment_detection.py
 
 Machine: 2-core x86-64 CPU, no GPU, TensorFlow 2.21 / Keras 3.15.1, float32, shared with other
 jobs. Outputs: `--out` (default runs/experiment_detection)/results.json and table.md, and the

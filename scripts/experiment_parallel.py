@@ -22,7 +22,7 @@ Outputs in `--out` (default runs/experiment_parallel): results.json, a per-run f
 docs/images/parallel_confusion_<dataset>.png (seed 0). The markdown table is printed.
 
 Command (the numbers in docs/BENCHMARKS.md, ~25 min):
-    /work/venv/bin/python scripts/experiment_parallel.py --seeds 0 1 2
+    python scripts/experiment_parallel.py --seeds 0 1 2
 
 Machine: 2-core x86-64 CPU, no GPU, TensorFlow 2.21 / Keras 3.15.1, float32, shared with other
 jobs. A quick check: `--seeds 0 --datasets synthetic --epochs 2 --num_train 200`.
