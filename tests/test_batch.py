@@ -98,6 +98,20 @@ def test_batch_gives_the_classify_rows_in_shards_and_lists_the_bad_file(
     results = read_results(str(out))
     assert [r["path"] for r in results.rows] == sorted(expected)
     assert results.detections is None and len(results.errors) == 1
+    assert results.manifest["num_shards"] == 3 and results.manifest["counters"]["errors"] == 1
+    assert not (out / "_checkpoint").exists()  # a finished run's outputs hold it all
+
+    # A second run into the same folder is refused (its shards would mix with these) ...
+    assert cli.main([str(a) for a in [*argv, "--num_shards", "2"]]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    # ... unless asked to replace them: then only the new run's shards remain.
+    argv = [*argv, "--num_shards", "2", "--overwrite", "--direct_running_mode", "in_memory"]
+    assert cli.main([str(a) for a in argv]) == 1
+    assert sorted(s.name for s in out.glob("predictions-*")) == [
+        "predictions-00000-of-00002.csv",
+        "predictions-00001-of-00002.csv",
+    ]
+    assert [r["path"] for r in read_results(str(out)).rows] == sorted(expected)
 
 
 def test_detection_shards_are_coco_with_the_boxes_of_detect(exported, images, tmp_path):
@@ -135,6 +149,7 @@ def test_detection_shards_are_coco_with_the_boxes_of_detect(exported, images, tm
         "images_decoded": 7,
         "images_classified": 0,
         "images_detected": 7,
+        "images_resumed": 0,
         "errors": 1,
     }
     shards = sorted(out.glob("detections-*-of-00002.json"))
@@ -176,13 +191,28 @@ def test_detection_shards_are_coco_with_the_boxes_of_detect(exported, images, tm
 
 def test_bad_arguments_fail_before_the_pipeline(exported, images, tmp_path, capsys):
     base = ["batch", "--model", str(exported), "--out", str(tmp_path / "o")]
+    pngs = ["--input", str(images / "*.png")]
     assert cli.main([*base, "--input", str(images / "*.tif")]) == 1
     assert "matches no files" in capsys.readouterr().err
-    assert cli.main([*base, "--input", str(images / "*.png"), "--no_classify"]) == 1
+    # A folder is not a pattern: Beam would skip it and report success on nothing.
+    assert cli.main([*base, "--input", str(images)]) == 1
+    assert f"'{images}/**'" in capsys.readouterr().err
+    assert cli.main([*base, *pngs, "--no_classify"]) == 1
     assert "nothing to do" in capsys.readouterr().err
+    assert cli.main([*base, *pngs, "--save_heatmaps"]) == 1
+    assert "--save_heatmaps needs --detect" in capsys.readouterr().err
+    assert cli.main([*base, *pngs, "--resume"]) == 1
+    assert "no crashed run" in capsys.readouterr().err
     assert cli.main(["batch", "--input", "x", "--model", str(tmp_path / "none"), "--out", "o"]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    for flag, value in (("--batch_size", "0"), ("--num_shards", "-1"), ("--checkpoint_every", "x")):
+        with pytest.raises(SystemExit):
+            cli.main([*base, *pngs, flag, value])
+        assert flag in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*base, *pngs, "--resume", "--overwrite"])
+    assert "not allowed with" in capsys.readouterr().err
 
 
 def test_options_after_the_separator_reach_beam(exported):
@@ -216,3 +246,73 @@ def test_merge_coco_renumbers_images_and_annotations():
     ]
     with pytest.raises(ValueError, match="categories"):
         merge_coco([a, to_coco([], [], [], category="nucleus")])
+
+
+def test_a_crashed_run_keeps_its_finished_results_and_resumes(
+    exported, images, tmp_path, monkeypatch
+):
+    from cellkeras.batch import BatchConfig, read_results, run_batch
+    from cellkeras.batch import pipeline as batch_pipeline
+    from cellkeras.explain.loading import load_model_for_inference
+
+    _, info = load_model_for_inference(exported)
+    out = tmp_path / "crash"
+
+    def config(**kw):
+        # Both patterns match sub/img1.png: it must still be classified once.
+        inputs = [str(images / "**"), str(images / "sub" / "img1.png")]
+        return BatchConfig(inputs, info.model_file, info, str(out), num_shards=2, **kw)
+
+    # The 5th image to reach the CSV step kills the run (as a lost worker or Ctrl-C would).
+    original, seen = batch_pipeline.PredictionCsvFn.process, []
+
+    def crash_on_the_fifth(self, element):
+        seen.append(element[0])
+        if len(seen) == 5:
+            raise RuntimeError("simulated crash")
+        yield from original(self, element)
+
+    monkeypatch.setattr(batch_pipeline.PredictionCsvFn, "process", crash_on_the_fifth)
+    with pytest.raises(Exception, match="simulated crash"):
+        run_batch(config(checkpoint_every=2), IN_MEMORY)
+    assert not list(out.glob("predictions-*")) and not (out / "batch.json").exists()
+    saved = sorted((out / "_checkpoint").glob("predictions-*.jsonl"))
+    done = [json.loads(line)[0] for f in saved for line in f.read_text().splitlines()]
+    assert len(saved) == 2 and sorted(done) == sorted(seen[:4])  # saved every 2 images
+
+    # Mark the saved rows, so the resumed outputs show they were taken, not computed again.
+    for f in saved:
+        lines = [json.loads(line) for line in f.read_text().splitlines()]
+        f.write_text("".join(json.dumps([p, row + "9"]) + "\n" for p, row in lines))
+    monkeypatch.setattr(batch_pipeline.PredictionCsvFn, "process", original)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_batch(config(), IN_MEMORY)  # neither --resume nor --overwrite
+    counters = run_batch(config(resume=True), IN_MEMORY)
+    assert counters["images_resumed"] == 4 and counters["images_classified"] == 3
+    assert counters["errors"] == 1 and not (out / "_checkpoint").exists()
+
+    rows = read_results(str(out)).rows
+    assert sorted(r["path"] for r in rows) == sorted(
+        str(p) for p in images.rglob("*") if p.is_file() and p.name != "broken.png"
+    )
+    resumed = {r["path"] for r in rows if r["gamma"].endswith("9") and len(r["gamma"]) == 9}
+    assert resumed == set(done)
+    with pytest.raises(FileExistsError, match="finished run"):
+        run_batch(config(resume=True), IN_MEMORY)
+
+
+def test_one_image_the_model_fails_on_costs_only_itself(monkeypatch):
+    from cellkeras.batch import ClassifyModelHandler, Failure
+    from cellkeras.explain import cam
+
+    def predict(model, images, batch_size):
+        if np.isnan(images).any():
+            raise ValueError("NaN input")
+        return np.tile([[0.2, 0.8]], (len(images), 1))
+
+    monkeypatch.setattr(cam, "predict", predict)
+    batch = [np.zeros((4, 4, 1), np.float32) for _ in range(3)]
+    batch[1][0, 0] = np.nan
+    results = ClassifyModelHandler("m.keras").run_inference(batch, model=None)
+    assert [type(r.inference).__name__ for r in results] == ["ndarray", "Failure", "ndarray"]
+    assert results[1].inference == Failure("ValueError: NaN input")

@@ -15,9 +15,11 @@ _EXPORTS = {
     "BatchResults": "cellkeras.batch.pipeline",
     "ClassifyModelHandler": "cellkeras.batch.pipeline",
     "DetectModelHandler": "cellkeras.batch.pipeline",
+    "Failure": "cellkeras.batch.pipeline",
     "KerasModelHandler": "cellkeras.batch.pipeline",
     "build_pipeline": "cellkeras.batch.pipeline",
     "check_inputs": "cellkeras.batch.pipeline",
+    "prepare_output": "cellkeras.batch.pipeline",
     "read_results": "cellkeras.batch.pipeline",
     "run_batch": "cellkeras.batch.pipeline",
 }

@@ -6,7 +6,8 @@ extra.
 
 ```
 cellkeras batch --input 'plates/**.png' --model exports/cells --out results/ \
-    [--detect --save_heatmaps] [--direct_num_workers 2] [-- --runner=DataflowRunner ...]
+    [--detect --save_heatmaps] [--direct_num_workers 2] [--resume | --overwrite] \
+    [-- --runner=DataflowRunner ...]
 ```
 
 The model is loaded once here, in the launcher: a bad `--model` fails before any worker starts,
@@ -22,6 +23,26 @@ import argparse
 import sys
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (one per CPU core) or more, got {value}")
+    return value
+
+
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Registers `batch` on the `cellkeras` command's sub-parsers."""
     from cellkeras.detect.commands import add_detection_arguments
@@ -34,7 +55,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
             "classifies each with the model (and with --detect finds cells) and writes "
             "OUT/predictions-SSSSS-of-NNNNN.csv (the columns of 'cellkeras classify'), "
             "OUT/detections-SSSSS-of-NNNNN.json (COCO, one document per shard) and "
-            "OUT/errors.csv (path,stage,reason for every file that failed; the run goes on). "
+            "OUT/errors.csv (path,stage,reason for every file that failed; the run goes on) and "
+            "OUT/batch.json (the manifest of a finished run). Finished results are also saved "
+            "to OUT/_checkpoint/ as the run goes, so --resume continues a run that crashed. "
             "Runs on Beam's DirectRunner unless options after '--' name another runner. "
             "Needs the beam extra: pip install 'cellkeras[beam]'."
         ),
@@ -56,18 +79,35 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--image_size", default=None, help="resize to SIZE or HxW (default: the model card's)"
     )
-    p.add_argument("--batch_size", type=int, default=32, help="most images per model call")
-    p.add_argument("--num_shards", type=int, default=4, help="files per output")
+    p.add_argument(
+        "--batch_size", type=_positive_int, default=32, help="most images per model call"
+    )
+    p.add_argument("--num_shards", type=_positive_int, default=4, help="files per output")
     p.add_argument("--no_classify", action="store_true", help="only detect (needs --detect)")
     p.add_argument("--detect", action="store_true", help="also find cells (COCO JSON shards)")
     p.add_argument(
         "--save_heatmaps", action="store_true", help="with --detect: OUT/heatmaps/<stem>-<id>.png"
     )
     add_detection_arguments(p)
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a crashed run in OUT: skip the files its checkpoint holds",
+    )
+    again.add_argument(
+        "--overwrite", action="store_true", help="delete a previous run's outputs in OUT first"
+    )
+    p.add_argument(
+        "--checkpoint_every",
+        type=_positive_int,
+        default=256,
+        help="each worker saves its finished results to OUT/_checkpoint/ after this many images",
+    )
     runner = p.add_argument_group("runner (DirectRunner; other runners: options after --)")
     runner.add_argument(
         "--direct_num_workers",
-        type=int,
+        type=_workers,
         default=0,
         help="DirectRunner worker processes (0: one per CPU core)",
     )
@@ -104,7 +144,13 @@ def pipeline_options(args: argparse.Namespace) -> list[str]:
 
 def _run_batch(args: argparse.Namespace) -> int:
     try:
-        from cellkeras.batch.pipeline import BatchConfig, check_inputs, run_batch
+        from cellkeras.batch.pipeline import (
+            CHECKPOINT,
+            BatchConfig,
+            check_inputs,
+            prepare_output,
+            run_batch,
+        )
     except ImportError as err:
         return _fail(f"{err}; cellkeras batch needs Apache Beam: pip install 'cellkeras[beam]'")
     from cellkeras.detect.commands import build_config
@@ -113,6 +159,8 @@ def _run_batch(args: argparse.Namespace) -> int:
 
     if args.no_classify and not args.detect:
         return _fail("--no_classify leaves nothing to do without --detect")
+    if args.save_heatmaps and not args.detect:
+        return _fail("--save_heatmaps needs --detect (the heatmaps come from detection)")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     try:
         model, info = load_model_for_inference(
@@ -139,15 +187,29 @@ def _run_batch(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             num_shards=args.num_shards,
             detection_info=detection_info,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            overwrite=args.overwrite,
         )
+        prepare_output(config)
     except (OSError, ValueError) as err:
         return _fail(err)
     del model  # the workers load their own copies
     print(f"cellkeras batch: {count} file(s) matched; model {info.model_file}")
-    counters = run_batch(config, pipeline_options(args))
+    try:
+        counters = run_batch(config, pipeline_options(args), output_checked=True)
+    except BaseException:
+        print(
+            f"cellkeras batch: the pipeline failed; the results finished so far are saved in "
+            f"{args.out}/{CHECKPOINT}/: fix the cause and rerun with --resume to continue",
+            file=sys.stderr,
+        )
+        raise
     tasks = [f"{counters['images_classified']} classified"] if config.classify else []
     if config.detect is not None:
         tasks.append(f"{counters['images_detected']} with detections")
+    if counters["images_resumed"]:
+        tasks.append(f"{counters['images_resumed']} taken from the checkpoint")
     print(
         f"{counters['images_decoded']} decoded, {', '.join(tasks)}, {counters['errors']} error(s) "
         f"-> {args.out}"

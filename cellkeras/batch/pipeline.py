@@ -4,8 +4,8 @@
 from cellkeras.batch import BatchConfig, read_results, run_batch
 from cellkeras.detect import DetectConfig
 
-config = BatchConfig(inputs=["/data/plates/**.png"], model="exports/cells", out="/data/out",
-                     detect=DetectConfig.for_workflow("nuclei"))
+config = BatchConfig(inputs=["/data/plates/**.png"], model="exports/cells/3/model.keras",
+                     info=info, out="/data/out", detect=DetectConfig.for_workflow("nuclei"))
 summary = run_batch(config, ["--direct_running_mode=multi_processing", "--direct_num_workers=0"])
 results = read_results("/data/out")      # shards merged: rows, COCO document, errors
 ```
@@ -13,22 +13,32 @@ results = read_results("/data/out")      # shards merged: rows, COCO document, e
 The graph (one read and decode per file, then one branch per task):
 
 ```
-MatchAll(patterns) → Reshuffle → ReadMatches → decode ─┬─► to model input → RunInference → predictions-SSSSS-of-NNNNN.csv
-                                                       ├─► RunInference (detect) → detections-SSSSS-of-NNNNN.json, heatmaps/
-                                                       └─► errors.csv  (path, stage, reason; from every step)
+MatchAll(patterns) ─┐
+_checkpoint/*.jsonl ┴► CoGroupByKey(path) ─► to run ─► ReadMatches → decode ─┬─► model input → RunInference → checkpoint ─► predictions-SSSSS-of-NNNNN.csv
+                                         └─► already done (resume) ──────────┼──────────────────────────────────────────┘
+                                                                             ├─► RunInference (detect) → checkpoint ─► detections-SSSSS-of-NNNNN.json, heatmaps/
+                                                                             └─► errors.csv  (path, stage, reason; from every step)
 ```
 
 * Inputs are Beam file patterns (`/local/**.png`, `gs://bucket/x/*.tif`, ...), so any file system
-  Beam has a plugin for works; the Reshuffle after matching lets the runner spread the files over
-  its workers (without it every file would stay in the one bundle that matched them).
-* A file that cannot be read or decoded, or that the model cannot take, becomes a row of
-  `errors.csv` and the run goes on.
+  Beam has a plugin for works. Grouping the matched files by path drops a file that two patterns
+  match, and the shuffle spreads the files over the runner's workers (without it every file
+  would stay in the one bundle that matched them).
+* A file that cannot be read or decoded, that the model cannot take or that makes it fail, becomes
+  a row of `errors.csv` and the run goes on.
 * Classification gives the same rows as `cellkeras classify` (the same decode, channel conversion,
   normalization and resize through `cellkeras.explain.loading.prepare_image_for_model`, and the
   same columns); the CSV is sharded and each shard has the header.
 * Detection runs `cellkeras.detect.detect` on each image as stored, as `cellkeras detect` does.
   Each shard is a complete COCO document (ids start at 1 in each); `cellkeras.detect.merge_coco`
   (and `read_results`) joins them.
+* Crashes. Beam writes the sharded outputs only when every image is done, so a run that dies
+  at 90 % (a killed worker, a preempted VM, Ctrl-C) would lose everything. Each worker therefore
+  also appends its finished results to `OUT/_checkpoint/` every `checkpoint_every` images
+  (whole files, written under a temporary name and renamed). `resume=True` (`cellkeras batch
+  --resume`) runs only the files the checkpoint does not hold for every task and merges the
+  rest into the outputs; the checkpoint is deleted once the outputs and `OUT/batch.json` (the
+  manifest that marks a finished run) are written.
 
 Why our own `ModelHandler` rather than Beam's `TFModelHandlerTensor`/`TFModelHandlerNumpy`:
 in apache-beam 2.77 `apache_beam.ml.inference.tensorflow_inference` imports `tensorflow_hub`,
@@ -48,6 +58,9 @@ import csv
 import dataclasses
 import io
 import json
+import os
+import time
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import PurePosixPath
@@ -72,10 +85,14 @@ PREDICTIONS = "predictions"
 DETECTIONS = "detections"
 ERRORS = "errors"
 HEATMAPS = "heatmaps"
+CHECKPOINT = "_checkpoint"
+MANIFEST = "batch.json"
 ERROR_COLUMNS = ("path", "stage", "reason")
 METRICS_NAMESPACE = "cellkeras.batch"
+COUNTERS = ("images_decoded", "images_classified", "images_detected", "images_resumed", "errors")
 
 _ERRORS_TAG = "errors"
+_RUN_FILE = "run.json"  # inside the checkpoint: what produced it, checked before resuming
 
 
 @dataclasses.dataclass
@@ -93,6 +110,11 @@ class BatchConfig:
         batch_size: the most images per model call.
         num_shards: files per output (predictions and detections).
         detection_info: extra keys for each COCO document's `info`.
+        checkpoint_every: each worker saves its finished results to `OUT/_checkpoint/` after
+            this many images per task (and at the end of each bundle).
+        resume: continue a run that crashed: skip the files `OUT/_checkpoint/` holds.
+        overwrite: delete a previous run's outputs in `out` first (without it, and without
+            `resume`, a folder holding outputs is refused).
     """
 
     inputs: Sequence[str]
@@ -105,16 +127,48 @@ class BatchConfig:
     batch_size: int = 32
     num_shards: int = 4
     detection_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    checkpoint_every: int = 256
+    resume: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ValueError("inputs: give at least one file pattern")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {self.num_shards}")
+        for name in ("batch_size", "num_shards", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.classify and self.detect is None:
             raise ValueError("nothing to do: classify is off and no detect config was given")
+        if self.save_heatmaps and self.detect is None:
+            raise ValueError("save_heatmaps needs a detect config (heatmaps come from detection)")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+
+    def tasks(self) -> list[str]:
+        """The outputs this run writes, by name: `predictions` and/or `detections`."""
+        return [t for t, on in ((PREDICTIONS, self.classify), (DETECTIONS, self.detect)) if on]
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed (same model, tasks and settings)."""
+        return {
+            "model": self.model,
+            "tasks": self.tasks(),
+            "columns": _columns(self.info) if self.classify else None,
+            "image_size": list(self.info.image_size) if self.info.image_size else None,
+            "normalization": self.info.normalization,
+            "detect": repr(self.detect) if self.detect is not None else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """An image the model (or detector) failed on: travels as its inference, not as a crash."""
+
+    reason: str
+
+
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 # --- model handlers -------------------------------------------------------------------------
@@ -141,7 +195,11 @@ class KerasModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
 
 
 class ClassifyModelHandler(KerasModelHandler):
-    """Class probabilities (K,) float32 per image, through `cellkeras.explain.cam.predict`."""
+    """Class probabilities (K,) float32 per image, through `cellkeras.explain.cam.predict`.
+
+    When a batch fails, its images run one at a time, and the one that fails alone gets a
+    `Failure` as its inference: one bad image costs only itself, never its batch or the run.
+    """
 
     def run_inference(
         self, batch: Sequence[np.ndarray], model: Any, inference_args: dict | None = None
@@ -154,20 +212,30 @@ class ClassifyModelHandler(KerasModelHandler):
         for k, image in enumerate(batch):
             by_shape.setdefault(image.shape, []).append(k)
         for indices in by_shape.values():
-            stacked = np.stack([batch[k] for k in indices])
-            for k, probs in zip(indices, predict(model, stacked, len(indices)), strict=True):
+            try:
+                found = predict(model, np.stack([batch[k] for k in indices]), len(indices))
+            except Exception:  # find the image that failed, keep the others
+                found = [self._one(predict, model, batch[k]) for k in indices]
+            for k, probs in zip(indices, found, strict=True):
                 probabilities[k] = probs
         return [
             PredictionResult(image, probs, self._model_file)
             for image, probs in zip(batch, probabilities, strict=True)
         ]
 
+    @staticmethod
+    def _one(predict: Any, model: Any, image: np.ndarray) -> Any:
+        try:
+            return predict(model, image[None], 1)[0]
+        except Exception as err:  # reported in errors.csv
+            return Failure(_reason(err))
+
     def get_metrics_namespace(self) -> str:
         return "cellkeras_classify"
 
 
 class DetectModelHandler(KerasModelHandler):
-    """`cellkeras.detect.detect` per image; its `DetectError` is returned, not raised.
+    """`cellkeras.detect.detect` per image; a failure is returned as a `Failure`, not raised.
 
     One image the detector refuses (too small for the window, wrong channels) must not fail
     the other images of its batch, so the error travels as the inference and is routed to the
@@ -204,7 +272,9 @@ class DetectModelHandler(KerasModelHandler):
             try:
                 found: Any = detect(model, image, self._config, self._channels, self._class_names)
             except DetectError as err:
-                found = err
+                found = Failure(str(err))
+            except Exception as err:  # reported in errors.csv
+                found = Failure(_reason(err))
             results.append(PredictionResult(image, found, self._model_file))
         return results
 
@@ -220,6 +290,33 @@ def _error(path: str, stage: str, reason: str) -> beam.pvalue.TaggedOutput:
     return beam.pvalue.TaggedOutput(_ERRORS_TAG, (path, stage, reason))
 
 
+class ResumeSplitFn(beam.DoFn):
+    """(path, {"file": metadata, task: checkpointed results}) → the file to run, or its results.
+
+    A file is done when the checkpoint holds it for every task; its results go on to the
+    outputs (tagged by task) and it is not read again. Otherwise it runs (again) for every task
+    and its partial checkpointed results are dropped, so nothing is written twice. Checkpointed
+    results of a file the patterns no longer match are dropped too.
+    """
+
+    def __init__(self, tasks: Sequence[str]):
+        self._tasks = list(tasks)
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        path, grouped = element
+        files = list(grouped["file"])
+        if not files:
+            return
+        done = {task: list(grouped[task]) for task in self._tasks}
+        if all(done.values()):
+            Metrics.counter(METRICS_NAMESPACE, "images_resumed").inc()
+            for task, results in done.items():
+                # One of each: a retried bundle may have saved a result twice.
+                yield beam.pvalue.TaggedOutput(task, (path, results[0]))
+            return
+        yield files[0]  # two patterns matching one file: one run
+
+
 class DecodeImageFn(beam.DoFn):
     """ReadableFile → (path, pixels as stored (H, W, C)); unreadable or non-image files → errors."""
 
@@ -228,12 +325,15 @@ class DecodeImageFn(beam.DoFn):
         try:
             data = readable.read()
         except Exception as err:  # every file system raises its own kinds
-            yield _error(path, "read", f"cannot be read ({err})")
+            yield _error(path, "read", f"cannot be read ({_reason(err)})")
             return
         try:
             pixels = decode_raw(data, source=path)
         except ImageError as err:
             yield _error(path, "decode", err.reason)
+            return
+        except Exception as err:  # a decoder bug must not end the run
+            yield _error(path, "decode", _reason(err))
             return
         Metrics.counter(METRICS_NAMESPACE, "images_decoded").inc()
         yield path, pixels
@@ -251,38 +351,43 @@ class ModelInputFn(beam.DoFn):
             yield path, prepare_image_for_model(pixels, self._info, path)
         except ImageError as err:
             yield _error(path, "classify", err.reason)
+        except Exception as err:  # reported in errors.csv
+            yield _error(path, "classify", _reason(err))
 
 
 class PredictionCsvFn(beam.DoFn):
-    """(path, PredictionResult) → one line of the `classify` CSV."""
+    """(path, PredictionResult) → (path, one line of the `classify` CSV)."""
 
     def __init__(self, info: ModelInfo):
         self._info = info
 
-    def process(self, element: tuple[str, PredictionResult]) -> Iterator[str]:
+    def process(self, element: tuple[str, PredictionResult]) -> Iterator[Any]:
         from cellkeras.explain.commands import csv_columns, csv_values, prediction_row
 
         path, result = element
+        if isinstance(result.inference, Failure):
+            yield _error(path, "classify", result.inference.reason)
+            return
         row = prediction_row(path, np.asarray(result.inference), self._info.class_names())
         Metrics.counter(METRICS_NAMESPACE, "images_classified").inc()
-        yield _csv_line([csv_values(row)[c] for c in csv_columns(self._info)])
+        yield path, _csv_line([csv_values(row)[c] for c in csv_columns(self._info)])
 
 
 class DetectionRecordFn(beam.DoFn):
-    """(path, PredictionResult of `Detections`) → (shard, record); optionally writes the heatmap."""
+    """(path, PredictionResult of `Detections`) → (path, record); optionally writes the heatmap.
 
-    def __init__(self, out: str, num_shards: int, save_heatmaps: bool):
+    A record is plain JSON (boxes and scores as lists), so the checkpoint can hold it.
+    """
+
+    def __init__(self, out: str, save_heatmaps: bool):
         self._out = out
-        self._num_shards = num_shards
         self._save_heatmaps = save_heatmaps
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[Any]:
-        from cellkeras.detect.pipeline import DetectError
-
         path, result = element
         found = result.inference
-        if isinstance(found, DetectError):
-            yield _error(path, "detect", str(found))
+        if isinstance(found, Failure):
+            yield _error(path, "detect", found.reason)
             return
         image = result.example
         record = {
@@ -292,11 +397,55 @@ class DetectionRecordFn(beam.DoFn):
             "probability": round(float(found.probability), 4),
         }
         if self._save_heatmaps:
-            record["heatmap"] = _write_heatmap(self._out, path, found.heatmap)
-        record["boxes"] = np.asarray(found.boxes, np.float32)
-        record["scores"] = np.asarray(found.scores, np.float32)
+            try:
+                record["heatmap"] = _write_heatmap(self._out, path, found.heatmap)
+            except Exception as err:  # the boxes are still good
+                yield _error(path, "heatmap", _reason(err))
+        record["boxes"] = np.asarray(found.boxes, np.float32).tolist()
+        record["scores"] = np.asarray(found.scores, np.float32).tolist()
         Metrics.counter(METRICS_NAMESPACE, "images_detected").inc()
-        yield shard_of(path, self._num_shards), record
+        yield path, record
+
+
+class CheckpointFn(beam.DoFn):
+    """Passes (path, result) on and saves it to `OUT/_checkpoint/<task>-<uuid>.jsonl`.
+
+    Saves every `every` results and at the end of the bundle, each time as a whole new file
+    written under a temporary name and renamed, so a crash never leaves half a line behind.
+    A retried bundle saves its results again under other names; `ResumeSplitFn` keeps one.
+    """
+
+    def __init__(self, out: str, task: str, every: int):
+        self._out = out
+        self._task = task
+        self._every = every
+        self._pending: list[str] = []
+
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(self, element: tuple[str, Any]) -> Iterator[tuple[str, Any]]:
+        self._pending.append(json.dumps(element))
+        if len(self._pending) >= self._every:
+            self._flush()
+        yield element
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        name = FileSystems.join(self._out, CHECKPOINT, f"{self._task}-{uuid.uuid4().hex}.jsonl")
+        _write_atomically(name, ("\n".join(self._pending) + "\n").encode("utf-8"))
+        self._pending = []
+
+
+def _read_checkpoint(readable: fileio.ReadableFile) -> Iterator[tuple[str, Any]]:
+    for line in readable.read_utf8().splitlines():
+        if line.strip():
+            path, result = json.loads(line)
+            yield path, result
 
 
 class WriteCocoShardFn(beam.DoFn):
@@ -320,14 +469,13 @@ class WriteCocoShardFn(beam.DoFn):
         metas = [{k: v for k, v in r.items() if k not in ("boxes", "scores")} for r in records]
         document = to_coco(
             metas,
-            [r["boxes"] for r in records],
-            [r["scores"] for r in records],
+            [np.asarray(r["boxes"], np.float32).reshape(-1, 4) for r in records],
+            [np.asarray(r["scores"], np.float32) for r in records],
             category=self._category,
         )
         document["info"] = dict(self._info)
         name = shard_name(self._out, DETECTIONS, shard, self._num_shards, ".json")
-        with FileSystems.create(name) as f:
-            f.write((json.dumps(document, indent=1) + "\n").encode("utf-8"))
+        _write_atomically(name, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
         yield name
 
 
@@ -339,6 +487,16 @@ def _csv_line(values: Sequence[Any]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow(values)
     return buffer.getvalue()
+
+
+def _write_atomically(name: str, data: bytes) -> None:
+    """Writes `name` whole or not at all (a temporary name, then a rename)."""
+    temporary = f"{name}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temporary) as f:
+        f.write(data)
+    if FileSystems.exists(name):  # a retried bundle; object stores refuse to rename over it
+        FileSystems.delete([name])
+    FileSystems.rename([temporary], [name])
 
 
 def shard_of(path: str, num_shards: int) -> int:
@@ -375,15 +533,40 @@ def _write_heatmap(out: str, path: str, heatmap: np.ndarray) -> str:
 
 
 def build_pipeline(p: beam.Pipeline, config: BatchConfig) -> dict[str, Any]:
-    """Adds the batch graph to `p`; returns its output PCollections by name."""
+    """Adds the batch graph to `p`; returns its output PCollections by name.
+
+    With `config.resume`, the files `OUT/_checkpoint/` holds for every task are not run again;
+    their saved results go to the outputs with the new ones.
+    """
     from cellkeras.detect.commands import category_name
 
     info = config.info
+    tasks = config.tasks()
+    checkpoint_files = _checkpoint_files(config.out, tasks) if config.resume else {}
+    keyed: dict[str, Any] = {
+        "file": (
+            p
+            | "Patterns" >> beam.Create(list(config.inputs))
+            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW_IF_WILDCARD)
+            | "ByPath" >> beam.Map(lambda m: (m.path, m))
+        )
+    }
+    for task in tasks:
+        keyed[task] = (
+            p
+            | f"Checkpoint_{task}" >> beam.Create(checkpoint_files.get(task, []))
+            | f"MatchCheckpoint_{task}" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+            | f"ReadCheckpoint_{task}" >> fileio.ReadMatches()
+            | f"ParseCheckpoint_{task}" >> beam.FlatMap(_read_checkpoint)
+        )
+    # Grouping by path is also the shuffle that spreads the files over the workers.
+    split = (
+        keyed
+        | "JoinCheckpoint" >> beam.CoGroupByKey()
+        | "ToRun" >> beam.ParDo(ResumeSplitFn(tasks)).with_outputs(*tasks, main="files")
+    )
     decoded = (
-        p
-        | "Patterns" >> beam.Create(list(config.inputs))
-        | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW_IF_WILDCARD)
-        | "Spread" >> beam.Reshuffle()
+        split.files
         | "Read" >> fileio.ReadMatches()
         | "Decode" >> beam.ParDo(DecodeImageFn()).with_outputs(_ERRORS_TAG, main="images")
     )
@@ -397,10 +580,21 @@ def build_pipeline(p: beam.Pipeline, config: BatchConfig) -> dict[str, Any]:
         )
         errors.append(prepared[_ERRORS_TAG])
         handler = ClassifyModelHandler(config.model, max_batch_size=config.batch_size)
-        outputs[PREDICTIONS] = (
+        rows = (
             prepared.inputs
             | "Classify" >> RunInference(KeyedModelHandler(handler))
-            | "CsvRows" >> beam.ParDo(PredictionCsvFn(info))
+            | "CsvRows" >> beam.ParDo(PredictionCsvFn(info)).with_outputs(_ERRORS_TAG, main="rows")
+        )
+        errors.append(rows[_ERRORS_TAG])
+        outputs[PREDICTIONS] = (
+            (
+                rows.rows
+                | "SavePredictions"
+                >> beam.ParDo(CheckpointFn(config.out, PREDICTIONS, config.checkpoint_every)),
+                split[PREDICTIONS],
+            )
+            | "AllPredictions" >> beam.Flatten()
+            | "CsvLines" >> beam.Values()
             | "WritePredictions"
             >> beam.io.WriteToText(
                 FileSystems.join(config.out, PREDICTIONS),
@@ -423,15 +617,26 @@ def build_pipeline(p: beam.Pipeline, config: BatchConfig) -> dict[str, Any]:
             decoded.images
             | "Detect" >> RunInference(KeyedModelHandler(handler))
             | "Records"
-            >> beam.ParDo(
-                DetectionRecordFn(config.out, config.num_shards, config.save_heatmaps)
-            ).with_outputs(_ERRORS_TAG, main="records")
+            >> beam.ParDo(DetectionRecordFn(config.out, config.save_heatmaps)).with_outputs(
+                _ERRORS_TAG, main="records"
+            )
         )
         errors.append(detected[_ERRORS_TAG])
         # One empty entry per shard, so every shard file is written even when it gets no image.
         every_shard = p | "Shards" >> beam.Create([(k, None) for k in range(config.num_shards)])
+        num_shards = config.num_shards
+        records = (
+            (
+                detected.records
+                | "SaveDetections"
+                >> beam.ParDo(CheckpointFn(config.out, DETECTIONS, config.checkpoint_every)),
+                split[DETECTIONS],
+            )
+            | "AllDetections" >> beam.Flatten()
+            | "ToShard" >> beam.MapTuple(lambda path, record: (shard_of(path, num_shards), record))
+        )
         outputs[DETECTIONS] = (
-            (detected.records, every_shard)
+            (records, every_shard)
             | "AllShards" >> beam.Flatten()
             | "GroupShards" >> beam.GroupByKey()
             | "WriteDetections"
@@ -467,54 +672,180 @@ def _columns(info: ModelInfo) -> list[str]:
     return csv_columns(info)
 
 
+def _has_scheme(path: str) -> bool:
+    return "://" in path
+
+
 def check_inputs(patterns: Sequence[str]) -> int:
-    """The number of files the patterns match, in the launcher, before any worker starts.
+    """The number of distinct files the patterns match, in the launcher, before any worker starts.
 
     Raises:
         FileNotFoundError: naming the first pattern that matches nothing (a typo would otherwise
             give an empty, successful run).
+        ValueError: naming a pattern that is a local folder (it would be skipped, not searched).
     """
     from apache_beam.io.filesystem import BeamIOError
 
-    total = 0
+    found_paths: set[str] = set()
     for pattern in patterns:
+        if not _has_scheme(pattern) and os.path.isdir(pattern):
+            folder = pattern.rstrip("/\\")
+            raise ValueError(
+                f"--input {pattern!r} is a folder; give a file pattern, e.g. '{folder}/**' for "
+                f"every file under it or '{folder}/*.png'"
+            )
         try:
             found = FileSystems.match([pattern])[0].metadata_list
         except BeamIOError as err:
-            raise FileNotFoundError(f"input pattern {pattern!r} cannot be matched: {err}") from None
-        files = [m for m in found if not m.path.endswith("/")]
+            raise FileNotFoundError(
+                f"--input pattern {pattern!r} cannot be matched: {err}"
+            ) from None
+        files = [m.path for m in found if not m.path.endswith(("/", "\\"))]
         if not files:
-            raise FileNotFoundError(f"input pattern {pattern!r} matches no files")
-        total += len(files)
-    return total
+            raise FileNotFoundError(f"--input pattern {pattern!r} matches no files")
+        found_paths.update(files)
+    return len(found_paths)
 
 
-def run_batch(config: BatchConfig, pipeline_args: Sequence[str] = ()) -> dict[str, int]:
-    """Runs the pipeline to the end and returns its counters.
+def _matching(pattern: str) -> list[str]:
+    from apache_beam.io.filesystem import BeamIOError
+
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except BeamIOError:  # a folder that does not exist yet
+        return []
+    return sorted(m.path for m in found)
+
+
+def _checkpoint_files(out: str, tasks: Sequence[str]) -> dict[str, list[str]]:
+    folder = FileSystems.join(out, CHECKPOINT)
+    return {task: _matching(FileSystems.join(folder, f"{task}-*.jsonl")) for task in tasks}
+
+
+def _previous_outputs(out: str) -> list[str]:
+    """Files of an earlier run in `out` (shards, errors, manifest, Beam's temporary folders)."""
+    names = []
+    for pattern in (
+        f"{PREDICTIONS}-*-of-*.csv",
+        f"{DETECTIONS}-*-of-*.json",
+        f"{ERRORS}.csv",
+        MANIFEST,
+        "beam-temp-*",
+    ):
+        names.extend(_matching(FileSystems.join(out, pattern)))
+    return names
+
+
+def prepare_output(config: BatchConfig) -> None:
+    """Checks (and with `overwrite`, clears) the output folder before the pipeline starts.
+
+    Raises:
+        FileExistsError: `out` holds another run's outputs and neither `overwrite` nor `resume`
+            was asked for, or `resume` was asked for a finished run.
+        FileNotFoundError: `resume` without a checkpoint in `out`.
+        ValueError: `resume` with a checkpoint of another model or other settings.
+    """
+    out = config.out
+    checkpoint = FileSystems.join(out, CHECKPOINT)
+    run_file = FileSystems.join(checkpoint, _RUN_FILE)
+    previous = _previous_outputs(out)
+    has_checkpoint = FileSystems.exists(run_file)
+    if config.overwrite:
+        leftovers = previous + ([checkpoint] if FileSystems.exists(checkpoint) else [])
+        heatmaps = FileSystems.join(out, HEATMAPS)
+        if FileSystems.exists(heatmaps):
+            leftovers.append(heatmaps)
+        if leftovers:
+            FileSystems.delete(leftovers)
+    elif config.resume:
+        if FileSystems.exists(FileSystems.join(out, MANIFEST)):
+            raise FileExistsError(
+                f"{out} holds a finished run ({MANIFEST}); there is nothing to resume "
+                "(use --overwrite to run again)"
+            )
+        if not has_checkpoint:
+            raise FileNotFoundError(
+                f"--resume: {checkpoint} does not exist; there is no crashed run to continue in "
+                f"{out}"
+            )
+        with FileSystems.open(run_file) as f:
+            saved = json.loads(f.read().decode("utf-8"))
+        now = json.loads(json.dumps(config.identity()))
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if changed:
+            raise ValueError(
+                f"--resume: the checkpoint in {out} was made with other "
+                f"{', '.join(changed)} ({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); "
+                "run with the same settings, or use --overwrite to start over"
+            )
+        # Beam's half-written shards of the crashed run: rewritten from the checkpoint.
+        stale = [p for p in previous if not p.endswith(MANIFEST)]
+        if stale:
+            FileSystems.delete(stale)
+        return
+    elif previous or has_checkpoint:
+        what = (
+            "a crashed run's checkpoint (--resume continues it)"
+            if has_checkpoint
+            else (f"outputs of another run ({FileSystems.split(previous[0])[1]}, ...)")
+        )
+        raise FileExistsError(
+            f"--out {out} holds {what}; use --overwrite to replace them, or another --out"
+        )
+    _write_atomically(run_file, json.dumps(config.identity(), indent=1).encode("utf-8"))
+
+
+def run_batch(
+    config: BatchConfig, pipeline_args: Sequence[str] = (), *, output_checked: bool = False
+) -> dict[str, int]:
+    """Runs the pipeline to the end, writes `OUT/batch.json` and returns its counters.
 
     Args:
         config: the `BatchConfig`.
         pipeline_args: Beam pipeline options (`--runner=...`, `--direct_num_workers=...`, ...);
             the DirectRunner when no runner is named.
+        output_checked: the caller has already run `prepare_output(config)`.
 
     Returns:
-        `images_decoded`, `images_classified`, `images_detected` and `errors` (error rows; a
-        file the model cannot take fails once per task), as the runner reports them.
+        `images_decoded`, `images_classified`, `images_detected`, `images_resumed` (taken from
+        the checkpoint of a crashed run) and `errors` (error rows; a file the model cannot take
+        fails once per task), as the runner reports them.
+
+    Raises:
+        FileExistsError, FileNotFoundError, ValueError: from `prepare_output`, before the
+            pipeline starts.
     """
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    if not output_checked:
+        prepare_output(config)
+    started = time.time()
     options = PipelineOptions(list(pipeline_args))
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, config)
     # Leaving the `with` block ran the pipeline and waited for it.
     result = p.result
-    counters = {"images_decoded": 0, "images_classified": 0, "images_detected": 0, "errors": 0}
+    counters = dict.fromkeys(COUNTERS, 0)
     query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     for counter in query["counters"]:
         # Committed values where the runner has them; the DirectRunner reports attempted only.
         value = counter.committed if counter.committed is not None else counter.attempted
         counters[counter.key.metric.name] += int(value or 0)
+    manifest = {
+        "inputs": list(config.inputs),
+        "model": config.model,
+        "tasks": config.tasks(),
+        "num_shards": config.num_shards,
+        "counters": counters,
+        "seconds": round(time.time() - started, 1),
+        "resumed": config.resume,
+    }
+    _write_atomically(
+        FileSystems.join(config.out, MANIFEST), json.dumps(manifest, indent=1).encode("utf-8")
+    )
+    # The outputs now hold everything the checkpoint did.
+    FileSystems.delete([FileSystems.join(config.out, CHECKPOINT)])
     return counters
 
 
@@ -529,16 +860,13 @@ class BatchResults:
         rows: the prediction rows (dicts with the `classify` CSV's columns), sorted by path.
         detections: one COCO document of every detection shard (None when detection was off).
         errors: `{path, stage, reason}` rows.
+        manifest: `batch.json`: inputs, model, tasks, num_shards, counters, seconds.
     """
 
     rows: list[dict[str, str]]
     detections: dict[str, Any] | None
     errors: list[dict[str, str]]
-
-
-def _matching(pattern: str) -> list[str]:
-    found = FileSystems.match([pattern])[0].metadata_list
-    return sorted(m.path for m in found)
+    manifest: dict[str, Any]
 
 
 def _read_text(path: str) -> str:
@@ -547,21 +875,36 @@ def _read_text(path: str) -> str:
 
 
 def read_results(out: str) -> BatchResults:
-    """Reads and merges the shards a run wrote to `out` (any Beam file system).
+    """Reads and merges the shards a finished run wrote to `out` (any Beam file system).
+
+    Only the shards the run's manifest names are read (`-of-NNNNN` with its `num_shards`).
 
     Raises:
-        FileNotFoundError: when `out` holds no `errors.csv` (no finished run).
+        FileNotFoundError: when `out` holds no `batch.json` (no finished run), or a shard the
+            manifest names is missing.
     """
     from cellkeras.detect.coco import merge_coco
 
-    error_file = FileSystems.join(out, f"{ERRORS}.csv")
-    if not FileSystems.exists(error_file):
-        raise FileNotFoundError(f"{error_file} does not exist: no finished batch run in {out}")
+    manifest_file = FileSystems.join(out, MANIFEST)
+    if not FileSystems.exists(manifest_file):
+        raise FileNotFoundError(f"{manifest_file} does not exist: no finished batch run in {out}")
+    manifest = json.loads(_read_text(manifest_file))
+    num_shards = manifest["num_shards"]
+
+    def shards(task: str, suffix: str) -> list[str]:
+        if task not in manifest["tasks"]:
+            return []
+        names = [shard_name(out, task, k, num_shards, suffix) for k in range(num_shards)]
+        missing = [n for n in names if not FileSystems.exists(n)]
+        if missing:
+            raise FileNotFoundError(f"{out}: shard {missing[0]} of the finished run is missing")
+        return names
+
     rows: list[dict[str, str]] = []
-    for shard in _matching(FileSystems.join(out, f"{PREDICTIONS}-*-of-*.csv")):
+    for shard in shards(PREDICTIONS, ".csv"):
         rows.extend(csv.DictReader(io.StringIO(_read_text(shard))))
     rows.sort(key=lambda r: r["path"])
-    shards = _matching(FileSystems.join(out, f"{DETECTIONS}-*-of-*.json"))
-    detections = merge_coco([json.loads(_read_text(s)) for s in shards]) if shards else None
-    errors = list(csv.DictReader(io.StringIO(_read_text(error_file))))
-    return BatchResults(rows, detections, errors)
+    documents = [json.loads(_read_text(s)) for s in shards(DETECTIONS, ".json")]
+    detections = merge_coco(documents) if documents else None
+    errors = list(csv.DictReader(io.StringIO(_read_text(FileSystems.join(out, f"{ERRORS}.csv")))))
+    return BatchResults(rows, detections, errors, manifest)
