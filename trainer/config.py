@@ -58,6 +58,10 @@ class TrainConfig:
     later_stages: str = "all"
     mixed_precision: str = "auto"
     distribution: str = "auto"
+    # "auto": Keras' fit, except under multi_worker (where Keras 3's fit fails,
+    # keras-team/keras#20585) the custom loop in trainer.distributed; "custom" forces that loop
+    # on one machine too (to check it against fit); "fit" refuses multi_worker.
+    training_loop: str = "auto"
     seed: int = 0
 
 
@@ -70,6 +74,10 @@ class RunConfig:
     preset: str = "default"
     output_dir: str = ""
     export_dir: str | None = None
+    # Where a non-chief worker of a multi-worker run writes its copy of the run (checkpoints,
+    # model): default `<output_dir>/.workers/<task>-<index>`, removed when the run ends; a
+    # folder given here is kept (to inspect or compare a worker's weights).
+    worker_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

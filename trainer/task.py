@@ -31,6 +31,7 @@ from trainer.schedule import Stage, format_schedule, parse_schedule, total_epoch
 
 MIXED_PRECISION_MODES = ("auto", "off", "float16", "bfloat16")
 DISTRIBUTIONS = ("auto", "one", "mirrored", "multi_worker")
+TRAINING_LOOPS = ("auto", "fit", "custom")
 LATER_STAGE_MODES = ("all", "head")
 
 
@@ -63,18 +64,25 @@ def dtype_policy(name: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def make_strategy(mode: str):
-    """The tf.distribute strategy for `--distribution`."""
+def make_strategy(mode: str, tf_config: str | None = None):
+    """The tf.distribute strategy for `--distribution`.
+
+    `multi_worker` builds a `MultiWorkerMirroredStrategy` from `tf_config` (default: the
+    `TF_CONFIG` environment variable); call it before TensorFlow runs anything else.
+
+    Raises:
+        ValueError: an unknown mode, or a missing or malformed TF_CONFIG for multi_worker.
+    """
     import tensorflow as tf
 
     if mode not in DISTRIBUTIONS:
         raise ValueError(f"unknown distribution {mode!r}; known: {DISTRIBUTIONS}")
-    gpus = tf.config.list_logical_devices("GPU")
     if mode == "multi_worker":
-        raise ValueError(
-            "--distribution=multi_worker is not available yet: Keras 3's fit() breaks under "
-            "MultiWorkerMirroredStrategy (keras-team/keras#20585); use auto, one or mirrored"
-        )
+        from trainer.distributed import make_multi_worker_strategy, parse_tf_config
+
+        text = os.environ.get("TF_CONFIG") if tf_config is None else tf_config
+        return make_multi_worker_strategy(parse_tf_config(text))
+    gpus = tf.config.list_logical_devices("GPU")
     if mode == "mirrored" or (mode == "auto" and len(gpus) > 1):
         # Without GPUs, mirror over the logical CPUs (tests split one CPU into two).
         devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
@@ -86,11 +94,41 @@ def make_strategy(mode: str):
 
 def _use_xla(strategy) -> bool | str:
     """XLA where Keras supports it, except multi-replica runs on CPU, where XLA's collectives
-    fail to compile."""
+    fail to compile, and multi-worker runs (cross-worker collectives inside XLA are untested
+    here)."""
     import tensorflow as tf
 
+    from trainer.distributed import is_multi_worker
+
+    if is_multi_worker(strategy):
+        return False
     on_cpu = not tf.config.list_logical_devices("GPU")
     return False if on_cpu and strategy.num_replicas_in_sync > 1 else "auto"
+
+
+def _use_custom_loop(loop: str, strategy) -> bool:
+    """Whether stages train through `fit_stage_distributed` instead of `fit`."""
+    from trainer.distributed import is_multi_worker
+
+    if loop not in TRAINING_LOOPS:
+        raise ValueError(f"unknown training_loop {loop!r}; known: {TRAINING_LOOPS}")
+    if loop == "fit" and is_multi_worker(strategy):
+        raise ValueError(
+            "training_loop=fit cannot run under multi_worker: Keras 3's fit fails under "
+            "MultiWorkerMirroredStrategy (keras-team/keras#20585); use auto or custom"
+        )
+    return loop == "custom" or is_multi_worker(strategy)
+
+
+def _worker_folder(config: RunConfig, role) -> Path:
+    """Where this process writes the run: the run folder for the chief; for any other worker
+    a folder of its own (it saves everything the chief saves, since saving may read
+    distributed variables through collectives every worker must join)."""
+    if role.is_chief:
+        return Path(config.output_dir)
+    if config.worker_dir:
+        return Path(config.worker_dir)
+    return Path(config.output_dir) / ".workers" / role.name
 
 
 def load_data(config: RunConfig):
@@ -138,14 +176,21 @@ class RunProgress(keras.callbacks.Callback):
         self._started = time.perf_counter()
         self._carried = 0.0
         self._watched: keras.Model | None = None
+        self._restore_from = self.weights_path
 
     @property
     def weights_path(self) -> Path:
         return self.folder / "state.weights.h5"
 
     @classmethod
-    def resume_or_start(cls, folder: Path, config: RunConfig) -> RunProgress:
+    def resume_or_start(
+        cls, folder: Path, config: RunConfig, read_from: Path | None = None
+    ) -> RunProgress:
         """The saved progress of an unfinished run of the same config, or a fresh start.
+
+        `read_from` is the checkpoint folder to resume from when it is not `folder`: a
+        multi-worker run's non-chief workers resume from the chief's checkpoint, so that every
+        worker restores the same state, and save their own into `folder`.
 
         Raises:
             ValueError: the folder holds an unfinished run of a different configuration.
@@ -155,13 +200,15 @@ class RunProgress(keras.callbacks.Callback):
             "train": dataclasses.asdict(config.train),
         }
         progress = cls(folder, fingerprint)
-        saved = folder / "progress.json"
-        if not saved.is_file() or not progress.weights_path.is_file():
+        source = read_from or folder
+        saved = source / "progress.json"
+        progress._restore_from = source / progress.weights_path.name
+        if not saved.is_file() or not progress._restore_from.is_file():
             return progress
         state = json.loads(saved.read_text())
         if state["fingerprint"] != fingerprint:
             raise ValueError(
-                f"{folder.parent} holds an unfinished run with a different configuration; "
+                f"{source.parent} holds an unfinished run with a different configuration; "
                 "pass another --output_dir, or delete the folder to start over"
             )
         progress.epochs_done = state["epochs_done"]
@@ -173,7 +220,7 @@ class RunProgress(keras.callbacks.Callback):
     def restore(self, fit_model: keras.Model) -> None:
         """Loads the saved weights and optimizer state into the (compiled) model to fit."""
         fit_model.optimizer.build(fit_model.trainable_variables)
-        fit_model.load_weights(self.weights_path)
+        fit_model.load_weights(self._restore_from)
 
     def watch(self, model: keras.Model) -> None:
         """The model saved as `best.keras` (the classifier, not the training wrapper)."""
@@ -251,22 +298,47 @@ def run(
 
     `callbacks` are added to every stage's `fit` (they see the model being fitted, which with
     auxiliary branch losses wraps the classifier).
+
+    Under `distribution="multi_worker"` every worker runs this same function: stages train
+    through `trainer.distributed.fit_stage_distributed` instead of `fit`, the chief writes the
+    run folder, and each other worker writes its copy into a folder of its own (see
+    `RunConfig.worker_dir`) that is removed at the end. Every worker resumes from the chief's
+    checkpoint, so `output_dir` must be storage they all see.
     """
     from cellkeras.data import make_dataset
     from cellkeras.data.splits import split_imageset
     from cellkeras.evaluate import evaluate_branches
     from cellkeras.models import create_model
     from cellkeras.models.training import AliasMergedMetrics, joint_trainer, set_trainable
+    from trainer.distributed import (
+        agree_across_workers,
+        fit_stage_distributed,
+        is_multi_worker,
+        role_of,
+        shard_by_data,
+    )
 
     stages: list[Stage] = parse_schedule(config.train.schedule)
     if config.train.later_stages not in LATER_STAGE_MODES:
         raise ValueError(
             f"unknown later_stages {config.train.later_stages!r}; known: {LATER_STAGE_MODES}"
         )
-    out = Path(config.output_dir)
+    train_cfg, data_cfg = config.train, config.data
+    # Before anything else runs TensorFlow: a MultiWorkerMirroredStrategy sets up collective
+    # ops, which TensorFlow accepts only at program start.
+    strategy = make_strategy(train_cfg.distribution)
+    custom_loop = _use_custom_loop(train_cfg.training_loop, strategy)
+    multi_worker = is_multi_worker(strategy)
+    role = role_of(strategy)
+    out = _worker_folder(config, role)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.json")
-    train_cfg, data_cfg = config.train, config.data
+    if multi_worker:
+        print(
+            f"multi-worker: {role.name} of {role.num_workers} workers · "
+            + ("chief, writes " if role.is_chief else "writes its copy to ")
+            + str(out)
+        )
     keras.utils.set_random_seed(train_cfg.seed)
 
     images, channels = load_data(config)
@@ -290,7 +362,7 @@ def run(
             if training
             else None
         )
-        return make_dataset(
+        batches = make_dataset(
             subset,
             size,
             training=training,
@@ -300,13 +372,28 @@ def run(
             balance=data_cfg.balance if training else None,
             normalization=data_cfg.normalization,
             seed=train_cfg.seed,
+            # Under tf.distribute a partial global batch splits unevenly (some replicas get
+            # few or no images, and under multi_worker the workers' iterators must agree on
+            # an extra, ragged step); the custom loop trains on full global batches only.
+            # Validation keeps every image: its metrics are sums, which empty shares leave
+            # unchanged.
+            drop_remainder=training and custom_loop,
         )
+        return shard_by_data(batches) if multi_worker else batches
 
     policy = resolve_precision(train_cfg.mixed_precision)
-    strategy = make_strategy(train_cfg.distribution)
     global_batch = train_cfg.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = len(dataset(train_set, stages[0].size, True))
-    progress = RunProgress.resume_or_start(out / "checkpoint", config)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"{len(train_set)} training images make no full global batch of {global_batch} "
+            "(the custom loop drops partial batches): lower --batch_size or add images"
+        )
+    progress = RunProgress.resume_or_start(
+        out / "checkpoint",
+        config,
+        read_from=None if role.is_chief else Path(config.output_dir) / "checkpoint",
+    )
     with dtype_policy(policy), strategy.scope():
         model = create_model(train_cfg.model, images.num_classes, channels=channels)
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -321,10 +408,21 @@ def run(
         if progress.epochs_done:
             progress.restore(fit_model)
             print(f"resuming {out} after epoch {progress.epochs_done} of {total_epochs(stages)}")
+    if multi_worker:
+        # A worker that resumed from elsewhere (or not at all) would step out of sync with the
+        # others' collectives and hang; fail on every worker instead.
+        done = agree_across_workers(strategy, progress.epochs_done)
+        if len(set(done)) > 1:
+            raise RuntimeError(
+                f"workers would resume after different epochs {done}: every worker resumes "
+                f"from the chief's checkpoint in {Path(config.output_dir) / 'checkpoint'}, so "
+                "--output_dir must be a folder all workers see (shared disk, /gcs/ mount)"
+            )
     progress.watch(model)
     print(
         f"model: {train_cfg.model} · {model.count_params():,} parameters · policy {policy} · "
         f"{strategy.num_replicas_in_sync} replica(s) · schedule {format_schedule(stages)}"
+        + (" · custom training loop" if custom_loop else "")
     )
 
     if not progress.epochs_done:
@@ -356,14 +454,15 @@ def run(
                     jit_compile=_use_xla(strategy),
                 )
         progress.begin_stage(index)
-        history = fit_model.fit(
+        fit_stage = fit_stage_distributed if custom_loop else _fit_stage
+        history = fit_stage(
+            fit_model,
             to_labels(dataset(train_set, stage.size, True, strength)),
-            validation_data=to_labels(dataset(val_set, stage.size, False)),
+            to_labels(dataset(val_set, stage.size, False)),
             initial_epoch=progress.epochs_done,
             epochs=last_epoch,
             callbacks=callbacks,
             verbose=verbose,
-            shuffle=False,  # make_dataset already reshuffles every epoch
         )
         seconds = progress.stage_seconds(index)
         val_accuracy = float(history.history["val_accuracy"][-1])
@@ -405,6 +504,8 @@ def run(
         "parameters": int(model.count_params()),
         "dtype_policy": policy,
         "replicas": int(strategy.num_replicas_in_sync),
+        "workers": role.num_workers,
+        "training_loop": "custom" if custom_loop else "fit",
         "final_size": list(final_size),
     }
     model.save(out / "model.keras")
@@ -413,7 +514,7 @@ def run(
 
         version_dir = export_model(
             model,
-            config.export_dir,
+            config.export_dir if role.is_chief else out / "export",
             classes=images.classes,
             image_size=final_size,
             channels=channels,
@@ -425,12 +526,38 @@ def run(
     _plot_curves(out, stages)
     write_report(out, config, metrics, analysis, skipped)
     progress.finish()
+    if not role.is_chief and not config.worker_dir:
+        shutil.rmtree(out, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last worker out removes the parent
+            out.parent.rmdir()
     print(
         f"done: val_accuracy {metrics['val_accuracy']:.4f} "
         f"(branches: {', '.join(f'{k} {v:.3f}' for k, v in accuracy.items())}) "
         f"in {metrics['total_seconds']:.0f} s · run folder {out}"
     )
     return metrics
+
+
+def _fit_stage(
+    fit_model: keras.Model,
+    train_data,
+    validation_data,
+    initial_epoch: int,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+    verbose: int | str,
+) -> keras.callbacks.History:
+    """One stage through Keras' `fit` (the single-machine path); `fit_stage_distributed`
+    takes the same arguments."""
+    return fit_model.fit(
+        train_data,
+        validation_data=validation_data,
+        initial_epoch=initial_epoch,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,  # make_dataset already reshuffles every epoch
+    )
 
 
 def write_report(
@@ -547,6 +674,8 @@ def config_from_flags() -> RunConfig:
         config.output_dir = f.output_dir
     if f.export_dir:
         config.export_dir = f.export_dir
+    if f.worker_dir:
+        config.worker_dir = f.worker_dir
     return config
 
 
@@ -567,6 +696,7 @@ _FLAG_FIELDS = {
     "learning_rate": "train.learning_rate",
     "mixed_precision": "train.mixed_precision",
     "distribution": "train.distribution",
+    "training_loop": "train.training_loop",
     "seed": "train.seed",
     "later_stages": "train.later_stages",
     "branch_loss_weight": "train.branch_loss_weight",
@@ -596,7 +726,18 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", None, "Per-replica batch size.")
     flags.DEFINE_float("learning_rate", None, "Peak learning rate (cosine decay over the run).")
     flags.DEFINE_enum("mixed_precision", None, list(MIXED_PRECISION_MODES), "Dtype policy.")
-    flags.DEFINE_enum("distribution", None, list(DISTRIBUTIONS), "tf.distribute strategy.")
+    flags.DEFINE_enum(
+        "distribution",
+        None,
+        list(DISTRIBUTIONS),
+        "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
+    )
+    flags.DEFINE_enum(
+        "training_loop",
+        None,
+        list(TRAINING_LOOPS),
+        "auto: Keras fit, the custom loop under multi_worker; custom: that loop everywhere.",
+    )
     flags.DEFINE_integer("seed", None, "Random seed (data, split, weights).")
     flags.DEFINE_enum(
         "later_stages",
@@ -607,6 +748,12 @@ def define_flags() -> None:
     flags.DEFINE_float("branch_loss_weight", None, "Weight of each branch's auxiliary loss.")
     flags.DEFINE_string("output_dir", None, "Run folder (default runs/<preset>).")
     flags.DEFINE_string("export_dir", None, "Versioned SavedModel export folder.")
+    flags.DEFINE_string(
+        "worker_dir",
+        None,
+        "multi_worker: a non-chief worker's folder for its copy of the run, kept at the end "
+        "(default <output_dir>/.workers/<task>-<index>, removed).",
+    )
     flags.DEFINE_boolean(
         "skip_bad_images", False, "Skip unreadable images (listed in skipped.json)."
     )

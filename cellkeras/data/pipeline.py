@@ -118,6 +118,7 @@ def make_dataset(
     normalization: str = "range",
     seed: int | None = 0,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Builds the tf.data pipeline of (images, one-hot labels) batches at `image_size`.
 
@@ -135,6 +136,10 @@ def make_dataset(
         normalization: "range" or "percentile", see `cellkeras.data.images`.
         seed: shuffling seed; None gives a different order on every run.
         cache_bytes: cache resized images in memory when they fit in this many bytes.
+        drop_remainder: leave out the last batch when it is smaller than `batch_size`, so
+            every batch splits evenly across the replicas of a tf.distribute strategy (the
+            multi-worker loop); training batches are reshuffled every epoch, so a different
+            remainder is left out each time.
 
     Returns:
         A dataset of `(float32 (B, H, W, C), float32 (B, K))` with known cardinality.
@@ -176,7 +181,7 @@ def make_dataset(
             examples = examples.shuffle(len(imageset), seed=seed, reshuffle_each_iteration=True)
 
     batches = examples.map(lambda image, label: (image, tf.one_hot(label, num_classes)))
-    batches = batches.batch(batch_size)
+    batches = batches.batch(batch_size, drop_remainder=drop_remainder)
     if training and augment is not None:
 
         def apply(images, one_hot):
@@ -185,7 +190,9 @@ def make_dataset(
 
         batches = batches.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
     batches = batches.apply(
-        tf.data.experimental.assert_cardinality(math.ceil(epoch_size / batch_size))
+        tf.data.experimental.assert_cardinality(
+            epoch_size // batch_size if drop_remainder else math.ceil(epoch_size / batch_size)
+        )
     )
     options = tf.data.Options()
     options.deterministic = seed is not None

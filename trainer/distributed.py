@@ -1,0 +1,300 @@
+"""Multi-worker training: the cluster from `TF_CONFIG`, each worker's role, and the custom loop
+that fits one stage under `tf.distribute.MultiWorkerMirroredStrategy`.
+
+Keras 3's `Model.fit` fails under MultiWorkerMirroredStrategy ("Attempt to convert a value
+(PerReplica...)", keras-team/keras#20585), so `fit_stage_distributed` drives the same compiled
+model itself: `strategy.run(fit_model.train_step)` over `strategy.experimental_distribute_dataset`,
+with the callbacks called through a `keras.callbacks.CallbackList` as `fit` calls them. The
+loss, metrics, loss scaling (mixed_float16 wraps the optimizer in a `LossScaleOptimizer` at
+compile time) and gradient all-reduce are the compiled model's own, so both paths compute the
+same numbers.
+
+`trainer.task` reads `TF_CONFIG` from the environment and passes its text here; nothing in this
+module reads flags or the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+TASK_TYPES = ("chief", "worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in the cluster.
+
+    Attributes:
+        task_type: "chief" or "worker" (a one-process run is the chief).
+        task_index: index within its task type.
+        num_workers: processes that train (chief included).
+        has_chief: whether the cluster names a "chief" task.
+    """
+
+    task_type: str = "chief"
+    task_index: int = 0
+    num_workers: int = 1
+    has_chief: bool = True
+
+    @property
+    def is_chief(self) -> bool:
+        """The chief writes the run folder: task type "chief", or worker 0 when the cluster
+        has no chief (TensorFlow's convention)."""
+        if self.task_type == "chief":
+            return True
+        return self.task_type == "worker" and self.task_index == 0 and not self.has_chief
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_type}-{self.task_index}"
+
+
+def parse_tf_config(text: str | None) -> dict[str, Any]:
+    """Checks the `TF_CONFIG` JSON that configures a multi-worker run and returns it parsed.
+
+    Expected: `{"cluster": {"chief": ["host:port"], "worker": ["host:port", ...]},
+    "task": {"type": "worker", "index": 0}}` (the "chief" list is optional).
+
+    Raises:
+        ValueError: the variable is missing or empty, is not JSON, or does not describe a
+            cluster this task belongs to; the message names TF_CONFIG and what is wrong.
+    """
+    hint = "see docs/DISTRIBUTED.md for examples"
+    if not text or not text.strip():
+        raise ValueError(
+            "--distribution=multi_worker needs the TF_CONFIG environment variable: JSON with "
+            f'"cluster" (task type -> ["host:port", ...]) and "task" ({{"type", "index"}}); {hint}'
+        )
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({err}): {text[:200]!r}; {hint}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object, got {text[:200]!r}; {hint}")
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster:
+        raise ValueError(f'TF_CONFIG has no "cluster" object: {text[:200]!r}; {hint}')
+    unsupported = sorted(set(cluster) - set(TASK_TYPES))
+    if unsupported:
+        raise ValueError(
+            f"TF_CONFIG cluster has task types {unsupported}; multi_worker training supports "
+            f"only {list(TASK_TYPES)} (every task trains; no parameter servers or evaluator)"
+        )
+    for task_type, addresses in cluster.items():
+        if not isinstance(addresses, list) or not addresses:
+            raise ValueError(f"TF_CONFIG cluster[{task_type!r}] must be a non-empty list")
+        bad = [a for a in addresses if not isinstance(a, str) or ":" not in a]
+        if bad:
+            raise ValueError(f"TF_CONFIG cluster[{task_type!r}] has addresses {bad} not host:port")
+    if len(cluster.get("chief", [])) > 1:
+        raise ValueError("TF_CONFIG cluster may hold at most one chief")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise ValueError(
+            f'TF_CONFIG has no "task" with "type" and "index" (this process\'s place in the '
+            f"cluster): {text[:200]!r}; {hint}"
+        )
+    task_type, index = task["type"], task["index"]
+    if task_type not in cluster:
+        raise ValueError(
+            f"TF_CONFIG task type {task_type!r} is not in the cluster (it has {sorted(cluster)})"
+        )
+    if not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
+        raise ValueError(
+            f"TF_CONFIG task index {index!r} is out of range: the cluster has "
+            f"{len(cluster[task_type])} {task_type!r} task(s)"
+        )
+    return config
+
+
+def role_from_tf_config(config: dict[str, Any]) -> WorkerRole:
+    """The `WorkerRole` of a `parse_tf_config` result."""
+    return _role(config["cluster"], config["task"]["type"], config["task"]["index"])
+
+
+def _role(cluster: dict[str, list[str]], task_type: str, task_index: int) -> WorkerRole:
+    return WorkerRole(
+        task_type=task_type,
+        task_index=int(task_index),
+        num_workers=sum(len(cluster.get(t, [])) for t in TASK_TYPES),
+        has_chief=bool(cluster.get("chief")),
+    )
+
+
+def make_multi_worker_strategy(config: dict[str, Any]) -> tf.distribute.Strategy:
+    """`MultiWorkerMirroredStrategy` for a `parse_tf_config` result.
+
+    Create it before TensorFlow runs anything else in the process: it sets up the collective
+    ops, which TensorFlow allows only at program start.
+    """
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(config["cluster"]),
+        task_type=config["task"]["type"],
+        task_id=int(config["task"]["index"]),
+        rpc_layer="grpc",
+    )
+    # AUTO: NCCL between GPUs, ring all-reduce over gRPC on CPUs.
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        cluster_resolver=resolver, communication_options=options
+    )
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def role_of(strategy: tf.distribute.Strategy) -> WorkerRole:
+    """This process's role under `strategy` (every non-multi-worker strategy is the chief)."""
+    if not is_multi_worker(strategy):
+        return WorkerRole()
+    resolver = strategy.cluster_resolver
+    return _role(resolver.cluster_spec().as_dict(), resolver.task_type, resolver.task_id)
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Auto-shards `dataset` across workers by element (AutoShardPolicy.DATA).
+
+    Not FILE: `cellkeras.data.make_dataset` slices an in-memory `ImageSet` (TFRecords are
+    parsed into one up front by `load_tfrecords`, folders and CSVs are lists of paths), so the
+    graph has no file-reading source for FILE sharding to split, and TensorFlow raises an error
+    under FILE when it finds none. DATA needs every worker to produce the same elements in the
+    same order: `make_dataset` shuffles with the run's seed and keeps the order deterministic.
+    Each worker then runs the input pipeline over every batch and keeps its replicas' share.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def agree_across_workers(strategy: tf.distribute.Strategy, value: int) -> list[int]:
+    """Every replica's copy of `value` (all-gathered across workers), e.g. to check that all
+    workers resume from the same epoch before any of them trains."""
+
+    @tf.function
+    def gather():
+        per_replica = strategy.run(lambda: tf.constant([value], tf.int64))
+        return strategy.gather(per_replica, axis=0)
+
+    return [int(v) for v in gather().numpy()]
+
+
+def fit_stage_distributed(
+    fit_model: keras.Model,
+    train_data: tf.data.Dataset,
+    validation_data: tf.data.Dataset | None = None,
+    initial_epoch: int = 0,
+    epochs: int = 1,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> keras.callbacks.History:
+    """Fits `fit_model` from `initial_epoch` to `epochs` the way `fit` does, under its strategy.
+
+    Takes what `fit_model.fit(train_data, validation_data=..., initial_epoch=..., epochs=...,
+    callbacks=...)` takes and returns its `History`. Each step is `fit_model.train_step` (the
+    compiled loss, metrics and optimizer, with loss scaling under mixed_float16) inside
+    `strategy.run`; validation runs `fit_model.test_step` the same way. The epoch logs are
+    `fit_model.get_metrics_result()` read outside the replicas, where Keras' metric variables
+    (sum-aggregated on read) add up over every replica of every worker: the same keys and values
+    `fit` reports (`loss`, the compiled metrics, each output's loss, and `val_` versions).
+    Per-batch logs are left empty, since reading the metrics at every step would cost one
+    cross-worker all-reduce per metric per step; the progress bar shows steps only.
+
+    Args:
+        fit_model: a compiled model, created in the scope of the strategy to train under.
+        train_data: batches of the *global* batch size; make them with `drop_remainder=True`
+            under several replicas, so every step gives every replica a full share.
+        validation_data: batches for validation at every epoch's end, or None.
+        initial_epoch: epoch to start from (a resumed run's epochs done).
+        epochs: epoch to stop before, as in `fit`.
+        callbacks: Keras callbacks, called as `fit` calls them.
+        verbose: 0 silent, 1 or "auto" a progress bar, 2 one line per epoch.
+
+    Returns:
+        The `History` (also `fit_model.history`).
+    """
+    strategy = fit_model.distribute_strategy
+    steps = int(train_data.cardinality())
+    if steps < 1:
+        raise ValueError(
+            "the training data holds no full global batch: lower the batch size or add images"
+        )
+    train_dist = strategy.experimental_distribute_dataset(train_data)
+    val_dist = (
+        None
+        if validation_data is None
+        else strategy.experimental_distribute_dataset(validation_data)
+    )
+    with strategy.scope():
+        # Metrics, loss trackers and optimizer slots must exist before the first traced step:
+        # variables cannot be created inside `strategy.run` in a tf.function (`fit` does this
+        # same symbolic build before its first step).
+        fit_model._symbolic_build(data_batch=train_data.element_spec)
+
+    jit = bool(fit_model.jit_compile) and strategy.num_replicas_in_sync == 1
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def train_step(batch):
+        strategy.run(fit_model.train_step, args=(batch,))
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def test_step(batch):
+        strategy.run(fit_model.test_step, args=(batch,))
+
+    verbose = 1 if verbose == "auto" else verbose
+    callback_list = keras.callbacks.CallbackList(
+        list(callbacks),
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=epochs,
+        steps=steps,
+        model=fit_model,
+    )
+    fit_model.stop_training = False
+    callback_list.on_train_begin()
+    epoch_logs: dict[str, float] = {}
+    for epoch in range(initial_epoch, epochs):
+        fit_model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        for step, batch in enumerate(train_dist):
+            callback_list.on_train_batch_begin(step)
+            train_step(batch)
+            callback_list.on_train_batch_end(step, {})
+            if fit_model.stop_training:
+                break
+        epoch_logs = _metric_logs(fit_model)
+        if val_dist is not None:
+            val_logs = _evaluate(fit_model, val_dist, test_step, callback_list)
+            epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
+        callback_list.on_epoch_end(epoch, epoch_logs)
+        if fit_model.stop_training:
+            break
+    if epochs > initial_epoch:
+        fit_model.optimizer.finalize_variable_values(fit_model.trainable_weights)
+    callback_list.on_train_end(logs=epoch_logs)
+    return fit_model.history
+
+
+def _metric_logs(fit_model: keras.Model) -> dict[str, float]:
+    # In cross-replica context each metric variable reads as its sum over all replicas.
+    return {name: float(value) for name, value in fit_model.get_metrics_result().items()}
+
+
+def _evaluate(fit_model, val_dist, test_step, callback_list) -> dict[str, float]:
+    fit_model.reset_metrics()
+    callback_list.on_test_begin()
+    for step, batch in enumerate(val_dist):
+        callback_list.on_test_batch_begin(step)
+        test_step(batch)
+        callback_list.on_test_batch_end(step, {})
+    logs = _metric_logs(fit_model)
+    callback_list.on_test_end(logs)
+    return logs
