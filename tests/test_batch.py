@@ -100,6 +100,9 @@ def test_batch_gives_the_classify_rows_in_shards_and_lists_the_bad_file(
     assert results.detections is None and len(results.errors) == 1
     assert results.manifest["num_shards"] == 3 and results.manifest["counters"]["errors"] == 1
     assert not (out / "_checkpoint").exists()  # a finished run's outputs hold it all
+    # The workers loaded the copy in OUT (remote workers cannot see the launcher's disk).
+    (version,) = [d for d in exported.iterdir() if d.name.isdigit()]
+    assert (out / "model.keras").read_bytes() == (version / "model.keras").read_bytes()
 
     # A second run into the same folder is refused (its shards would mix with these) ...
     assert cli.main([str(a) for a in [*argv, "--num_shards", "2"]]) == 1
@@ -316,3 +319,22 @@ def test_one_image_the_model_fails_on_costs_only_itself(monkeypatch):
     results = ClassifyModelHandler("m.keras").run_inference(batch, model=None)
     assert [type(r.inference).__name__ for r in results] == ["ndarray", "Failure", "ndarray"]
     assert results[1].inference == Failure("ValueError: NaN input")
+
+
+def test_resume_reruns_a_file_unless_every_task_saved_it():
+    from cellkeras.batch.pipeline import ResumeSplitFn
+
+    split = ResumeSplitFn(["predictions", "detections"])
+
+    def run(files, predictions, detections):
+        element = ("a.png", {"file": files, "predictions": predictions, "detections": detections})
+        return [(getattr(x, "tag", None), getattr(x, "value", x)) for x in split.process(element)]
+
+    # Saved by both tasks (twice by one: a retried bundle): taken once each, not read again.
+    assert run(["meta"], ["row", "row"], [{"boxes": []}]) == [
+        ("predictions", ("a.png", "row")),
+        ("detections", ("a.png", {"boxes": []})),
+    ]
+    assert run(["meta"], ["row"], []) == [(None, "meta")]  # detection missing: run it again
+    assert run(["meta", "meta"], [], []) == [(None, "meta")]  # two patterns: one run
+    assert run([], ["row"], [{"boxes": []}]) == []  # no longer an input: dropped

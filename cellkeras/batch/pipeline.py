@@ -87,6 +87,7 @@ ERRORS = "errors"
 HEATMAPS = "heatmaps"
 CHECKPOINT = "_checkpoint"
 MANIFEST = "batch.json"
+MODEL_COPY = "model.keras"  # the model the workers load: OUT is the one place they all reach
 ERROR_COLUMNS = ("path", "stage", "reason")
 METRICS_NAMESPACE = "cellkeras.batch"
 COUNTERS = ("images_decoded", "images_classified", "images_detected", "images_resumed", "errors")
@@ -182,12 +183,21 @@ class KerasModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         self._model_file = model_file
 
     def load_model(self) -> Any:
+        import tempfile
+
         import keras
 
         # Registers ParallelCNN and the custom layers, so the trainer's `.keras` files load.
         import cellkeras.models  # noqa: F401
 
-        return keras.saving.load_model(self._model_file)
+        if os.path.isfile(self._model_file):
+            return keras.saving.load_model(self._model_file)
+        # A remote worker reads the copy `run_batch` staged in OUT (gs://, s3://, hdfs://...).
+        with tempfile.TemporaryDirectory() as folder:
+            local = os.path.join(folder, "model.keras")
+            with FileSystems.open(self._model_file) as f, open(local, "wb") as copy:
+                copy.write(f.read())
+            return keras.saving.load_model(local)
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         # The default pickles the whole batch just to measure it.
@@ -536,12 +546,14 @@ def build_pipeline(p: beam.Pipeline, config: BatchConfig) -> dict[str, Any]:
     """Adds the batch graph to `p`; returns its output PCollections by name.
 
     With `config.resume`, the files `OUT/_checkpoint/` holds for every task are not run again;
-    their saved results go to the outputs with the new ones.
+    their saved results go to the outputs with the new ones. The workers load the model from
+    `OUT/model.keras`, which `prepare_output` copies there.
     """
     from cellkeras.detect.commands import category_name
 
     info = config.info
     tasks = config.tasks()
+    model_file = FileSystems.join(config.out, MODEL_COPY)
     checkpoint_files = _checkpoint_files(config.out, tasks) if config.resume else {}
     keyed: dict[str, Any] = {
         "file": (
@@ -579,7 +591,7 @@ def build_pipeline(p: beam.Pipeline, config: BatchConfig) -> dict[str, Any]:
             _ERRORS_TAG, main="inputs"
         )
         errors.append(prepared[_ERRORS_TAG])
-        handler = ClassifyModelHandler(config.model, max_batch_size=config.batch_size)
+        handler = ClassifyModelHandler(model_file, max_batch_size=config.batch_size)
         rows = (
             prepared.inputs
             | "Classify" >> RunInference(KeyedModelHandler(handler))
@@ -606,7 +618,7 @@ def build_pipeline(p: beam.Pipeline, config: BatchConfig) -> dict[str, Any]:
 
     if config.detect is not None:
         handler = DetectModelHandler(
-            config.model,
+            model_file,
             config.detect,
             info.channels,
             info.classes,
@@ -730,6 +742,7 @@ def _previous_outputs(out: str) -> list[str]:
         f"{DETECTIONS}-*-of-*.json",
         f"{ERRORS}.csv",
         MANIFEST,
+        MODEL_COPY,
         "beam-temp-*",
     ):
         names.extend(_matching(FileSystems.join(out, pattern)))
@@ -779,9 +792,10 @@ def prepare_output(config: BatchConfig) -> None:
                 "run with the same settings, or use --overwrite to start over"
             )
         # Beam's half-written shards of the crashed run: rewritten from the checkpoint.
-        stale = [p for p in previous if not p.endswith(MANIFEST)]
+        stale = [p for p in previous if not p.endswith((MANIFEST, MODEL_COPY))]
         if stale:
             FileSystems.delete(stale)
+        stage_model(config)
         return
     elif previous or has_checkpoint:
         what = (
@@ -793,6 +807,20 @@ def prepare_output(config: BatchConfig) -> None:
             f"--out {out} holds {what}; use --overwrite to replace them, or another --out"
         )
     _write_atomically(run_file, json.dumps(config.identity(), indent=1).encode("utf-8"))
+    stage_model(config)
+
+
+def stage_model(config: BatchConfig) -> str:
+    """Copies the model to `OUT/model.keras`, where every worker of every runner can read it.
+
+    The launcher's path (a local export) is not visible to Dataflow, Flink or Spark workers;
+    the output folder must be. The copy also records which model made the outputs.
+    """
+    with FileSystems.open(config.model) as f:
+        data = f.read()
+    name = FileSystems.join(config.out, MODEL_COPY)
+    _write_atomically(name, data)
+    return name
 
 
 def run_batch(
