@@ -205,7 +205,10 @@ def fit_stage_distributed(
     (sum-aggregated on read) add up over every replica of every worker: the same keys and values
     `fit` reports (`loss`, the compiled metrics, each output's loss, and `val_` versions).
     Per-batch logs are left empty, since reading the metrics at every step would cost one
-    cross-worker all-reduce per metric per step; the progress bar shows steps only.
+    cross-worker all-reduce per metric per step; the progress bar shows steps only. With
+    several replicas the non-trainable float variables (batch-norm moving statistics, which
+    Keras keeps per replica) are averaged across replicas after every epoch's training steps,
+    where `fit` leaves each replica its own.
 
     Args:
         fit_model: a compiled model, created in the scope of the strategy to train under.
@@ -248,6 +251,22 @@ def fit_stage_distributed(
     def test_step(batch):
         strategy.run(fit_model.test_step, args=(batch,))
 
+    # Keras 3 updates batch-norm moving statistics from each replica's own batch and never
+    # synchronizes them (aggregation "none"), so replicas, and workers, drift apart; averaged
+    # at every epoch's end, every worker validates and saves the same model.
+    averaged = [
+        v for v in fit_model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)
+    ]
+
+    @tf.function
+    def average_non_trainable():
+        def average():
+            context = tf.distribute.get_replica_context()
+            for variable in averaged:
+                variable.assign(context.all_reduce("MEAN", tf.identity(variable.value)))
+
+        strategy.run(average)
+
     verbose = 1 if verbose == "auto" else verbose
     callback_list = keras.callbacks.CallbackList(
         list(callbacks),
@@ -270,6 +289,8 @@ def fit_stage_distributed(
             callback_list.on_train_batch_end(step, {})
             if fit_model.stop_training:
                 break
+        if averaged and strategy.num_replicas_in_sync > 1:
+            average_non_trainable()
         epoch_logs = _metric_logs(fit_model)
         if val_dist is not None:
             val_logs = _evaluate(fit_model, val_dist, test_step, callback_list)
