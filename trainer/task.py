@@ -217,6 +217,11 @@ class RunProgress(keras.callbacks.Callback):
         progress.partial_seconds = state["partial_seconds"]
         return progress
 
+    @property
+    def resumed_from(self) -> Path:
+        """The run folder whose checkpoint this progress was read from."""
+        return self._restore_from.parent.parent
+
     def restore(self, fit_model: keras.Model) -> None:
         """Loads the saved weights and optimizer state into the (compiled) model to fit."""
         fit_model.optimizer.build(fit_model.trainable_variables)
@@ -407,7 +412,10 @@ def run(
         )
         if progress.epochs_done:
             progress.restore(fit_model)
-            print(f"resuming {out} after epoch {progress.epochs_done} of {total_epochs(stages)}")
+            print(
+                f"resuming {progress.resumed_from} after epoch {progress.epochs_done} of "
+                f"{total_epochs(stages)}"
+            )
     if multi_worker:
         # A worker that resumed from elsewhere (or not at all) would step out of sync with the
         # others' collectives and hang; fail on every worker instead.
