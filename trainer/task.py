@@ -534,14 +534,16 @@ def run(
     _plot_curves(out, stages)
     write_report(out, config, metrics, analysis, skipped)
     progress.finish()
+    where = f"run folder {out}"
     if not role.is_chief and not config.worker_dir:
         shutil.rmtree(out, ignore_errors=True)
         with contextlib.suppress(OSError):  # the last worker out removes the parent
             out.parent.rmdir()
+        where = f"the chief writes {config.output_dir}; this worker's copy is removed"
     print(
         f"done: val_accuracy {metrics['val_accuracy']:.4f} "
         f"(branches: {', '.join(f'{k} {v:.3f}' for k, v in accuracy.items())}) "
-        f"in {metrics['total_seconds']:.0f} s · run folder {out}"
+        f"in {metrics['total_seconds']:.0f} s · {where}"
     )
     return metrics
 
