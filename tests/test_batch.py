@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -107,14 +108,20 @@ def test_batch_gives_the_classify_rows_in_shards_and_lists_the_bad_file(
     # A second run into the same folder is refused (its shards would mix with these) ...
     assert cli.main([str(a) for a in [*argv, "--num_shards", "2"]]) == 1
     assert "--overwrite" in capsys.readouterr().err
-    # ... unless asked to replace them: then only the new run's shards remain.
-    argv = [*argv, "--num_shards", "2", "--overwrite", "--direct_running_mode", "in_memory"]
+    # ... unless asked to replace them: then only the new run's shards remain. An --out inside
+    # the input pattern: the outputs (model.keras, shards, checkpoint) are not read as images.
+    out = images / "results"
+    argv = ["batch", "--input", f"{images}/**", "--model", exported, "--out", out, *IN_MEMORY]
+    assert cli.main([str(a) for a in argv]) == 1
+    argv = [*argv, "--num_shards", "2", "--overwrite"]
     assert cli.main([str(a) for a in argv]) == 1
     assert sorted(s.name for s in out.glob("predictions-*")) == [
         "predictions-00000-of-00002.csv",
         "predictions-00001-of-00002.csv",
     ]
-    assert [r["path"] for r in read_results(str(out)).rows] == sorted(expected)
+    results = read_results(str(out))
+    assert [r["path"] for r in results.rows] == sorted(expected) and len(results.errors) == 1
+    shutil.rmtree(out)  # the module's other tests use this folder
 
 
 def test_detection_shards_are_coco_with_the_boxes_of_detect(exported, images, tmp_path):

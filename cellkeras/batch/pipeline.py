@@ -554,12 +554,15 @@ def build_pipeline(p: beam.Pipeline, config: BatchConfig) -> dict[str, Any]:
     info = config.info
     tasks = config.tasks()
     model_file = FileSystems.join(config.out, MODEL_COPY)
+    out_prefix = _folder_prefix(config.out)
     checkpoint_files = _checkpoint_files(config.out, tasks) if config.resume else {}
     keyed: dict[str, Any] = {
         "file": (
             p
             | "Patterns" >> beam.Create(list(config.inputs))
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW_IF_WILDCARD)
+            # `--input 'data/**' --out data/results` must not read its own outputs as images.
+            | "NotOutputs" >> beam.Filter(lambda m, out: not _inside(m.path, out), out_prefix)
             | "ByPath" >> beam.Map(lambda m: (m.path, m))
         )
     }
@@ -686,6 +689,17 @@ def _columns(info: ModelInfo) -> list[str]:
 
 def _has_scheme(path: str) -> bool:
     return "://" in path
+
+
+def _folder_prefix(folder: str) -> str:
+    """`folder` with one trailing separator (absolute when local), for prefix tests."""
+    if _has_scheme(folder):
+        return folder.rstrip("/") + "/"
+    return os.path.join(os.path.abspath(folder), "")
+
+
+def _inside(path: str, prefix: str) -> bool:
+    return (path if _has_scheme(path) else os.path.abspath(path)).startswith(prefix)
 
 
 def check_inputs(patterns: Sequence[str]) -> int:
