@@ -60,6 +60,13 @@ def test_bad_tf_config_is_named_and_explained(text, message):
         parse_tf_config(text)
 
 
+def test_multi_worker_strategy_checks_tf_config_first():
+    from trainer.task import make_strategy
+
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        make_strategy("multi_worker", tf_config="")
+
+
 def test_chief_is_the_chief_task_or_else_worker_zero():
     def role(config):
         return role_from_tf_config(parse_tf_config(config))
@@ -143,7 +150,7 @@ def test_custom_loop_scales_the_loss_under_mixed_float16():
             model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         if loop == "fit":
-            history = model.fit(data, validation_data=data, epochs=2, verbose=0)
+            history = model.fit(data, validation_data=data, epochs=2, verbose=0, shuffle=False)
         else:
             history = fit_stage_distributed(model, data, data, epochs=2, verbose=0)
         return history.history, model.get_weights()

@@ -3,6 +3,10 @@
     python -m trainer.task                          # synthetic cells, the default schedule
     python -m trainer.task --preset=smoke           # the whole path in seconds
     python -m trainer.task --data_dir=images/ --schedule=64:4,128:2 --model=parallel_three
+    TF_CONFIG=... python -m trainer.task --distribution=multi_worker   # on every machine
+
+Multi-worker runs (one process per machine, the cluster in TF_CONFIG) train through the custom
+loop in `trainer.distributed`; see docs/DISTRIBUTED.md.
 
 Flags are read here, once, into a `RunConfig`; everything below takes that config (or parts of
 it) as arguments. The run folder holds `config.json`, `metrics.json`, `history.csv`,
