@@ -318,3 +318,19 @@ def test_workers_resume_together_after_one_is_killed(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert [s["epochs"] for s in metrics["stages"]] == [1, 2]
     assert not (out / "checkpoint").exists() and not (out / ".workers").exists()
+
+
+def test_training_batches_can_drop_the_partial_remainder():
+    import tensorflow as tf
+
+    from cellkeras.data import make_dataset
+    from cellkeras.data.synthetic import generate_cells
+    from trainer.distributed import shard_by_data
+
+    cells = generate_cells(20, 16, seed=0)
+    kept = make_dataset(cells, 16, training=True, batch_size=8, drop_remainder=True)
+    assert len(kept) == 2 and [int(images.shape[0]) for images, _ in kept] == [8, 8]
+    assert len(make_dataset(cells, 16, training=True, batch_size=8)) == 3
+    sharded = shard_by_data(kept)
+    policy = sharded.options().experimental_distribute.auto_shard_policy
+    assert policy == tf.data.experimental.AutoShardPolicy.DATA
