@@ -334,3 +334,85 @@ def test_training_batches_can_drop_the_partial_remainder():
     sharded = shard_by_data(kept)
     policy = sharded.options().experimental_distribute.auto_shard_policy
     assert policy == tf.data.experimental.AutoShardPolicy.DATA
+
+
+def test_tfrecord_files_are_shared_by_sorted_name_and_too_few_are_named(tmp_path):
+    from cellkeras.data.tfrecord import shard_tfrecord_files
+
+    names = [tmp_path / f"part-{k}.tfrecord" for k in (3, 0, 2, 1)]
+    for name in names:
+        name.write_bytes(b"")
+    files = sorted(str(n) for n in names)
+    pattern = str(tmp_path / "part-*")
+    assert shard_tfrecord_files(pattern, 0, 2) == files[0::2]
+    assert shard_tfrecord_files(f"{pattern},{files[0]}", 1, 2) == files[1::2]  # no repeats
+    with pytest.raises(ValueError, match=r"4 TFRecord file\(s\).*among 5 readers"):
+        shard_tfrecord_files(pattern, 0, 5)
+
+
+def test_workers_agree_on_classes_a_share_lacks():
+    import tensorflow as tf
+
+    from trainer.distributed import agree_on_classes
+
+    strategy = tf.distribute.get_strategy()  # one worker: its share is everything
+    assert agree_on_classes(strategy, {0: "a", 2: "c"}, 3) == ["a", "1", "c"]
+    assert agree_on_classes(strategy, None, 2) == ["0", "1"]
+    assert WorkerRole("worker", 1, 3, has_chief=True).worker_index == 2
+    assert WorkerRole("worker", 1, 2, has_chief=False).worker_index == 1
+
+
+def _sharding_lines(log):
+    return [line for line in log.splitlines() if line.startswith("input sharding:")]
+
+
+@pytest.mark.slow
+def test_two_workers_read_only_their_own_tfrecord_files(tmp_path):
+    """Four TFRecord files of unequal size (24, 8, 16, 16 images): worker 0 reads the first
+    and third of the sorted names, worker 1 the others, and each splits and trains on its own
+    share. Worker 1's files lack the last class, which it still knows (the model's outputs
+    must match); its smaller share sets the steps both take per epoch."""
+    from cellkeras.data.synthetic import generate_cells
+    from cellkeras.data.tfrecord import write_tfrecords
+
+    cells = generate_cells(64, 16, seed=0)
+    last = len(cells.classes) - 1
+    others = np.flatnonzero(cells.labels != last)
+    # worker 1's files: 24 images without the last class; worker 0's: the rest (40)
+    worker_1 = others[:: max(1, len(others) // 24)][:24]
+    worker_0 = np.setdiff1d(np.arange(len(cells)), worker_1)
+    parts = [worker_0[:24], worker_1[:8], worker_0[24:], worker_1[8:]]
+    data = tmp_path / "records"
+    files = []
+    for k, part in enumerate(parts):
+        files += write_tfrecords(cells.subset(part), data / f"part{k}", num_shards=1)
+
+    out, kept = tmp_path / "run", tmp_path / "worker-1-kept"
+    args = [
+        *TINY[:-2],
+        f"--tfrecords={data}/part*",
+        "--schedule=16:1",
+        "--batch_size=8",
+        "--distribution=multi_worker",
+        f"--output_dir={out}",
+    ]
+    logs = _wait(_start_workers(args, tmp_path, "files", worker_dirs=[None, kept]))
+    shares = []
+    for log in logs:
+        line = next(x for x in _sharding_lines(log) if x.startswith("input sharding: file"))
+        shares.append(json.loads(line.split(" · ", 2)[2]))
+    assert [s["files"] for s in shares] == [files[0::2], files[1::2]]
+    assert [s["images"] for s in shares] == [40, 24]
+    assert all(s["policy"] == "file" and s["total_files"] == 4 for s in shares)
+
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (out, kept)]
+    assert metrics[0]["classes"] == metrics[1]["classes"] == cells.classes
+    train = [m["train_images"] for m in metrics]  # each worker's own split of its share
+    steps = [n // 8 for n in train]
+    assert train[0] > train[1]
+    for log in logs:
+        assert f"agreed {min(steps)} step(s) per epoch" in log, _sharding_lines(log)
+    for chief, worker in zip(
+        _weights(out / "model.keras"), _weights(kept / "model.keras"), strict=True
+    ):
+        np.testing.assert_allclose(chief, worker, rtol=0, atol=1e-6)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 TASK_TYPES = ("chief", "worker")
@@ -53,6 +54,14 @@ class WorkerRole:
     @property
     def name(self) -> str:
         return f"{self.task_type}-{self.task_index}"
+
+    @property
+    def worker_index(self) -> int:
+        """This process's place among all `num_workers` (0 to num_workers - 1): the chief
+        first, then the workers in task order."""
+        if self.task_type == "chief":
+            return 0
+        return self.task_index + (1 if self.has_chief else 0)
 
 
 def parse_tf_config(text: str | None) -> dict[str, Any]:
@@ -162,16 +171,119 @@ def role_of(strategy: tf.distribute.Strategy) -> WorkerRole:
 def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Auto-shards `dataset` across workers by element (AutoShardPolicy.DATA).
 
-    Not FILE: `cellkeras.data.make_dataset` slices an in-memory `ImageSet` (TFRecords are
-    parsed into one up front by `load_tfrecords`, folders and CSVs are lists of paths), so the
-    graph has no file-reading source for FILE sharding to split, and TensorFlow raises an error
-    under FILE when it finds none. DATA needs every worker to produce the same elements in the
-    same order: `make_dataset` shuffles with the run's seed and keeps the order deterministic.
-    Each worker then runs the input pipeline over every batch and keeps its replicas' share.
+    Not TensorFlow's FILE policy: `cellkeras.data.make_dataset` slices an in-memory `ImageSet`
+    (folders and CSVs are lists of paths, TFRecords are parsed into one up front by
+    `load_tfrecords`), so the graph has no file-reading source for FILE sharding to split, and
+    TensorFlow raises an error under FILE when it finds none. TFRecords are sharded by file at
+    the source instead (`trainer.task.load_data` reads each worker's share of the files; see
+    `per_worker_input`); this is for every other source. DATA needs every worker to produce
+    the same elements in the same order: `make_dataset` shuffles with the run's seed and keeps
+    the order deterministic. Each worker then runs the input pipeline over every batch and
+    keeps its replicas' share.
     """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def per_worker_input(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Marks `dataset` as this worker's own input (AutoShardPolicy.OFF): under FILE sharding
+    each worker reads only its share of the files, so sharding it again would drop data.
+
+    `fit_stage_distributed` hands such a dataset to `distribute_datasets_from_function`, which
+    neither shards nor rebatches: each local replica takes one batch of the dataset per step,
+    so batch it with the *per-replica* batch size. (`experimental_distribute_dataset` would
+    still split every batch into `num_replicas_in_sync` pieces, of which a worker whose input
+    is not sharded would consume all, over several steps: right with global batches, but a
+    worker's last global batch would go unfilled far more often.)
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
+
+
+def is_per_worker_input(dataset: tf.data.Dataset) -> bool:
+    policy = dataset.options().experimental_distribute.auto_shard_policy
+    return policy == tf.data.experimental.AutoShardPolicy.OFF
+
+
+def local_replicas(strategy: tf.distribute.Strategy) -> int:
+    """Replicas on this worker (every worker has the same number)."""
+    return strategy.num_replicas_in_sync // role_of(strategy).num_workers
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSharding:
+    """How this worker's training input was split from the others'.
+
+    Attributes:
+        policy: "file" (this worker read only `files`), "data" (every worker reads everything
+            and keeps its share of each global batch) or "none" (one worker).
+        files: the TFRecord files this worker read, under "file".
+        total_files: the TFRecord files of all workers together, under "file".
+        images: the images this worker loaded.
+    """
+
+    policy: str = "none"
+    files: tuple[str, ...] = ()
+    total_files: int = 0
+    images: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "files": list(self.files)}
+
+
+def gather_bytes_across_workers(strategy: tf.distribute.Strategy, payload: bytes) -> list[bytes]:
+    """Every replica's copy of `payload` (all-gathered across workers, in replica order; a
+    worker with several replicas appears once per replica). Collectives carry numbers only,
+    so the bytes travel as a padded int64 row."""
+    lengths = agree_across_workers(strategy, len(payload))
+    row = np.zeros((1, max(lengths)), np.int64)
+    row[0, : len(payload)] = np.frombuffer(payload, np.uint8)
+
+    @tf.function
+    def gather():
+        per_replica = strategy.run(lambda: tf.constant(row))
+        return strategy.gather(per_replica, axis=0)
+
+    rows = gather().numpy()
+    return [bytes(r[:n].astype(np.uint8)) for r, n in zip(rows, lengths, strict=True)]
+
+
+def agree_on_classes(
+    strategy: tf.distribute.Strategy, named: dict[int, str] | None, num_labels: int
+) -> list[str]:
+    """The class names of the whole dataset, from every worker's share of it.
+
+    Each worker passes what its share holds (as `load_tfrecords` hands `resolve_classes`):
+    `named` maps each label it read to its `image/class/text` (None when some example has no
+    text), `num_labels` is its largest label plus one. Every worker gets the same list: as
+    many classes as the largest label of any share, named by the texts when every share had
+    them (a class one share lacks takes its name from another), else the label numbers, as
+    `load_tfrecords` names the classes of all the files read at once.
+
+    Raises:
+        ValueError: two shares give one label different names.
+    """
+    from cellkeras.data.tfrecord import class_names
+
+    mine = {"named": None if named is None else {str(k): v for k, v in named.items()}}
+    mine["num_labels"] = num_labels
+    shares = [
+        json.loads(b) for b in gather_bytes_across_workers(strategy, json.dumps(mine).encode())
+    ]
+    total = max(share["num_labels"] for share in shares)
+    if any(share["named"] is None for share in shares):
+        return class_names(None, total)
+    merged: dict[int, str] = {}
+    for share in shares:
+        for label, text in share["named"].items():
+            if merged.setdefault(int(label), text) != text:
+                raise ValueError(
+                    f"workers' TFRecord shares name label {label} both {merged[int(label)]!r} "
+                    f"and {text!r}"
+                )
+    return class_names(merged, total)
 
 
 def agree_across_workers(strategy: tf.distribute.Strategy, value: int) -> list[int]:
@@ -213,8 +325,12 @@ def fit_stage_distributed(
     Args:
         fit_model: a compiled model, created in the scope of the strategy to train under.
         train_data: batches of the *global* batch size; make them with `drop_remainder=True`
-            under several replicas, so every step gives every replica a full share.
-        validation_data: batches for validation at every epoch's end, or None.
+            under several replicas, so every step gives every replica a full share. Under
+            multi_worker, a dataset marked by `per_worker_input` is this worker's own input
+            instead, in *per-replica* batches (each local replica takes one per step); every
+            worker's must then give the same number of steps.
+        validation_data: batches for validation at every epoch's end, or None (per-worker
+            input too, if marked; the shares may differ in size).
         initial_epoch: epoch to start from (a resumed run's epochs done).
         epochs: epoch to stop before, as in `fit`.
         callbacks: Keras callbacks, called as `fit` calls them.
@@ -224,17 +340,16 @@ def fit_stage_distributed(
         The `History` (also `fit_model.history`).
     """
     strategy = fit_model.distribute_strategy
+    per_worker = is_multi_worker(strategy) and is_per_worker_input(train_data)
     steps = int(train_data.cardinality())
+    if per_worker:
+        steps //= local_replicas(strategy)  # each local replica takes one batch per step
     if steps < 1:
         raise ValueError(
             "the training data holds no full global batch: lower the batch size or add images"
         )
-    train_dist = strategy.experimental_distribute_dataset(train_data)
-    val_dist = (
-        None
-        if validation_data is None
-        else strategy.experimental_distribute_dataset(validation_data)
-    )
+    train_dist = _distribute(strategy, train_data)
+    val_dist = None if validation_data is None else _distribute(strategy, validation_data)
     with strategy.scope():
         # Metrics, loss trackers and optimizer slots must exist before the first traced step:
         # variables cannot be created inside `strategy.run` in a tf.function (`fit` does this
@@ -302,6 +417,14 @@ def fit_stage_distributed(
         fit_model.optimizer.finalize_variable_values(fit_model.trainable_weights)
     callback_list.on_train_end(logs=epoch_logs)
     return fit_model.history
+
+
+def _distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    """A dataset of global batches is split among all replicas; under multi_worker, one marked
+    by `per_worker_input` is this worker's own, in per-replica batches, passed through as is."""
+    if is_multi_worker(strategy) and is_per_worker_input(dataset):
+        return strategy.distribute_datasets_from_function(lambda _: dataset)
+    return strategy.experimental_distribute_dataset(dataset)
 
 
 def _metric_logs(fit_model: keras.Model) -> dict[str, float]:

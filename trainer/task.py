@@ -135,11 +135,32 @@ def _worker_folder(config: RunConfig, role) -> Path:
     return Path(config.output_dir) / ".workers" / role.name
 
 
-def load_data(config: RunConfig):
-    """Reads the configured source and checks every image; returns (ImageSet, channels)."""
+def load_data(config: RunConfig, strategy=None):
+    """Reads the configured source and checks every image; returns (ImageSet, channels,
+    `trainer.distributed.InputSharding`).
+
+    Under a multi-worker `strategy`, TFRecords are sharded by file at the source: each worker
+    reads and checks only its share of the files (`files[i::workers]` of the sorted list), so
+    no file is read, decoded or augmented twice, and agrees with the others on the class names
+    (a share may lack a class) and the channel count. With fewer files than workers, and for
+    every other source, each worker reads everything and the batches are sharded by data.
+    """
     from cellkeras.data.sources import check_images, open_source
+    from trainer.distributed import InputSharding, is_multi_worker, role_of
 
     data = config.data
+    sharding = InputSharding(policy="none")
+    if strategy is not None and is_multi_worker(strategy):
+        sharding = InputSharding(policy="data")
+        tfrecords = data.source == "tfrecords" or (
+            data.source == "auto" and data.tfrecords and not (data.data_dir or data.labels_csv)
+        )
+        if tfrecords:
+            sharded = _load_tfrecord_share(config, strategy)
+            if sharded is not None:
+                return sharded
+        role = role_of(strategy)
+        print(f"input sharding: data · {role.name} reads every input and keeps its share")
     images = open_source(
         data.source,
         data_dir=data.data_dir,
@@ -153,7 +174,43 @@ def load_data(config: RunConfig):
         seed=config.train.seed,
         skip_bad_images=data.skip_bad_images,
     )
-    return check_images(images, data.channels, skip_bad_images=data.skip_bad_images)
+    images, channels = check_images(images, data.channels, skip_bad_images=data.skip_bad_images)
+    return images, channels, dataclasses.replace(sharding, images=len(images))
+
+
+def _load_tfrecord_share(config: RunConfig, strategy):
+    """`load_data` for this worker's share of the TFRecord files, or None (with a note) when
+    there are fewer files than workers, so that sharding by data applies instead."""
+    from cellkeras.data.sources import check_images
+    from cellkeras.data.tfrecord import expand_tfrecord_paths, load_tfrecords, shard_tfrecord_files
+    from trainer.distributed import (
+        InputSharding,
+        agree_across_workers,
+        agree_on_classes,
+        role_of,
+    )
+
+    data, role = config.data, role_of(strategy)
+    files = sorted(set(expand_tfrecord_paths(data.tfrecords)))
+    if len(files) < role.num_workers:
+        print(
+            f"input sharding: {len(files)} TFRecord file(s) from {data.tfrecords!r} for "
+            f"{role.num_workers} workers, too few to give each worker a file: sharding by data "
+            f"instead (every worker reads all files); write at least {role.num_workers} shards "
+            "to shard by file"
+        )
+        return None
+    share = shard_tfrecord_files(files, role.worker_index, role.num_workers)
+    images = load_tfrecords(
+        share, resolve_classes=lambda named, count: agree_on_classes(strategy, named, count)
+    )
+    images, channels = check_images(images, data.channels, skip_bad_images=data.skip_bad_images)
+    if data.channels is None:
+        # As for all files read at once: RGB wins over grey (a grey-only share is replicated).
+        channels = max(agree_across_workers(strategy, channels))
+    sharding = InputSharding("file", tuple(share), len(files), len(images))
+    print(f"input sharding: file · {role.name} · " + json.dumps(sharding.to_dict()))
+    return images, channels, sharding
 
 
 class RunProgress(keras.callbacks.Callback):
@@ -350,7 +407,7 @@ def run(
         )
     keras.utils.set_random_seed(train_cfg.seed)
 
-    images, channels = load_data(config)
+    images, channels, sharding = load_data(config, strategy)
     if data_cfg.eval_tfrecords:
         from cellkeras.data import load_tfrecords
 
@@ -365,7 +422,16 @@ def run(
         + (f" · {len(skipped)} skipped (see skipped.json)" if skipped else "")
     )
 
+    # Under file sharding each worker's training images (and a validation split cut from
+    # them) are its own input, batched per replica (`per_worker_input`); --eval_tfrecords
+    # are read whole on every worker and sharded by data, so the validation metrics, sums
+    # over every replica, and the final evaluation on each worker cover every image once.
+    agreed_steps: int | None = None  # per-worker steps per epoch, once the workers agree
+
     def dataset(subset, size, training, strength=1.0):
+        from trainer.distributed import local_replicas, per_worker_input
+
+        per_worker = sharding.policy == "file" and (training or not data_cfg.eval_tfrecords)
         augmenter = (
             _make_augmenter(train_cfg.augment, size, strength, train_cfg.seed, images.num_classes)
             if training
@@ -375,7 +441,7 @@ def run(
             subset,
             size,
             training=training,
-            batch_size=global_batch,
+            batch_size=train_cfg.batch_size if per_worker else global_batch,
             channels=channels,
             augment=augmenter,
             balance=data_cfg.balance if training else None,
@@ -388,11 +454,29 @@ def run(
             # unchanged.
             drop_remainder=training and custom_loop,
         )
+        if per_worker:
+            if training and agreed_steps is not None:
+                # Every worker must run the same number of steps, or the others wait forever
+                # in the next step's all-reduce: all take the smallest share's step count.
+                batches = batches.take(agreed_steps * local_replicas(strategy))
+            return per_worker_input(batches)
         return shard_by_data(batches) if multi_worker else batches
 
     policy = resolve_precision(train_cfg.mixed_precision)
     global_batch = train_cfg.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = len(dataset(train_set, stages[0].size, True))
+    if sharding.policy == "file":
+        from trainer.distributed import local_replicas
+
+        # Shares of whole files hold different numbers of images; every worker trains the
+        # smallest share's full steps (agreed before the learning-rate schedule is sized).
+        mine = steps_per_epoch // local_replicas(strategy)
+        everyone = agree_across_workers(strategy, mine)
+        agreed_steps = steps_per_epoch = min(everyone)
+        print(
+            f"input sharding: {len(train_set)} training images here, {mine} step(s) per epoch; "
+            f"all workers {sorted(set(everyone))}: agreed {agreed_steps} step(s) per epoch"
+        )
     if steps_per_epoch < 1:
         raise ValueError(
             f"{len(train_set)} training images make no full global batch of {global_batch} "

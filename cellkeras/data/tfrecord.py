@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -47,14 +47,43 @@ def _compression(path: str) -> str:
         return "GZIP" if handle.read(2) == _GZIP_MAGIC else ""
 
 
+def shard_tfrecord_files(patterns: str | Sequence[str], index: int, count: int) -> list[str]:
+    """Share `index` of `count` of the TFRecord files: `files[index::count]` of the sorted,
+    deduplicated expansion of `patterns`, so every reader given the same patterns takes a
+    different, fixed set of whole files and together they take each file once.
+
+    Raises:
+        ValueError: fewer files than shares (some share would be empty), naming the patterns,
+            the files and the share count.
+        BadInputError: a pattern that matches no file.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"share index {index} is out of range for {count} shares")
+    files = sorted(set(expand_tfrecord_paths(patterns)))
+    if len(files) < count:
+        raise ValueError(
+            f"{len(files)} TFRecord file(s) {files} (from {patterns!r}) cannot be shared among "
+            f"{count} readers by file: write at least {count} shards"
+        )
+    return files[index::count]
+
+
 def load_tfrecords(
     patterns: str | Sequence[str],
     classes: Sequence[str] | None = None,
+    *,
+    resolve_classes: Callable[[dict[int, str] | None, int], Sequence[str]] | None = None,
 ) -> ImageSet:
     """Reads every example into an `ImageSet` of encoded images (pixels are decoded later).
 
     Class names come from `classes`, else from `image/class/text` where every example has one,
     else they are the label numbers as strings.
+
+    `resolve_classes(named, num_labels)`, when given and `classes` is None, decides the class
+    names instead: `named` maps each label read to its `image/class/text` (None when some
+    example has none), `num_labels` is the largest label read plus one. A reader of one share
+    of a dataset's files uses it to agree with the other readers on the whole dataset's classes
+    (a share may lack a class, or its highest label).
 
     Raises:
         BadInputError: a file that is not a TFRecord, or an example without the required
@@ -91,24 +120,33 @@ def load_tfrecords(
     if not encoded and not problems:
         problems.append((str(patterns), "the TFRecord files hold no examples"))
 
+    named = None
+    if classes is None and texts and all(texts):
+        named = {}
+        for label, text in zip(labels, texts, strict=True):
+            if named.setdefault(label, text) != text:
+                problems.append(
+                    (text, f"label {label} is named both {named[label]!r} and {text!r}")
+                )
+    num_labels = max(labels, default=-1) + 1
     if classes is not None:
         names = list(classes)
-    elif texts and all(texts):
-        by_label = {}
-        for label, text in zip(labels, texts, strict=True):
-            if by_label.setdefault(label, text) != text:
-                problems.append(
-                    (text, f"label {label} is named both {by_label[label]!r} and {text!r}")
-                )
-        names = [by_label.get(i, str(i)) for i in range(max(labels) + 1)]
+    elif resolve_classes is not None:
+        names = list(resolve_classes(named, num_labels))
     else:
-        names = [str(i) for i in range(max(labels, default=-1) + 1)]
+        names = class_names(named, num_labels)
     out_of_range = sorted({label for label in labels if label >= len(names)})
     if out_of_range:
         problems.append((str(patterns), f"labels {out_of_range} out of range for classes {names}"))
     if problems:
         raise BadInputError(problems)
     return ImageSet(classes=names, labels=np.array(labels), encoded=encoded, name="tfrecords")
+
+
+def class_names(named: dict[int, str] | None, num_labels: int) -> list[str]:
+    """Names of labels 0..num_labels-1: each label's text where `named` gives one, else (or
+    for a label without one) the label number as a string."""
+    return [(named or {}).get(i, str(i)) for i in range(num_labels)]
 
 
 def _parse_batch(batch, feature_spec, problems, path, first_number):
