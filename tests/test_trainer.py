@@ -214,3 +214,91 @@ def test_later_stages_head_freezes_the_branches(tmp_path):
     assert any(not np.array_equal(after_first[p], after_second[p]) for p in head)
     with pytest.raises(ValueError, match="unknown later_stages"):
         run(build_config("smoke", {"train.later_stages": "some"}), verbose=0)
+
+
+def test_phases_of_joint_and_stagewise_training():
+    from trainer.schedule import JOINT, JOINT_HEAD, plan_phases
+
+    stages = parse_schedule("16:2,24:1")
+    joint = plan_phases(stages)
+    assert [(p.part, p.stage_index, p.stage.epochs) for p in joint] == [
+        (JOINT, 0, 2),
+        (JOINT, 1, 1),
+    ]
+    head_only = plan_phases(stages, later_stages_head_only=True)
+    assert [p.part for p in head_only] == [JOINT, JOINT_HEAD]
+    stagewise = plan_phases(stages, ["edge", "deep_narrow", "head"], head_epochs=4)
+    assert [(p.part, p.stage.size, p.stage.epochs) for p in stagewise] == [
+        ("edge", (16, 16), 2),
+        ("edge", (24, 24), 1),
+        ("deep_narrow", (16, 16), 2),
+        ("deep_narrow", (24, 24), 1),
+        ("head", (24, 24), 4),
+    ]
+    assert [p.part for p in plan_phases(stages, ["a", "b"])] == ["a", "a", "b", "b"]
+
+
+@pytest.mark.slow
+def test_stagewise_trains_each_branch_then_the_head_and_resumes(tmp_path):
+    import keras
+    import numpy as np
+
+    from trainer.task import run
+
+    class Crash(RuntimeError):
+        pass
+
+    class Record(keras.callbacks.Callback):
+        """Weights of the fitted model after every epoch; optionally dies after one."""
+
+        def __init__(self, crash_after=None):
+            super().__init__()
+            self.snapshots, self.crash_after = [], crash_after
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.snapshots.append((epoch, {v.path: v.numpy().copy() for v in self.model.weights}))
+            if epoch == self.crash_after:
+                raise Crash(f"killed after epoch {epoch}")
+
+    overrides = {
+        "train.augment": "none",
+        "train.schedule": "16:1,24:1",
+        "train.training_mode": "stagewise",
+        "train.head_epochs": 1,
+    }
+    config = build_config("smoke", overrides)
+    config.output_dir = str(tmp_path / "run")
+    crashed = Record(crash_after=3)  # epochs: edge 0-1, deep_narrow 2-3, head 4
+    with pytest.raises(Crash):
+        run(config, verbose=0, callbacks=[crashed])
+    progress = json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())
+    assert progress["epochs_done"] == 3  # epoch 3 died before it was saved
+
+    resumed = Record()
+    metrics = run(config, verbose=0, callbacks=[resumed])
+    assert [(s["trains"], s["size"]) for s in metrics["stages"]] == [
+        ("edge", [16, 16]),
+        ("edge", [24, 24]),
+        ("deep_narrow", [16, 16]),
+        ("deep_narrow", [24, 24]),
+        ("head", [24, 24]),
+    ]
+    assert metrics["training_mode"] == "stagewise"
+    assert [epoch for epoch, _ in resumed.snapshots] == [3, 4]
+
+    _, edge_done = crashed.snapshots[1]
+    assert edge_done and all(p.startswith("edge_") for p in edge_done)  # the branch alone
+    _, head_epoch = resumed.snapshots[-1]
+    _, deep_done = resumed.snapshots[0]
+    # Each branch kept, through the resume and the head's phase, what its own phase left.
+    for path, value in {**edge_done, **deep_done}.items():
+        np.testing.assert_array_equal(head_epoch[path], value, err_msg=path)
+    assert any(p.startswith("merge_") for p in head_epoch)
+
+    saved = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert all(layer.trainable for layer in saved.layers)
+    history = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2", "3", "4"]
+    assert (tmp_path / "run" / "best.keras").is_file()
+    with pytest.raises(ValueError, match="parallel model"):
+        run(build_config("smoke", {**overrides, "train.model": "edge"}), verbose=0)

@@ -53,8 +53,14 @@ class TrainConfig:
     # Weight of each branch's auxiliary loss: it gives every branch a trained head of its own,
     # so per-branch accuracy means something (0 trains the merged output alone).
     branch_loss_weight: float = 0.3
-    # After the first stage: "all" trains the whole model on; "head" freezes the branches and
-    # retrains the merge head at the larger sizes (the seed's variant).
+    # "joint": all branches and the merge head together, every stage. "stagewise": the seed's
+    # recipe, which did better in scripts/experiment_parallel.py: each branch alone through the
+    # whole schedule, then the merge head on the frozen branches for `head_epochs` at the final
+    # size.
+    training_mode: str = "joint"
+    head_epochs: int = 3
+    # Joint mode, after the first stage: "all" trains the whole model on; "head" freezes the
+    # branches and retrains the merge head at the larger sizes (the seed's variant).
     later_stages: str = "all"
     mixed_precision: str = "auto"
     distribution: str = "auto"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from cellkeras.data.pipeline import parse_image_size
+from cellkeras.models.training import HEAD
 
 # Below this a model with two poolings sees a few pixels; the data layer's minimum side too.
 MIN_STAGE_SIZE = 8
@@ -66,3 +67,49 @@ def format_schedule(stages: list[Stage]) -> str:
 
 def total_epochs(stages: list[Stage]) -> int:
     return sum(stage.epochs for stage in stages)
+
+
+# Phase parts of joint training: the whole model, or (with `--later_stages=head`) its merge
+# head on frozen branches, the optimizer carrying on between the two.
+JOINT = "all"
+JOINT_HEAD = "all, head only"
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """Epochs trained with one compiled model: `part` is `JOINT` or `JOINT_HEAD` (joint
+    training), or what stage-wise training fits (a branch name, or `HEAD`); `stage_index` is
+    the schedule stage whose size and augmentation strength it uses."""
+
+    part: str
+    stage_index: int
+    stage: Stage
+
+    def __str__(self) -> str:
+        return str(self.stage) if self.part == JOINT else f"{self.part} {self.stage}"
+
+
+def plan_phases(
+    stages: list[Stage],
+    stagewise_parts: list[str] | None = None,
+    head_epochs: int = 0,
+    later_stages_head_only: bool = False,
+) -> list[Phase]:
+    """The run's phases, in order.
+
+    Joint training (`stagewise_parts` None): one phase per stage, the whole model (or, with
+    `later_stages_head_only`, the head alone after the first stage). Stage-wise: the whole
+    schedule for each branch in turn, then the head (when `HEAD` is among the parts) for
+    `head_epochs` at the final size.
+    """
+    if stagewise_parts is None:
+        return [
+            Phase(JOINT_HEAD if index and later_stages_head_only else JOINT, index, stage)
+            for index, stage in enumerate(stages)
+        ]
+    branches = [part for part in stagewise_parts if part != HEAD]
+    phases = [Phase(part, i, stage) for part in branches for i, stage in enumerate(stages)]
+    if HEAD in stagewise_parts:
+        final = len(stages) - 1
+        phases.append(Phase(HEAD, final, Stage(stages[final].size, head_epochs)))
+    return phases

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -29,14 +30,25 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from trainer.config import RunConfig, build_config  # noqa: E402
-from trainer.schedule import Stage, format_schedule, parse_schedule, total_epochs  # noqa: E402
+from trainer.schedule import (  # noqa: E402
+    JOINT,
+    JOINT_HEAD,
+    Phase,
+    Stage,
+    format_schedule,
+    parse_schedule,
+    plan_phases,
+    total_epochs,
+)
 
 MIXED_PRECISION_MODES = ("auto", "off", "float16", "bfloat16")
 DISTRIBUTIONS = ("auto", "one", "mirrored", "multi_worker")
 TRAINING_LOOPS = ("auto", "fit", "custom")
 LATER_STAGE_MODES = ("all", "head")
+TRAINING_MODES = ("joint", "stagewise")
 
 
 def resolve_precision(mode: str) -> str:
@@ -133,6 +145,33 @@ def _worker_folder(config: RunConfig, role) -> Path:
     if config.worker_dir:
         return Path(config.worker_dir)
     return Path(config.output_dir) / ".workers" / role.name
+
+
+def _stagewise_parts(model: keras.Model, train_cfg) -> list[str] | None:
+    """What stage-wise training fits in turn (None for joint training).
+
+    Raises:
+        ValueError: an unknown mode, or stage-wise training of a model that is not parallel.
+    """
+    from cellkeras.models import branch_names, stagewise_parts
+
+    if train_cfg.training_mode not in TRAINING_MODES:
+        raise ValueError(
+            f"unknown training_mode {train_cfg.training_mode!r}; known: {TRAINING_MODES}"
+        )
+    if train_cfg.training_mode == "joint":
+        return None
+    if len(branch_names(model)) < 2:
+        raise ValueError(
+            f"training_mode=stagewise trains the branches of a parallel model one by one; "
+            f"{train_cfg.model!r} has {len(branch_names(model))} branch (use a parallel_* model)"
+        )
+    if train_cfg.later_stages != "all":
+        raise ValueError(
+            "later_stages=head is a joint-training variant; stage-wise training already "
+            "trains the head alone after the branches (--head_epochs)"
+        )
+    return stagewise_parts(model, train_cfg.head_epochs)
 
 
 def load_data(config: RunConfig, strategy=None):
@@ -237,6 +276,7 @@ class RunProgress(keras.callbacks.Callback):
         self._started = time.perf_counter()
         self._carried = 0.0
         self._watched: keras.Model | None = None
+        self._whole_classifier: keras.Model | None = None
         self._restore_from = self.weights_path
 
     @property
@@ -283,14 +323,28 @@ class RunProgress(keras.callbacks.Callback):
         """The run folder whose checkpoint this progress was read from."""
         return self._restore_from.parent.parent
 
-    def restore(self, fit_model: keras.Model) -> None:
-        """Loads the saved weights and optimizer state into the (compiled) model to fit."""
+    @property
+    def classifier_path(self) -> Path:
+        return self.weights_path.with_name("classifier.npz")
+
+    def restore(self, fit_model: keras.Model, classifier: keras.Model | None = None) -> None:
+        """Loads the saved state into the (compiled) model to fit: first the whole
+        classifier's weights, when saved (a stage-wise part fits only some of them), then the
+        fitted model's weights and optimizer state."""
+        saved_classifier = self._restore_from.with_name(self.classifier_path.name)
+        if classifier is not None and saved_classifier.is_file():
+            with np.load(saved_classifier) as arrays:
+                classifier.set_weights([arrays[f"w{i}"] for i in range(len(arrays.files))])
         fit_model.optimizer.build(fit_model.trainable_variables)
         fit_model.load_weights(self._restore_from)
 
-    def watch(self, model: keras.Model) -> None:
-        """The model saved as `best.keras` (the classifier, not the training wrapper)."""
+    def watch(self, model: keras.Model | None, whole_classifier: keras.Model | None = None) -> None:
+        """`model` is saved as `best.keras` when validation accuracy improves (the classifier,
+        not the training wrapper; None while the fitted model's accuracy is not the
+        classifier's). `whole_classifier` is saved with every epoch's state when the fitted
+        model holds only part of its weights."""
         self._watched = model
+        self._whole_classifier = whole_classifier
 
     def begin_stage(self, index: int) -> None:
         self._stage = index
@@ -310,6 +364,12 @@ class RunProgress(keras.callbacks.Callback):
         if self._watched is not None and improved:
             self.best_val_accuracy = float(val_accuracy)
             _save_atomically(self._watched.save, self.folder.parent / "best.keras")
+        if self._whole_classifier is not None:
+            weights = self._whole_classifier.get_weights()
+            _save_atomically(
+                lambda path: np.savez(path, **{f"w{i}": w for i, w in enumerate(weights)}),
+                self.classifier_path,
+            )
         _save_atomically(self.model.save_weights, self.weights_path)
         self.save()
 
@@ -375,7 +435,14 @@ def run(
     from cellkeras.data.splits import split_imageset
     from cellkeras.evaluate import evaluate_branches
     from cellkeras.models import create_model
-    from cellkeras.models.training import AliasMergedMetrics, joint_trainer, set_trainable
+    from cellkeras.models.training import (
+        HEAD,
+        AliasMergedMetrics,
+        compile_classifier,
+        joint_trainer,
+        set_trainable,
+        stagewise_trainer,
+    )
     from trainer.distributed import (
         agree_across_workers,
         fit_stage_distributed,
@@ -489,21 +556,52 @@ def run(
     )
     with dtype_policy(policy), strategy.scope():
         model = create_model(train_cfg.model, images.num_classes, channels=channels)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            train_cfg.learning_rate, steps_per_epoch * total_epochs(stages), alpha=0.05
+    phases = plan_phases(
+        stages,
+        _stagewise_parts(model, train_cfg),
+        train_cfg.head_epochs,
+        later_stages_head_only=train_cfg.later_stages == "head",
+    )
+    xla = _use_xla(strategy)
+    phase_ends = list(itertools.accumulate(phase.stage.epochs for phase in phases))
+    all_epochs = phase_ends[-1]
+
+    def trainer_for(phase: Phase, previous: keras.Model | None = None):
+        """The compiled model to fit in `phase` and its label function. Joint training keeps
+        one optimizer and learning-rate schedule across all its phases (`previous`'s);
+        stage-wise gives each part its own, decaying over that part's epochs."""
+        part_epochs = sum(p.stage.epochs for p in phases if p.part == phase.part)
+        joint = phase.part in (JOINT, JOINT_HEAD)
+        with dtype_policy(policy), strategy.scope():
+            if previous is not None and joint:
+                optimizer = previous.optimizer
+            else:
+                optimizer = keras.optimizers.Adam(
+                    keras.optimizers.schedules.CosineDecay(
+                        train_cfg.learning_rate,
+                        steps_per_epoch * (total_epochs(stages) if joint else part_epochs),
+                        alpha=0.05,
+                    )
+                )
+            if not joint:
+                fitted = stagewise_trainer(model, phase.part, optimizer, jit_compile=xla)
+                return fitted, lambda data: data
+            if phase.part == JOINT_HEAD:
+                # The seed's variant: features learned on small images stay, the head
+                # relearns at the larger size. Keras 3 fixes the trainable set at compile time.
+                set_trainable(model, branches=False, head=True)
+            return joint_trainer(model, optimizer, train_cfg.branch_loss_weight, jit_compile=xla)
+
+    resume_at = next((i for i, end in enumerate(phase_ends) if progress.epochs_done < end), 0)
+    # A joint run's optimizer was built over the whole model in its first phase, so its saved
+    # state loads into that phase's trainer; a stage-wise part's, into that part's.
+    built = phases[0] if phases[resume_at].part in (JOINT, JOINT_HEAD) else phases[resume_at]
+    fit_model, to_labels = trainer_for(built)
+    if progress.epochs_done:
+        progress.restore(fit_model, classifier=model)
+        print(
+            f"resuming {progress.resumed_from} after epoch {progress.epochs_done} of {all_epochs}"
         )
-        fit_model, to_labels = joint_trainer(
-            model,
-            keras.optimizers.Adam(schedule),
-            train_cfg.branch_loss_weight,
-            jit_compile=_use_xla(strategy),
-        )
-        if progress.epochs_done:
-            progress.restore(fit_model)
-            print(
-                f"resuming {progress.resumed_from} after epoch {progress.epochs_done} of "
-                f"{total_epochs(stages)}"
-            )
     if multi_worker:
         # A worker that resumed from elsewhere (or not at all) would step out of sync with the
         # others' collectives and hang; fail on every worker instead.
@@ -514,10 +612,14 @@ def run(
                 f"from the chief's checkpoint in {Path(config.output_dir) / 'checkpoint'}, so "
                 "--output_dir must be a folder all workers see (shared disk, /gcs/ mount)"
             )
-    progress.watch(model)
     print(
         f"model: {train_cfg.model} · {model.count_params():,} parameters · policy {policy} · "
         f"{strategy.num_replicas_in_sync} replica(s) · schedule {format_schedule(stages)}"
+        + (
+            f" · stage-wise: {', '.join(dict.fromkeys(p.part for p in phases))}"
+            if train_cfg.training_mode == "stagewise"
+            else ""
+        )
         + (" · custom training loop" if custom_loop else "")
     )
 
@@ -531,32 +633,28 @@ def run(
         keras.callbacks.TensorBoard(str(out / "logs")),
         progress,  # last: an epoch counts as done only once everything above has run
     ]
-    first_epoch = 0
-    for index, stage in enumerate(stages):
-        last_epoch = first_epoch + stage.epochs
-        if progress.epochs_done >= last_epoch:
-            first_epoch = last_epoch
+    for index, phase in enumerate(phases):
+        first_epoch = phase_ends[index] - phase.stage.epochs
+        if progress.epochs_done >= phase_ends[index]:
             continue
-        strength = _stage_strength(stages, index)
-        if index > 0 and train_cfg.later_stages == "head":
-            # The seed's variant: features learned on small images stay, the head relearns
-            # at the larger size. Keras 3 fixes the trainable set at compile time.
-            with dtype_policy(policy), strategy.scope():
-                set_trainable(model, branches=False, head=True)
-                fit_model, to_labels = joint_trainer(
-                    model,
-                    fit_model.optimizer,  # its state carries on, as in the other mode
-                    train_cfg.branch_loss_weight,
-                    jit_compile=_use_xla(strategy),
-                )
+        if phase.part != built.part:
+            fit_model, to_labels = trainer_for(phase, previous=fit_model)
+            built = phase
+        # best.keras keeps the best classifier, so only phases that fit the whole model's
+        # output count (a stage-wise branch's accuracy is not the model's).
+        progress.watch(
+            model if phase.part in (JOINT, JOINT_HEAD, HEAD) else None,
+            whole_classifier=None if phase.part in (JOINT, JOINT_HEAD) else model,
+        )
+        strength = _stage_strength(stages, phase.stage_index)
         progress.begin_stage(index)
         fit_stage = fit_stage_distributed if custom_loop else _fit_stage
         history = fit_stage(
             fit_model,
-            to_labels(dataset(train_set, stage.size, True, strength)),
-            to_labels(dataset(val_set, stage.size, False)),
-            initial_epoch=progress.epochs_done,
-            epochs=last_epoch,
+            to_labels(dataset(train_set, phase.stage.size, True, strength)),
+            to_labels(dataset(val_set, phase.stage.size, False)),
+            initial_epoch=max(progress.epochs_done, first_epoch),
+            epochs=phase_ends[index],
             callbacks=callbacks,
             verbose=verbose,
         )
@@ -564,8 +662,9 @@ def run(
         val_accuracy = float(history.history["val_accuracy"][-1])
         progress.stages.append(
             {
-                "size": list(stage.size),
-                "epochs": stage.epochs,
+                "size": list(phase.stage.size),
+                "epochs": phase.stage.epochs,
+                "trains": phase.part,
                 "seconds": round(seconds, 2),
                 "val_accuracy": val_accuracy,
                 "augment_strength": strength,
@@ -573,10 +672,17 @@ def run(
         )
         progress.save()
         print(
-            f"stage {index + 1}/{len(stages)} {stage}: {seconds:.1f} s · "
-            f"val_accuracy {val_accuracy:.4f}"
+            f"{'stage' if phase.part == JOINT else 'phase'} {index + 1}/{len(phases)} {phase}: "
+            f"{seconds:.1f} s · val_accuracy {val_accuracy:.4f}"
         )
-        first_epoch = last_epoch
+    if any(phase.part != JOINT for phase in phases):
+        # Saved and exported whole, with a fresh optimizer built for all the weights: one
+        # built for a subset makes loading the saved model warn and drop it.
+        with dtype_policy(policy), strategy.scope():
+            set_trainable(model, branches=True, head=True)
+            if model.compiled:
+                compile_classifier(model, keras.optimizers.Adam(train_cfg.learning_rate))
+                model.optimizer.build(model.trainable_variables)
     stage_metrics = progress.stages
 
     final_size = stages[-1].size
@@ -602,6 +708,7 @@ def run(
         "replicas": int(strategy.num_replicas_in_sync),
         "workers": role.num_workers,
         "training_loop": "custom" if custom_loop else "fit",
+        "training_mode": train_cfg.training_mode,
         "final_size": list(final_size),
     }
     model.save(out / "model.keras")
@@ -619,7 +726,7 @@ def run(
         )
         metrics["export"] = str(version_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _plot_curves(out, stages)
+    _plot_curves(out, phases)
     write_report(out, config, metrics, analysis, skipped)
     progress.finish()
     where = f"run folder {out}"
@@ -743,15 +850,15 @@ policy {html.escape(metrics["dtype_policy"])} · {metrics["replicas"]} replica(s
     return path
 
 
-def _plot_curves(out: Path, stages: list[Stage]) -> None:
+def _plot_curves(out: Path, phases: list[Phase]) -> None:
     import csv
 
     from cellkeras.evaluate.plots import plot_training_curves, save_figure
 
     with (out / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    boundaries = [sum(s.epochs for s in stages[: i + 1]) for i in range(len(stages) - 1)]
-    labels = [str(stage).split(":")[0] for stage in stages]
+    boundaries = list(itertools.accumulate(phase.stage.epochs for phase in phases))[:-1]
+    labels = [str(phase).rsplit(":", 1)[0] for phase in phases]
     figure = plot_training_curves(rows, boundaries, labels, title=f"{out.name}: training curves")
     save_figure(figure, out / "training_curves.png")
 
@@ -797,6 +904,8 @@ _FLAG_FIELDS = {
     "training_loop": "train.training_loop",
     "seed": "train.seed",
     "later_stages": "train.later_stages",
+    "training_mode": "train.training_mode",
+    "head_epochs": "train.head_epochs",
     "branch_loss_weight": "train.branch_loss_weight",
 }
 
@@ -842,6 +951,16 @@ def define_flags() -> None:
         None,
         list(LATER_STAGE_MODES),
         "After the first stage train everything, or only the merge head (the seed's variant).",
+    )
+    flags.DEFINE_enum(
+        "training_mode",
+        None,
+        list(TRAINING_MODES),
+        "joint: branches and merge head together; stagewise: each branch alone through the "
+        "schedule, then the merge head on the frozen branches (the seed's recipe).",
+    )
+    flags.DEFINE_integer(
+        "head_epochs", None, "Stage-wise: epochs of the merge head at the final size."
     )
     flags.DEFINE_float("branch_loss_weight", None, "Weight of each branch's auxiliary loss.")
     flags.DEFINE_string("output_dir", None, "Run folder (default runs/<preset>).")

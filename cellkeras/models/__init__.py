@@ -17,7 +17,14 @@ from cellkeras.models.parallel import (
     last_conv_layer,
 )
 from cellkeras.models.registry import DEFAULT_MODEL, MODEL_PRESETS, create_model, list_models
-from cellkeras.models.training import compile_classifier, fit_joint, fit_stagewise, set_trainable
+from cellkeras.models.training import (
+    compile_classifier,
+    fit_joint,
+    fit_stagewise,
+    set_trainable,
+    stagewise_parts,
+    stagewise_trainer,
+)
 
 __all__ = [
     "BRANCH_PRESETS",
@@ -39,4 +46,6 @@ __all__ = [
     "list_models",
     "resolve_branch",
     "set_trainable",
+    "stagewise_parts",
+    "stagewise_trainer",
 ]

@@ -18,10 +18,18 @@ OptimizerFactory = Callable[[], keras.optimizers.Optimizer]
 
 
 def compile_classifier(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer | str = "adam"
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer | str = "adam",
+    **compile_kwargs: Any,
 ) -> keras.Model:
-    """Compile `model` for one-hot labels: categorical cross-entropy and accuracy."""
-    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    """Compile `model` for one-hot labels: categorical cross-entropy and accuracy.
+    `compile_kwargs` go to `compile` (e.g. `jit_compile`)."""
+    model.compile(
+        optimizer=optimizer,
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        **compile_kwargs,
+    )
     return model
 
 
@@ -164,13 +172,7 @@ def joint_trainer(
     """
     names = branch_names(model)
     if branch_loss_weight <= 0 or len(names) < 2:
-        model.compile(
-            optimizer=optimizer,
-            loss="categorical_crossentropy",
-            metrics=["accuracy"],
-            **compile_kwargs,
-        )
-        return model, lambda data: data
+        return compile_classifier(model, optimizer, **compile_kwargs), lambda data: data
     trainer = analysis_model(model)
     keys = ["merged", *names]
     trainer.compile(
@@ -219,16 +221,41 @@ def fit_stagewise(
     histories: dict[str, dict[str, list[float]]] = {}
     fit_kw = _fit_inputs(train_ds)
     common = {"validation_data": val_ds, "callbacks": list(callbacks), "verbose": verbose}
-    for name, branch in branch_models(model).items():
-        set_trainable(model, branches=[name], head=False)
-        compile_classifier(branch, optimizer_factory())
-        histories[f"branch/{name}"] = branch.fit(
-            **fit_kw, epochs=epochs_per_branch, **common
-        ).history
-    set_trainable(model, branches=False, head=True)
-    if len(branch_names(model)) > 1 and model.trainable_weights and head_epochs > 0:
-        compile_classifier(model, optimizer_factory())
-        histories["head"] = model.fit(**fit_kw, epochs=head_epochs, **common).history
+    for part in stagewise_parts(model, head_epochs):
+        epochs = head_epochs if part == HEAD else epochs_per_branch
+        trainer = stagewise_trainer(model, part, optimizer_factory())
+        key = "head" if part == HEAD else f"branch/{part}"
+        histories[key] = trainer.fit(**fit_kw, epochs=epochs, **common).history
     set_trainable(model, branches=True, head=True)
     compile_classifier(model, optimizer_factory())
     return histories
+
+
+HEAD = "head"
+
+
+def stagewise_parts(model: keras.Model, head_epochs: int = 1) -> list[str]:
+    """The parts stage-wise training fits in turn: every branch name, then `HEAD` (left out
+    when there is no head to train: one branch, a merge without weights such as "average",
+    or `head_epochs` 0)."""
+    names = branch_names(model)
+    _, head_layers = _layer_groups(model)
+    head_weights = any(model.get_layer(name).weights for name in head_layers)
+    return names + ([HEAD] if len(names) > 1 and head_weights and head_epochs > 0 else [])
+
+
+def stagewise_trainer(
+    model: keras.Model,
+    part: str,
+    optimizer: keras.optimizers.Optimizer | str = "adam",
+    **compile_kwargs: Any,
+) -> keras.Model:
+    """The compiled model to fit for one part of stage-wise training (see `stagewise_parts`):
+    a branch alone, through a model sharing `model`'s weights, with the other branches and
+    the head frozen; or `HEAD`, the merge head of `model` on frozen branches. Labels are the
+    plain `(images, one_hot)` data. `compile_kwargs` go to `compile`."""
+    if part == HEAD:
+        set_trainable(model, branches=False, head=True)
+        return compile_classifier(model, optimizer, **compile_kwargs)
+    set_trainable(model, branches=[part], head=False)
+    return compile_classifier(branch_models(model)[part], optimizer, **compile_kwargs)
