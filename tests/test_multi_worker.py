@@ -368,20 +368,20 @@ def _sharding_lines(log):
 
 @pytest.mark.slow
 def test_two_workers_read_only_their_own_tfrecord_files(tmp_path):
-    """Four TFRecord files of unequal size (24, 8, 16, 16 images): worker 0 reads the first
-    and third of the sorted names, worker 1 the others, and each splits and trains on its own
-    share. Worker 1's files lack the last class, which it still knows (the model's outputs
-    must match); its smaller share sets the steps both take per epoch."""
+    """Four TFRecord files of unequal size (32, 6, 16, 10 images): worker 0 reads the first
+    and third of the sorted names (48 images), worker 1 the others (16), and each splits and
+    trains on its own share. Worker 1's files lack the last class, which it still knows (the
+    model's outputs must match); its smaller share sets the steps both take per epoch. The
+    validation metric is one sum over both workers' validation parts, though worker 0 runs two
+    validation batches and worker 1 one."""
     from cellkeras.data.synthetic import generate_cells
     from cellkeras.data.tfrecord import write_tfrecords
 
     cells = generate_cells(64, 16, seed=0)
     last = len(cells.classes) - 1
-    others = np.flatnonzero(cells.labels != last)
-    # worker 1's files: 24 images without the last class; worker 0's: the rest (40)
-    worker_1 = others[:: max(1, len(others) // 24)][:24]
+    worker_1 = np.flatnonzero(cells.labels != last)[::3][:16]
     worker_0 = np.setdiff1d(np.arange(len(cells)), worker_1)
-    parts = [worker_0[:24], worker_1[:8], worker_0[24:], worker_1[8:]]
+    parts = [worker_0[:32], worker_1[:6], worker_0[32:], worker_1[6:]]
     data = tmp_path / "records"
     files = []
     for k, part in enumerate(parts):
@@ -393,6 +393,7 @@ def test_two_workers_read_only_their_own_tfrecord_files(tmp_path):
         f"--tfrecords={data}/part*",
         "--schedule=16:1",
         "--batch_size=8",
+        "--val_fraction=0.25",
         "--distribution=multi_worker",
         f"--output_dir={out}",
     ]
@@ -402,16 +403,21 @@ def test_two_workers_read_only_their_own_tfrecord_files(tmp_path):
         line = next(x for x in _sharding_lines(log) if x.startswith("input sharding: file"))
         shares.append(json.loads(line.split(" · ", 2)[2]))
     assert [s["files"] for s in shares] == [files[0::2], files[1::2]]
-    assert [s["images"] for s in shares] == [40, 24]
+    assert [s["images"] for s in shares] == [48, 16]
     assert all(s["policy"] == "file" and s["total_files"] == 4 for s in shares)
 
     metrics = [json.loads((d / "metrics.json").read_text()) for d in (out, kept)]
     assert metrics[0]["classes"] == metrics[1]["classes"] == cells.classes
-    train = [m["train_images"] for m in metrics]  # each worker's own split of its share
-    steps = [n // 8 for n in train]
-    assert train[0] > train[1]
+    assert [m["train_images"] for m in metrics] == [36, 12]  # each its own split
     for log in logs:
-        assert f"agreed {min(steps)} step(s) per epoch" in log, _sharding_lines(log)
+        assert "all workers [1, 4]: agreed 1 step(s) per epoch" in log, _sharding_lines(log)
+    (row,) = _history(out / "history.csv")
+    assert float(row["accuracy"]) * 16 == pytest.approx(round(float(row["accuracy"]) * 16))
+    # The final evaluation (metrics.json) is each worker's own part, on the same weights.
+    val = [m["val_images"] for m in metrics]
+    correct = sum(m["val_accuracy"] * n for m, n in zip(metrics, val, strict=True))
+    assert val == [12, 4]
+    assert float(row["val_accuracy"]) == pytest.approx(correct / sum(val), abs=1e-6)
     for chief, worker in zip(
         _weights(out / "model.keras"), _weights(kept / "model.keras"), strict=True
     ):

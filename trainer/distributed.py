@@ -233,6 +233,34 @@ class InputSharding:
         return {**dataclasses.asdict(self), "files": list(self.files)}
 
 
+def even_batches_across_workers(
+    strategy: tf.distribute.Strategy, count: int, batch_size: int
+) -> list[int]:
+    """Batch sizes that cut this worker's `count` validation images into as many non-empty
+    batches as every other worker's (per-worker input, see `per_worker_input`).
+
+    Workers' validation parts differ in size, and a worker whose batches run out gets empty
+    ones while the others go on; TensorFlow's CPU convolution returns a wrongly shaped result
+    for an empty batch, and the step fails. So every worker runs the same number of steps, the
+    largest part's at `batch_size` per replica (fewer, with larger batches, where a small part
+    could not fill that many), splitting its own images evenly over them. Pass the result to
+    `Dataset.rebatch`.
+
+    Raises:
+        ValueError: some worker has fewer validation images than local replicas.
+    """
+    replicas = local_replicas(strategy)
+    counts = agree_across_workers(strategy, count)
+    if min(counts) < replicas:
+        raise ValueError(
+            f"a worker's validation part holds {min(counts)} image(s) for {replicas} replicas: "
+            "raise --val_fraction, or give the workers TFRecord files of more equal size"
+        )
+    steps = max(-(-n // (batch_size * replicas)) for n in counts)
+    parts = min(steps, min(counts) // replicas) * replicas
+    return [count // parts + (1 if j < count % parts else 0) for j in range(parts)]
+
+
 def gather_bytes_across_workers(strategy: tf.distribute.Strategy, payload: bytes) -> list[bytes]:
     """Every replica's copy of `payload` (all-gathered across workers, in replica order; a
     worker with several replicas appears once per replica). Collectives carry numbers only,

@@ -494,6 +494,7 @@ def run(
     # are read whole on every worker and sharded by data, so the validation metrics, sums
     # over every replica, and the final evaluation on each worker cover every image once.
     agreed_steps: int | None = None  # per-worker steps per epoch, once the workers agree
+    val_batch_sizes: list[int] | None = None  # this worker's, as many as every other's
 
     def dataset(subset, size, training, strength=1.0):
         from trainer.distributed import local_replicas, per_worker_input
@@ -526,6 +527,8 @@ def run(
                 # Every worker must run the same number of steps, or the others wait forever
                 # in the next step's all-reduce: all take the smallest share's step count.
                 batches = batches.take(agreed_steps * local_replicas(strategy))
+            if not training and val_batch_sizes:
+                batches = batches.rebatch(val_batch_sizes)
             return per_worker_input(batches)
         return shard_by_data(batches) if multi_worker else batches
 
@@ -533,7 +536,7 @@ def run(
     global_batch = train_cfg.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = len(dataset(train_set, stages[0].size, True))
     if sharding.policy == "file":
-        from trainer.distributed import local_replicas
+        from trainer.distributed import even_batches_across_workers, local_replicas
 
         # Shares of whole files hold different numbers of images; every worker trains the
         # smallest share's full steps (agreed before the learning-rate schedule is sized).
@@ -544,6 +547,10 @@ def run(
             f"input sharding: {len(train_set)} training images here, {mine} step(s) per epoch; "
             f"all workers {sorted(set(everyone))}: agreed {agreed_steps} step(s) per epoch"
         )
+        if not data_cfg.eval_tfrecords:
+            val_batch_sizes = even_batches_across_workers(
+                strategy, len(val_set), train_cfg.batch_size
+            )
     if steps_per_epoch < 1:
         raise ValueError(
             f"{len(train_set)} training images make no full global batch of {global_batch} "
