@@ -605,7 +605,8 @@ def run(
     built = phases[0] if phases[resume_at].part in (JOINT, JOINT_HEAD) else phases[resume_at]
     fit_model, to_labels = trainer_for(built)
     if progress.epochs_done:
-        progress.restore(fit_model, classifier=model)
+        with dtype_policy(policy), strategy.scope():  # the optimizer's slots are built here
+            progress.restore(fit_model, classifier=model)
         print(
             f"resuming {progress.resumed_from} after epoch {progress.epochs_done} of {all_epochs}"
         )
@@ -716,8 +717,18 @@ def run(
         "workers": role.num_workers,
         "training_loop": "custom" if custom_loop else "fit",
         "training_mode": train_cfg.training_mode,
+        "input_sharding": sharding.to_dict(),
         "final_size": list(final_size),
     }
+    if sharding.policy == "file" and not data_cfg.eval_tfrecords:
+        # Each worker split its own files, so this final evaluation (confusion matrices, the
+        # report) sees this worker's validation part only; the per-epoch val_accuracy in
+        # history.csv is over every worker's. TFX's eval_files give one global set instead.
+        metrics["final_evaluation_scope"] = f"{role.name}'s validation share"
+        print(
+            f"note: the final evaluation covers {role.name}'s {len(val_set)} validation images "
+            "only (file sharding); pass evaluation TFRecords for a global one"
+        )
     model.save(out / "model.keras")
     if config.export_dir:
         from cellkeras.export import export_model
