@@ -20,6 +20,33 @@ def write_png(path, pixels):
     return path
 
 
+TINY_CLASSES = ["alpha", "beta", "gamma"]
+
+
+def tiny_model():
+    """A three-class RGB classifier small enough for command tests: any image size, its last
+    conv layer named "last", the same weights every call."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    images = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(images)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="last")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(images, keras.layers.Dense(3, activation="softmax")(x))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A versioned export of `tiny_model()` at 16 px with `TINY_CLASSES`."""
+    from cellkeras.export import export_model
+
+    root = tmp_path_factory.mktemp("export")
+    export_model(tiny_model(), root, classes=TINY_CLASSES, image_size=16, channels=3)
+    return root
+
+
 @pytest.fixture
 def class_tree(tmp_path):
     """root/<class>/<n>.png with 6 images per class, each filled with its class's colour."""

@@ -4,35 +4,16 @@ import csv
 import json
 import shutil
 
-import keras
 import numpy as np
 import pytest
 
 pytest.importorskip("apache_beam")
 
 from cellkeras import cli  # noqa: E402
-from cellkeras.export import export_model  # noqa: E402
-from tests.conftest import write_png  # noqa: E402
+from tests.conftest import TINY_CLASSES, write_png  # noqa: E402
 
-CLASSES = ["alpha", "beta", "gamma"]
+CLASSES = TINY_CLASSES
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-
-
-def tiny_model():
-    keras.utils.set_random_seed(0)
-    images = keras.Input((None, None, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(images)
-    x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Conv2D(6, 3, activation="relu", name="last")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(images, keras.layers.Dense(3, activation="softmax")(x))
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    export_model(tiny_model(), root, classes=CLASSES, image_size=16, channels=3)
-    return root
 
 
 @pytest.fixture(scope="module")

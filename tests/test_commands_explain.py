@@ -8,10 +8,9 @@ import pytest
 import tifffile
 
 from cellkeras import cli
-from cellkeras.export import export_model
-from tests.conftest import write_png
+from tests.conftest import TINY_CLASSES, write_png
 
-CLASSES = ["alpha", "beta", "gamma"]
+CLASSES = TINY_CLASSES
 
 
 @pytest.fixture(autouse=True)
@@ -20,23 +19,6 @@ def explain_commands(monkeypatch):
     if "cellkeras.explain.commands" not in modules:
         modules.append("cellkeras.explain.commands")
     monkeypatch.setattr(cli, "COMMAND_MODULES", modules)
-
-
-def tiny_model():
-    keras.utils.set_random_seed(0)
-    images = keras.Input((None, None, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(images)
-    x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Conv2D(6, 3, activation="relu", name="last")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(images, keras.layers.Dense(3, activation="softmax")(x))
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    export_model(tiny_model(), root, classes=CLASSES, image_size=16, channels=3)
-    return root
 
 
 @pytest.fixture

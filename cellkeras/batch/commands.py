@@ -23,24 +23,24 @@ import argparse
 import sys
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int, meaning: str = ""):
+    """An argparse type: a whole number of at least `minimum` (`meaning` explains the
+    smallest one in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum}{meaning} or more, got {value}")
+        return value
+
+    return parse
 
 
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (one per CPU core) or more, got {value}")
-    return value
+_positive_int = _int_at_least(1)
+_workers = _int_at_least(0, " (one per CPU core)")
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:

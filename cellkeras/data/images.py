@@ -78,14 +78,23 @@ def read_image(
     min_side: int = DEFAULT_MIN_SIDE,
 ) -> np.ndarray:
     """Reads an image file into float32 (H, W, C) in [0, 1]; see the module docstring."""
+    data = read_image_bytes(path)
+    return decode_image(data, channels, normalization, max_pixels, min_side, source=str(path))
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file.
+
+    Raises:
+        ImageError: naming the file, when it is missing or cannot be read.
+    """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ImageError(str(path), "file not found") from None
     except OSError as err:
         raise ImageError(str(path), f"cannot be read ({err.strerror or err})") from None
-    return decode_image(data, channels, normalization, max_pixels, min_side, source=str(path))
 
 
 def decode_image(

@@ -33,6 +33,7 @@ from cellkeras.data.images import (
     ImageError,
     decode_raw,
     normalize,
+    read_image_bytes,
     select_channels,
 )
 
@@ -209,14 +210,7 @@ def load_image_for_model(path: str | Path, info: ModelInfo) -> np.ndarray:
             count the model cannot take (e.g. a 4-channel TIFF for an RGB model), or an image
             whose smaller side is below `info.min_side`.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(str(path), "file not found") from None
-    except OSError as err:
-        raise ImageError(str(path), f"cannot be read ({err.strerror or err})") from None
-    return decode_image_for_model(data, info, source=str(path))
+    return decode_image_for_model(read_image_bytes(path), info, source=str(path))
 
 
 def decode_image_for_model(data: bytes, info: ModelInfo, source: str = "<bytes>") -> np.ndarray:
