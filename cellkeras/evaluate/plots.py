@@ -165,13 +165,17 @@ def plot_training_curves(
         starts = [0, *stage_boundaries]
         for start in stage_boundaries:
             ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
+        # Side by side, more than three labels collide (stage-wise runs have a phase per
+        # branch and size): then each stands upright along its stage's start.
+        upright = len(stage_labels) > 3
         for start, label in zip(starts, stage_labels, strict=False):
             ax.annotate(
                 f"{label} px",
-                xy=(start + 0.8, 1.0),
+                xy=(start + (0.6 if upright else 0.8), 0.98),
                 xycoords=("data", "axes fraction"),
                 va="top",
                 ha="left",
+                rotation=90 if upright else 0,
                 fontsize=8,
                 color="dimgrey",
             )
@@ -179,7 +183,7 @@ def plot_training_curves(
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        ax.legend(loc="center right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     if title:
         fig.suptitle(title)
     return fig
