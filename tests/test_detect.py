@@ -106,6 +106,32 @@ def test_extent_from_image():
         heatmap_to_boxes(heat, BoxParams(extent="image"))
 
 
+def test_image_extent_splits_touching_nuclei_in_one_hot_region():
+    # Two touching nuclei, the upper one cut by the image border; a centred-patch map's hot
+    # regions merge over both. One marker per hot region gives one box for the pair; the
+    # foreground's distance peaks inside the hot region give one box each.
+    image = np.zeros((40, 60), np.float32)
+    cv2.circle(image, (20, 2), 6, 1.0, -1)
+    cv2.circle(image, (20, 13), 6, 1.0, -1)
+    cv2.circle(image, (45, 25), 5, 1.0, -1)  # a lone nucleus
+    heat = np.zeros_like(image)
+    heat[0:22, 12:29] = 1.0
+    heat[20:31, 40:51] = 1.0
+    merged, _ = heatmap_to_boxes(heat, BoxParams(extent="image"), image)
+    assert len(merged) == 2
+    split = BoxParams(extent="image", split="distance", min_distance=4)
+    boxes, _ = heatmap_to_boxes(heat, split, image)
+    boxes = boxes[np.argsort(boxes[:, 1])]
+    np.testing.assert_array_equal(boxes[:, 1], [0, 8, 20])  # border nucleus, its neighbour, lone
+    assert boxes[0, 3] <= 9 and boxes[1, 3] == 20
+    # Foreground without heat still gives no box; a hot region without a distance peak of its
+    # own (here: a hot strip on the lone nucleus's rim) still gives one.
+    heat[20:31, 40:51] = 0.0
+    heat[25:27, 40:42] = 1.0
+    boxes, _ = heatmap_to_boxes(heat, split, image)
+    assert len(boxes) == 3
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
     kept = non_max_suppression(boxes, np.array([0.5, 0.9, 0.7]), iou_threshold=0.5)

@@ -8,7 +8,8 @@ last column) with one score each come out.
 heat ─► threshold (fraction of max | Otsu | fixed value) ─► mask
      ─► [erode] ─► regions: cv2.findContours (one per contour), or split touching cells:
                  distance transform ─► peak markers ─► watershed (scikit-image),
-                 or [extent="image"] heat regions as markers grown over the image's foreground
+                 or [extent="image"] heat regions (split by the foreground's distance peaks) as
+                 markers grown over the image's foreground
      ─► box + score (mean or max heat inside) ─► area limits, border policy ─► NMS (cv2.dnn)
 ```
 
@@ -58,7 +59,10 @@ class BoxParams:
         extent: "heat": boxes bound the heat regions; "image": the heat regions are only
             markers, and each box bounds the part of the image's own foreground (Otsu on the
             lightly smoothed image) that a watershed from those markers gives it; image
-            foreground with no marker gives no box. Needs `image` in `heatmap_to_boxes`.
+            foreground with no marker gives no box. With `split` "distance" ("heat") a hot
+            region holds one marker per peak of the foreground's distance transform (of the
+            heat) inside it, so touching nuclei whose hot regions merged are still split
+            (`image_markers`). Needs `image` in `heatmap_to_boxes`.
         min_area: smallest region in pixels (after splitting); see `area_limits_px` for µm².
         max_area: largest region in pixels, None for no limit.
         border: "keep" every box, or "drop" boxes that touch the image border (cut cells).
@@ -296,6 +300,41 @@ def image_foreground(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return grey > threshold_heatmap(grey, "otsu")
 
 
+def image_markers(
+    seeds: np.ndarray,
+    foreground: np.ndarray,
+    surface: np.ndarray | None = None,
+    min_distance: float = 5.0,
+) -> np.ndarray:
+    """Watershed markers for `extent="image"`: the hot part of the foreground, split or whole.
+
+    With `surface` None every connected part of `seeds` (heat mask and image foreground) is one
+    marker, so touching nuclei whose hot regions merged become one box. Otherwise the markers
+    are the peaks of `surface` over the whole foreground (`peak_markers`, at least
+    `min_distance` apart; for the foreground's distance transform these are the classical
+    watershed's nucleus centres) that lie inside `seeds`, plus one marker for every part of
+    `seeds` that holds no such peak: the heat says which foreground is a nucleus, the surface
+    how many nuclei a hot region holds.
+
+    Returns:
+        int32 (H, W) marker labels, 0 elsewhere.
+    """
+    seeds = np.asarray(seeds, bool)
+    regions = contour_labels(seeds)
+    if surface is None:
+        return regions
+    peaks = peak_markers(surface, foreground, min_distance)
+    peaks = np.where(seeds, peaks, 0)
+    points = np.flatnonzero(peaks)
+    markers = np.zeros(seeds.shape, np.int32)
+    markers.flat[points] = np.arange(1, len(points) + 1)
+    covered = np.unique(regions.flat[points])
+    empty = np.setdiff1d(np.unique(regions[regions > 0]), covered)
+    fill = np.isin(regions, empty)
+    markers[fill] = len(points) + np.searchsorted(empty, regions[fill]) + 1
+    return markers
+
+
 def heatmap_to_boxes(
     heat: np.ndarray, params: BoxParams | None = None, image: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -326,8 +365,13 @@ def heatmap_to_boxes(
         from skimage.segmentation import watershed
 
         foreground = image_foreground(image)
-        markers = contour_labels(mask & foreground)
         distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
+        markers = image_markers(
+            mask & foreground,
+            foreground,
+            None if params.split is None else distance if params.split == "distance" else heat,
+            params.min_distance,
+        )
         labels = watershed(-distance, markers, mask=foreground).astype(np.int32)
     elif params.split is None:
         labels = contour_labels(mask)
