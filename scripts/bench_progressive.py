@@ -47,7 +47,8 @@ DATASETS = {
 
 
 class EpochClock(keras.callbacks.Callback):
-    """Wall time since the first epoch began, and validation accuracy, after every epoch."""
+    """Wall time since the first epoch began, and validation accuracy (at that epoch's image
+    size), after every epoch."""
 
     def __init__(self):
         super().__init__()
@@ -60,6 +61,34 @@ class EpochClock(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.rows.append((time.perf_counter() - self._start, float(logs["val_accuracy"])))
+
+
+def plot_runs(results: list[dict], path: Path) -> None:
+    """Validation accuracy against training time, fixed vs progressive, one panel per data
+    set, one line per seed; hollow markers are epochs at a smaller size than the final one."""
+    from cellkeras.evaluate.plots import _figure, save_figure
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    fig = _figure(5.2 * len(datasets), 3.8)
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, dataset in zip(axes, datasets, strict=True):
+        for r in (r for r in results if r["dataset"] == dataset):
+            for kind, color in (("fixed", "tab:blue"), ("progressive", "tab:orange")):
+                run = r[kind]
+                rows = run.get("epochs") or run["final_size_epochs"]
+                seconds, accuracy = zip(*rows, strict=True)
+                final_from = len(rows) - len(run["final_size_epochs"])
+                label = f"{kind} `{run['schedule']}`" if r["seed"] == results[0]["seed"] else None
+                ax.plot(seconds, accuracy, color=color, alpha=0.8, label=label)
+                ax.scatter(seconds[:final_from], accuracy[:final_from], s=18,
+                           facecolors="none", edgecolors=color)  # fmt: skip
+                ax.scatter(seconds[final_from:], accuracy[final_from:], s=18, color=color)
+        ax.set_title(f"{dataset}: {len([r for r in results if r['dataset'] == dataset])} seeds")
+        ax.set_xlabel("training time (s)")
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, path)
 
 
 def train(dataset: str, schedule: str, seed: int, out: Path) -> dict:
@@ -75,6 +104,8 @@ def train(dataset: str, schedule: str, seed: int, out: Path) -> dict:
         "schedule": schedule,
         "val_accuracy": metrics["val_accuracy"],
         "seconds": clock.rows[-1][0],
+        # (seconds, val_accuracy) after every epoch, at that epoch's size
+        "epochs": clock.rows,
         # (seconds, val_accuracy) of the epochs evaluated at the final size
         "final_size_epochs": clock.rows[total - final_epochs :],
     }
@@ -96,6 +127,9 @@ def main() -> None:
     parser.add_argument("--embryo_fixed", default="64x96:8")
     parser.add_argument("--embryo_progressive", default="32x48:4,48x72:2,64x96:2")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_progressive")
+    parser.add_argument(
+        "--figure", type=Path, default=REPO / "docs" / "images" / "progressive_vs_fixed.png"
+    )
     args = parser.parse_args()
 
     results = []
@@ -133,6 +167,7 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
+    plot_runs(results, args.figure)
     print(
         "\n| data | seed | fixed: schedule, val acc, s | progressive: schedule, val acc, s "
         "| progressive time to the fixed accuracy |"
