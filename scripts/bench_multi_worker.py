@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -82,20 +81,12 @@ def _worker(args: argparse.Namespace) -> None:
     )
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _launch(args: argparse.Namespace, name: str, workers: int, out: Path) -> dict:
     """Runs one configuration (`workers` = 0 for fit) and returns the chief's result."""
+    from trainer.distributed import free_localhost_ports
+
     distribution = "multi_worker" if workers else "one"
-    ports = _free_ports(max(workers, 1))
+    ports = free_localhost_ports(max(workers, 1))
     processes = []
     for index in range(max(workers, 1)):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}

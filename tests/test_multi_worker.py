@@ -11,7 +11,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,12 @@ import time
 import numpy as np
 import pytest
 
-from trainer.distributed import WorkerRole, parse_tf_config, role_from_tf_config
+from trainer.distributed import (
+    WorkerRole,
+    free_localhost_ports,
+    parse_tf_config,
+    role_from_tf_config,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240
@@ -164,16 +168,6 @@ def test_custom_loop_scales_the_loss_under_mixed_float16():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _start(command, cwd, logs, env_extra=None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
@@ -185,7 +179,7 @@ def _start(command, cwd, logs, env_extra=None):
 
 def _start_workers(args, tmp_path, name, worker_dirs=None):
     """Two `python -m trainer.task` workers of one cluster; returns [(process, log path)]."""
-    ports = _free_ports(2)
+    ports = free_localhost_ports(2)
     started = []
     for index in range(2):
         log = tmp_path / f"{name}-worker-{index}.log"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -470,3 +471,15 @@ def _evaluate(fit_model, val_dist, test_step, callback_list) -> dict[str, float]
     logs = _metric_logs(fit_model)
     callback_list.on_test_end(logs)
     return logs
+
+
+def free_localhost_ports(count: int) -> list[int]:
+    """`count` TCP ports free on localhost now, for a cluster of local worker processes
+    (tests, benchmarks): bound all at once so they differ, then released for the workers."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
