@@ -16,6 +16,7 @@ module reads flags or the environment.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import socket
 from collections.abc import Sequence
@@ -277,6 +278,27 @@ def gather_bytes_across_workers(strategy: tf.distribute.Strategy, payload: bytes
 
     rows = gather().numpy()
     return [bytes(r[:n].astype(np.uint8)) for r, n in zip(rows, lengths, strict=True)]
+
+
+def total_across_workers(strategy: tf.distribute.Strategy, count: int) -> int:
+    """The sum of every worker's `count` (each worker counted once, whatever its replicas)."""
+    return sum(agree_across_workers(strategy, count)[:: local_replicas(strategy)])
+
+
+def gather_predictions_across_workers(
+    strategy: tf.distribute.Strategy, labels: np.ndarray, probs: dict[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every worker's validation `(labels, probs)` rows, worker by worker, on every worker:
+    under file sharding each worker validates its own part, and the final evaluation scores
+    them all (an `evaluate_branches` `combine`)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, labels=labels, **{f"probs.{name}": p for name, p in probs.items()})
+    payloads = gather_bytes_across_workers(strategy, buffer.getvalue())
+    parts = [np.load(io.BytesIO(p)) for p in payloads[:: local_replicas(strategy)]]
+    return (
+        np.concatenate([part["labels"] for part in parts]),
+        {name: np.concatenate([part[f"probs.{name}"] for part in parts]) for name in probs},
+    )
 
 
 def agree_on_classes(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -694,12 +695,22 @@ def run(
     stage_metrics = progress.stages
 
     final_size = stages[-1].size
+    train_images, val_images, combine = len(train_set), len(val_set), None
+    if sharding.policy == "file":
+        # Each worker holds its own part of the data: count, and score, all of them.
+        from trainer.distributed import gather_predictions_across_workers, total_across_workers
+
+        train_images = total_across_workers(strategy, train_images)
+        if not data_cfg.eval_tfrecords:  # else every worker evaluates every eval image
+            val_images = total_across_workers(strategy, val_images)
+            combine = functools.partial(gather_predictions_across_workers, strategy)
     analysis = evaluate_branches(
         model,
         dataset(val_set, final_size, False),
         images.classes,
         out,
         title=f"validation at {format_schedule(stages[-1:]).split(':')[0]} px",
+        combine=combine,
     )
     accuracy = analysis["per_branch_accuracy"]
     metrics = {
@@ -708,8 +719,8 @@ def run(
         "per_branch_val_accuracy": accuracy,
         "stages": stage_metrics,
         "total_seconds": round(sum(s["seconds"] for s in stage_metrics), 2),
-        "train_images": len(train_set),
-        "val_images": len(val_set),
+        "train_images": train_images,
+        "val_images": val_images,
         "model": train_cfg.model,
         "parameters": int(model.count_params()),
         "dtype_policy": policy,
@@ -720,15 +731,6 @@ def run(
         "input_sharding": sharding.to_dict(),
         "final_size": list(final_size),
     }
-    if sharding.policy == "file" and not data_cfg.eval_tfrecords:
-        # Each worker split its own files, so this final evaluation (confusion matrices, the
-        # report) sees this worker's validation part only; the per-epoch val_accuracy in
-        # history.csv is over every worker's. TFX's eval_files give one global set instead.
-        metrics["final_evaluation_scope"] = f"{role.name}'s validation share"
-        print(
-            f"note: the final evaluation covers {role.name}'s {len(val_set)} validation images "
-            "only (file sharding); pass evaluation TFRecords for a global one"
-        )
     model.save(out / "model.keras")
     if config.export_dir:
         from cellkeras.export import export_model

@@ -4,7 +4,7 @@ calibration, written as JSON + PNG into a run folder."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ def evaluate_branches(
     out_dir: str | Path,
     batch_size: int = 64,
     title: str | None = None,
+    combine: Callable[[np.ndarray, dict[str, np.ndarray]], tuple[np.ndarray, dict[str, np.ndarray]]]
+    | None = None,
 ) -> dict[str, Any]:
     """Score the merged model and each branch on `data`; write the results into `out_dir`.
 
@@ -70,6 +72,9 @@ def evaluate_branches(
         out_dir: the run folder.
         batch_size: for array input.
         title: figure title.
+        combine: takes this process's `(labels, probs)` (as `predict_branches` returns them)
+            and returns the set to score, e.g. every worker's of a multi-worker run whose
+            workers each hold part of the validation data.
 
     Returns:
         The dict written to `branches.json`.
@@ -77,6 +82,8 @@ def evaluate_branches(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels, probs = predict_branches(model, data, batch_size)
+    if combine is not None:
+        labels, probs = combine(labels, probs)
     # Branches first and the merge last, the order the seed's figure read in.
     ordered = {k: probs[k] for k in probs if k != "merged"} | {"merged": probs["merged"]}
     result = classification.compare_models(labels, ordered, classes)
