@@ -804,10 +804,10 @@ def write_report(
         return f"<table><tr>{head}</tr>{body}</table>"
 
     stages = table(
-        ["stage", "size", "epochs", "seconds", "val accuracy", "augment strength"],
+        ["stage", "trains", "size", "epochs", "seconds", "val accuracy", "augment strength"],
         [
-            [i + 1, "x".join(map(str, s["size"])), s["epochs"], s["seconds"],
-             f"{s['val_accuracy']:.4f}", f"{s['augment_strength']:.2f}"]
+            [i + 1, s.get("trains", JOINT), "x".join(map(str, s["size"])), s["epochs"],
+             s["seconds"], f"{s['val_accuracy']:.4f}", f"{s['augment_strength']:.2f}"]
             for i, s in enumerate(metrics["stages"])
         ],
     )  # fmt: skip
