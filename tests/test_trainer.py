@@ -302,3 +302,46 @@ def test_stagewise_trains_each_branch_then_the_head_and_resumes(tmp_path):
     assert (tmp_path / "run" / "best.keras").is_file()
     with pytest.raises(ValueError, match="parallel model"):
         run(build_config("smoke", {**overrides, "train.model": "edge"}), verbose=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["joint", "stagewise"])
+def test_a_crash_right_after_a_stage_ends_resumes_into_the_next(tmp_path, mode):
+    """The crash lands after the stage's last epoch was checkpointed but before `fit`
+    returned: the resumed run must start the next stage (for stage-wise, the next branch,
+    with the saved state of the one that ended) and keep the ended stage's record."""
+    import keras
+
+    from trainer.task import run
+
+    # Joint: after stage 1 of 2. Stage-wise: after the edge branch's part (phases edge 16,
+    # edge 24, deep_narrow 16, deep_narrow 24, head), where the next part's trainer differs.
+    crash_after = 1 if mode == "joint" else 2
+
+    class CrashAtTrainEnd(keras.callbacks.Callback):
+        fits = 0
+
+        def on_train_end(self, logs=None):
+            CrashAtTrainEnd.fits += 1
+            if CrashAtTrainEnd.fits == crash_after:
+                raise RuntimeError("killed as a stage's fit returned")
+
+    overrides = {
+        "train.augment": "none",
+        "train.schedule": "16:1,24:1",
+        "train.training_mode": mode,
+        "train.head_epochs": 1,
+    }
+    config = build_config("smoke", overrides)
+    config.output_dir = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="killed"):
+        run(config, verbose=0, callbacks=[CrashAtTrainEnd()])
+    progress = json.loads((tmp_path / "run" / "checkpoint" / "progress.json").read_text())
+    assert progress["epochs_done"] == crash_after and len(progress["stages"]) == crash_after
+
+    metrics = run(config, verbose=0)
+    expected = ["all", "all"] if mode == "joint" else ["edge"] * 2 + ["deep_narrow"] * 2 + ["head"]
+    assert [s["trains"] for s in metrics["stages"]] == expected
+    assert all(s["seconds"] > 0 for s in metrics["stages"])
+    best = keras.saving.load_model(tmp_path / "run" / "best.keras")  # no optimizer warning
+    assert best.count_params() == metrics["parameters"]

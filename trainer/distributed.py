@@ -419,9 +419,12 @@ def fit_stage_distributed(
 
     # Keras 3 updates batch-norm moving statistics from each replica's own batch and never
     # synchronizes them (aggregation "none"), so replicas, and workers, drift apart; averaged
-    # at every epoch's end, every worker validates and saves the same model.
+    # at every epoch's end, every worker validates and saves the same model. Only those: the
+    # other non-trainable variables (frozen layers' weights) are identical everywhere.
     averaged = [
-        v for v in fit_model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)
+        v
+        for v in fit_model.non_trainable_variables
+        if v.path.endswith(("/moving_mean", "/moving_variance"))
     ]
 
     @tf.function

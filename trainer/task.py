@@ -261,8 +261,10 @@ class RunProgress(keras.callbacks.Callback):
     the same command after a crash or `kill -9` continues after the last finished epoch,
     mid-stage included (at most the epoch in flight is lost). Keras' BackupAndRestore does not
     fit a schedule of several `fit` calls: it restores the epoch counter into whichever call
-    comes first and deletes its backup when that call ends. It also saves the watched model as
-    `best.keras` whenever validation accuracy improves.
+    comes first and deletes its backup when that call ends. It also keeps the watched model's
+    weights whenever validation accuracy improves (written out as `best.keras` at the end,
+    `write_best`), and records each stage when its last epoch ends, in the same write as the
+    epoch, so a crash between the two cannot lose the record.
     """
 
     def __init__(self, folder: Path, fingerprint: dict[str, Any]):
@@ -274,6 +276,8 @@ class RunProgress(keras.callbacks.Callback):
         self.stages: list[dict[str, Any]] = []
         self.partial_seconds: dict[str, float] = {}
         self._stage = 0
+        self._stage_end = 0
+        self._stage_record: dict[str, Any] = {}
         self._started = time.perf_counter()
         self._carried = 0.0
         self._watched: keras.Model | None = None
@@ -328,32 +332,40 @@ class RunProgress(keras.callbacks.Callback):
     def classifier_path(self) -> Path:
         return self.weights_path.with_name("classifier.npz")
 
+    @property
+    def best_path(self) -> Path:
+        return self.weights_path.with_name("best.npz")
+
     def restore(self, fit_model: keras.Model, classifier: keras.Model | None = None) -> None:
         """Loads the saved state into the (compiled) model to fit: first the whole
         classifier's weights, when saved (a stage-wise part fits only some of them), then the
         fitted model's weights and optimizer state."""
         saved_classifier = self._restore_from.with_name(self.classifier_path.name)
         if classifier is not None and saved_classifier.is_file():
-            with np.load(saved_classifier) as arrays:
-                classifier.set_weights([arrays[f"w{i}"] for i in range(len(arrays.files))])
+            _load_weights_npz(classifier, saved_classifier)
+        saved_best = self._restore_from.with_name(self.best_path.name)
+        if saved_best.is_file() and saved_best != self.best_path:  # a worker's own copy
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(saved_best, self.best_path)
         fit_model.optimizer.build(fit_model.trainable_variables)
         fit_model.load_weights(self._restore_from)
 
     def watch(self, model: keras.Model | None, whole_classifier: keras.Model | None = None) -> None:
-        """`model` is saved as `best.keras` when validation accuracy improves (the classifier,
-        not the training wrapper; None while the fitted model's accuracy is not the
-        classifier's). `whole_classifier` is saved with every epoch's state when the fitted
-        model holds only part of its weights."""
+        """`model`'s weights are kept as the best when validation accuracy improves (the
+        classifier, not the training wrapper; None while the fitted model's accuracy is not
+        the classifier's). `whole_classifier` is saved with every epoch's state when the
+        fitted model holds only part of its weights."""
         self._watched = model
         self._whole_classifier = whole_classifier
 
-    def begin_stage(self, index: int) -> None:
+    def begin_stage(self, index: int, end_epoch: int, record: dict[str, Any]) -> None:
+        """Stage `index` ends after epoch `end_epoch` (counted over the run); `record` is its
+        entry for `stages`, completed with its seconds and validation accuracy then."""
         self._stage = index
+        self._stage_end = end_epoch
+        self._stage_record = record
         self._started = time.perf_counter()
         self._carried = self.partial_seconds.get(str(index), 0.0)
-
-    def stage_seconds(self, index: int) -> float:
-        return self.partial_seconds.get(str(index), 0.0)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.epochs_done = epoch + 1
@@ -364,15 +376,31 @@ class RunProgress(keras.callbacks.Callback):
         improved = val_accuracy is not None and val_accuracy > self.best_val_accuracy
         if self._watched is not None and improved:
             self.best_val_accuracy = float(val_accuracy)
-            _save_atomically(self._watched.save, self.folder.parent / "best.keras")
+            _save_weights_npz(self._watched, self.best_path)
         if self._whole_classifier is not None:
-            weights = self._whole_classifier.get_weights()
-            _save_atomically(
-                lambda path: np.savez(path, **{f"w{i}": w for i, w in enumerate(weights)}),
-                self.classifier_path,
-            )
+            _save_weights_npz(self._whole_classifier, self.classifier_path)
         _save_atomically(self.model.save_weights, self.weights_path)
+        if self.epochs_done == self._stage_end and len(self.stages) == self._stage:
+            self.stages.append(
+                {
+                    **self._stage_record,
+                    "seconds": round(elapsed, 2),
+                    "val_accuracy": None if val_accuracy is None else float(val_accuracy),
+                }
+            )
         self.save()
+
+    def write_best(self, model: keras.Model, path: Path) -> None:
+        """Saves `model` with the best weights seen as `path` (a `.keras` file), then puts its
+        own weights back. Weights only, then a whole save of the final model: a best kept
+        mid-run as a `.keras` file would carry an optimizer built for the part of the model
+        being trained then, and loading it would warn and drop it."""
+        if not self.best_path.is_file():
+            return
+        final = model.get_weights()
+        _load_weights_npz(model, self.best_path)
+        _save_atomically(model.save, path)
+        model.set_weights(final)
 
     def save(self) -> None:
         state = {
@@ -390,6 +418,19 @@ class RunProgress(keras.callbacks.Callback):
     def finish(self) -> None:
         """The run is complete: a rerun of the same command starts a new one."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _save_weights_npz(model: keras.Model, path: Path) -> None:
+    weights = model.get_weights()
+    _save_atomically(
+        lambda temporary: np.savez(temporary, **{f"w{i}": w for i, w in enumerate(weights)}),
+        path,
+    )
+
+
+def _load_weights_npz(model: keras.Model, path: Path) -> None:
+    with np.load(path) as arrays:
+        model.set_weights([arrays[f"w{i}"] for i in range(len(arrays.files))])
 
 
 def _save_atomically(write, path: Path) -> None:
@@ -600,10 +641,14 @@ def run(
                 set_trainable(model, branches=False, head=True)
             return joint_trainer(model, optimizer, train_cfg.branch_loss_weight, jit_compile=xla)
 
-    resume_at = next((i for i, end in enumerate(phase_ends) if progress.epochs_done < end), 0)
-    # A joint run's optimizer was built over the whole model in its first phase, so its saved
-    # state loads into that phase's trainer; a stage-wise part's, into that part's.
-    built = phases[0] if phases[resume_at].part in (JOINT, JOINT_HEAD) else phases[resume_at]
+    # The checkpoint was written by the phase that holds the last finished epoch (the one
+    # that ended, at a phase boundary). A joint run's optimizer was built over the whole model
+    # in its first phase, so its saved state loads into that phase's trainer; a stage-wise
+    # part's, into that part's; the loop then moves on to the next part with a fresh one.
+    saved_by = next(
+        (i for i, end in enumerate(phase_ends) if progress.epochs_done <= end), len(phases) - 1
+    )
+    built = phases[0] if phases[saved_by].part in (JOINT, JOINT_HEAD) else phases[saved_by]
     fit_model, to_labels = trainer_for(built)
     if progress.epochs_done:
         with dtype_policy(policy), strategy.scope():  # the optimizer's slots are built here
@@ -634,6 +679,7 @@ def run(
 
     if not progress.epochs_done:
         (out / "history.csv").unlink(missing_ok=True)
+        (out / "best.keras").unlink(missing_ok=True)  # an earlier run's
     extra_callbacks = list(callbacks or [])
     callbacks = [
         AliasMergedMetrics(),
@@ -656,9 +702,15 @@ def run(
             whole_classifier=None if phase.part in (JOINT, JOINT_HEAD) else model,
         )
         strength = _stage_strength(stages, phase.stage_index)
-        progress.begin_stage(index)
+        record = {
+            "size": list(phase.stage.size),
+            "epochs": phase.stage.epochs,
+            "trains": phase.part,
+            "augment_strength": strength,
+        }
+        progress.begin_stage(index, phase_ends[index], record)  # it records the stage's end
         fit_stage = fit_stage_distributed if custom_loop else _fit_stage
-        history = fit_stage(
+        fit_stage(
             fit_model,
             to_labels(dataset(train_set, phase.stage.size, True, strength)),
             to_labels(dataset(val_set, phase.stage.size, False)),
@@ -667,22 +719,15 @@ def run(
             callbacks=callbacks,
             verbose=verbose,
         )
-        seconds = progress.stage_seconds(index)
-        val_accuracy = float(history.history["val_accuracy"][-1])
-        progress.stages.append(
-            {
-                "size": list(phase.stage.size),
-                "epochs": phase.stage.epochs,
-                "trains": phase.part,
-                "seconds": round(seconds, 2),
-                "val_accuracy": val_accuracy,
-                "augment_strength": strength,
-            }
-        )
-        progress.save()
+        if len(progress.stages) <= index:
+            raise RuntimeError(
+                f"{'stage' if phase.part == JOINT else 'phase'} {phase} ended after epoch "
+                f"{progress.epochs_done} of {phase_ends[index]} (a callback stopped training?)"
+            )
+        done = progress.stages[index]
         print(
             f"{'stage' if phase.part == JOINT else 'phase'} {index + 1}/{len(phases)} {phase}: "
-            f"{seconds:.1f} s · val_accuracy {val_accuracy:.4f}"
+            f"{done['seconds']:.1f} s · val_accuracy {done['val_accuracy']:.4f}"
         )
     if any(phase.part != JOINT for phase in phases):
         # Saved and exported whole, with a fresh optimizer built for all the weights: one
@@ -748,6 +793,7 @@ def run(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot_curves(out, phases)
     write_report(out, config, metrics, analysis, skipped)
+    progress.write_best(model, out / "best.keras")
     progress.finish()
     where = f"run folder {out}"
     if not role.is_chief and not config.worker_dir:
