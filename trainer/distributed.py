@@ -369,9 +369,9 @@ def fit_stage_distributed(
     `fit` reports (`loss`, the compiled metrics, each output's loss, and `val_` versions).
     Per-batch logs are left empty, since reading the metrics at every step would cost one
     cross-worker all-reduce per metric per step; the progress bar shows steps only. With
-    several replicas the non-trainable float variables (batch-norm moving statistics, which
-    Keras keeps per replica) are averaged across replicas after every epoch's training steps,
-    where `fit` leaves each replica its own.
+    several replicas the batch-norm moving statistics (which Keras keeps per replica) are
+    averaged across replicas after every epoch's training steps, where `fit` leaves each
+    replica its own.
 
     Args:
         fit_model: a compiled model, created in the scope of the strategy to train under.

@@ -688,6 +688,7 @@ def run(
         keras.callbacks.TensorBoard(str(out / "logs")),
         progress,  # last: an epoch counts as done only once everything above has run
     ]
+    fit_stage = fit_stage_distributed if custom_loop else _fit_stage
     for index, phase in enumerate(phases):
         first_epoch = phase_ends[index] - phase.stage.epochs
         if progress.epochs_done >= phase_ends[index]:
@@ -709,7 +710,6 @@ def run(
             "augment_strength": strength,
         }
         progress.begin_stage(index, phase_ends[index], record)  # it records the stage's end
-        fit_stage = fit_stage_distributed if custom_loop else _fit_stage
         fit_stage(
             fit_model,
             to_labels(dataset(train_set, phase.stage.size, True, strength)),
@@ -719,15 +719,16 @@ def run(
             callbacks=callbacks,
             verbose=verbose,
         )
+        kind = "stage" if phase.part == JOINT else "phase"
         if len(progress.stages) <= index:
             raise RuntimeError(
-                f"{'stage' if phase.part == JOINT else 'phase'} {phase} ended after epoch "
-                f"{progress.epochs_done} of {phase_ends[index]} (a callback stopped training?)"
+                f"{kind} {phase} ended after epoch {progress.epochs_done} of "
+                f"{phase_ends[index]} (a callback stopped training?)"
             )
         done = progress.stages[index]
         print(
-            f"{'stage' if phase.part == JOINT else 'phase'} {index + 1}/{len(phases)} {phase}: "
-            f"{done['seconds']:.1f} s · val_accuracy {done['val_accuracy']:.4f}"
+            f"{kind} {index + 1}/{len(phases)} {phase}: {done['seconds']:.1f} s · "
+            f"val_accuracy {done['val_accuracy']:.4f}"
         )
     if any(phase.part != JOINT for phase in phases):
         # Saved and exported whole, with a fresh optimizer built for all the weights: one
