@@ -18,7 +18,7 @@ start-up cost and the images/s after it. The outputs are checked to agree (the s
 class for every image, the same number of boxes) so a fast but wrong path would show.
 
 The model is the default architecture (`parallel_small`, the trainer's default `--model`) with
-random weights, exported with `cellkeras.export.export_model` at the default final training
+random weights, exported with `cellkeras.serving.export.export_model` at the default final training
 size (96 px): throughput does not depend on the weights.
 
 Command (the table in docs/BENCHMARKS.md, about 5 min):
@@ -47,8 +47,8 @@ import keras  # noqa: E402
 
 from cellkeras import cli  # noqa: E402
 from cellkeras.data.synthetic import generate_cells, generate_scene  # noqa: E402
-from cellkeras.export import export_model  # noqa: E402
 from cellkeras.models import create_model  # noqa: E402
+from cellkeras.serving.export import export_model  # noqa: E402
 
 
 def write_pngs(images, folder: Path) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cellkeras.models import compile_classifier, create_model, list_models
+from cellkeras.models import create_model, list_models
+from cellkeras.training import compile_classifier
 
 
 def _median_seconds(step, steps: int, warmup: int) -> float:

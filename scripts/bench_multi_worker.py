@@ -83,10 +83,10 @@ def _worker(args: argparse.Namespace) -> None:
 
 def _launch(args: argparse.Namespace, name: str, workers: int, out: Path) -> dict:
     """Runs one configuration (`workers` = 0 for fit) and returns the chief's result."""
-    from trainer.distributed import free_localhost_ports
+    import portpicker
 
     distribution = "multi_worker" if workers else "one"
-    ports = free_localhost_ports(max(workers, 1))
+    ports = [portpicker.pick_unused_port() for _ in range(max(workers, 1))]
     processes = []
     for index in range(max(workers, 1)):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}

@@ -32,8 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cellkeras.training.schedule import parse_schedule  # noqa: E402
 from trainer.config import build_config  # noqa: E402
-from trainer.schedule import parse_schedule  # noqa: E402
 from trainer.task import run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cellkeras.data.images import decode_image  # noqa: E402
-from cellkeras.export import export_model  # noqa: E402
+from cellkeras.io.images import decode_image  # noqa: E402
+from cellkeras.serving.export import export_model  # noqa: E402
 
 
 def build_model(name: str, num_classes: int, channels: int) -> tuple[object, str]:

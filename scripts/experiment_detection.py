@@ -53,7 +53,6 @@ from cellkeras.data import make_dataset  # noqa: E402
 from cellkeras.data.imageset import ImageSet  # noqa: E402
 from cellkeras.detect import (  # noqa: E402
     BoxParams,
-    calibrate_threshold,
     gradcam_heatmap,
     heatmap_to_boxes,
     sliding_window_heatmap,
@@ -67,10 +66,11 @@ from cellkeras.detect.draw import (  # noqa: E402
     save_rgb,
     to_display,
 )
+from cellkeras.evaluate import calibrate_threshold  # noqa: E402
 from cellkeras.evaluate.detection import detection_scores, max_box_acc_v2  # noqa: E402
 from cellkeras.models import create_model  # noqa: E402
+from cellkeras.training.schedule import parse_schedule  # noqa: E402
 from trainer.config import PRESETS  # noqa: E402
-from trainer.schedule import parse_schedule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
@@ -409,9 +409,9 @@ def centred_windows(
 
 
 def synthetic_experiment(args: argparse.Namespace, out: Path) -> dict:
-    from cellkeras.data.images import normalize
     from cellkeras.data.splits import split_imageset
     from cellkeras.data.synthetic import SYNTHETIC_CLASSES, generate_cells, generate_scene
+    from cellkeras.io.images import normalize
 
     def scene(seed, **kw):
         return generate_scene(512, 16, seed=seed, **kw)

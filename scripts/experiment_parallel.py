@@ -47,7 +47,8 @@ from cellkeras.evaluate import (
     plots,
     predict_branches,
 )
-from cellkeras.models import create_model, fit_joint, fit_stagewise
+from cellkeras.models import create_model
+from cellkeras.training import fit_joint, fit_stagewise
 
 REPO = Path(__file__).resolve().parents[1]
 # Rows of the table, in order; "alone:<branch>" rows are added per branch.

@@ -52,7 +52,8 @@ def main() -> None:
         first_conv_kernels,
     )
     from cellkeras.explain.plots import plot_explanation_panels, plot_feature_maps, plot_filters
-    from cellkeras.models import compile_classifier, create_model
+    from cellkeras.models import create_model
+    from cellkeras.training import compile_classifier
 
     keras.utils.set_random_seed(0)
     # Seed 7919: images no training run here has seen (the trainer generates with its seed, 0).

@@ -40,7 +40,7 @@ def tiny_model():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A versioned export of `tiny_model()` at 16 px with `TINY_CLASSES`."""
-    from cellkeras.export import export_model
+    from cellkeras.serving.export import export_model
 
     root = tmp_path_factory.mktemp("export")
     export_model(tiny_model(), root, classes=TINY_CLASSES, image_size=16, channels=3)

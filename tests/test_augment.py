@@ -316,7 +316,7 @@ def test_augment_preview_command_writes_png_and_gif(tmp_path):
 
     import cv2
 
-    from cellkeras.augment import commands
+    from cellkeras.cli import augment as commands
 
     parser = argparse.ArgumentParser()
     commands.add_command(parser.add_subparsers())

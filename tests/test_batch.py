@@ -107,9 +107,9 @@ def test_batch_gives_the_classify_rows_in_shards_and_lists_the_bad_file(
 
 def test_detection_shards_are_coco_with_the_boxes_of_detect(exported, images, tmp_path):
     from cellkeras.batch import BatchConfig, read_results, run_batch
-    from cellkeras.data.images import decode_raw
     from cellkeras.detect import BoxParams, DetectConfig, detect, xyxy_to_xywh
-    from cellkeras.explain.loading import load_model_for_inference
+    from cellkeras.inference.loading import load_model_for_inference
+    from cellkeras.io.images import decode_raw
 
     model, info = load_model_for_inference(exported)
     # Grad-CAM over 16 px tiles (the generic workflow for a classifier without "background"),
@@ -207,7 +207,7 @@ def test_bad_arguments_fail_before_the_pipeline(exported, images, tmp_path, caps
 
 
 def test_options_after_the_separator_reach_beam(exported):
-    from cellkeras.batch.commands import pipeline_options
+    from cellkeras.cli.batch import pipeline_options
 
     args = cli.build_parser().parse_args(
         ["batch", "--input", "a", "--model", "m", "--out", "o", "--", "--runner=FlinkRunner"]
@@ -244,7 +244,7 @@ def test_a_crashed_run_keeps_its_finished_results_and_resumes(
 ):
     from cellkeras.batch import BatchConfig, read_results, run_batch
     from cellkeras.batch import pipeline as batch_pipeline
-    from cellkeras.explain.loading import load_model_for_inference
+    from cellkeras.inference.loading import load_model_for_inference
 
     _, info = load_model_for_inference(exported)
     out = tmp_path / "crash"
@@ -294,14 +294,14 @@ def test_a_crashed_run_keeps_its_finished_results_and_resumes(
 
 def test_one_image_the_model_fails_on_costs_only_itself(monkeypatch):
     from cellkeras.batch import ClassifyModelHandler, Failure
-    from cellkeras.explain import cam
+    from cellkeras.inference import predict as predict_module
 
     def predict(model, images, batch_size):
         if np.isnan(images).any():
             raise ValueError("NaN input")
         return np.tile([[0.2, 0.8]], (len(images), 1))
 
-    monkeypatch.setattr(cam, "predict", predict)
+    monkeypatch.setattr(predict_module, "predict", predict)
     batch = [np.zeros((4, 4, 1), np.float32) for _ in range(3)]
     batch[1][0, 0] = np.nan
     results = ClassifyModelHandler("m.keras").run_inference(batch, model=None)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellkeras.detect import commands
+from cellkeras.cli import detect as commands
 
 TWO_CHANNELS = np.zeros((32, 32, 2), np.uint16)
 CONTIG = {"photometric": "minisblack", "planarconfig": "contig"}
@@ -32,7 +32,7 @@ def tiny_model(channels: int = 1) -> keras.Model:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from cellkeras.export import export_model
+    from cellkeras.serving.export import export_model
 
     root = tmp_path_factory.mktemp("export")
     return export_model(

@@ -16,8 +16,8 @@ CLASSES = TINY_CLASSES
 @pytest.fixture(autouse=True)
 def explain_commands(monkeypatch):
     modules = list(cli.COMMAND_MODULES)
-    if "cellkeras.explain.commands" not in modules:
-        modules.append("cellkeras.explain.commands")
+    if "cellkeras.cli.explain" not in modules:
+        modules.append("cellkeras.cli.explain")
     monkeypatch.setattr(cli, "COMMAND_MODULES", modules)
 
 
@@ -73,7 +73,7 @@ def test_classify_keras_file_with_and_without_classes(exported, images, capsys):
 
 
 def test_explain_writes_overlays(exported, images, tmp_path):
-    from cellkeras.data.images import read_image
+    from cellkeras.io.images import read_image
 
     out = tmp_path / "maps"
     assert run("explain", images / "a.png", images / "sub", "--model", exported, "--out", out) == 0

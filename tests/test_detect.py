@@ -5,13 +5,11 @@ import keras
 import numpy as np
 import pytest
 
-from cellkeras.data.images import normalize
 from cellkeras.detect import (
     BoxParams,
     DetectConfig,
     DetectError,
     area_limits_px,
-    calibrate_threshold,
     detect,
     heatmap_to_boxes,
     non_max_suppression,
@@ -22,6 +20,8 @@ from cellkeras.detect import (
     threshold_heatmap,
     tiled_heatmap,
 )
+from cellkeras.evaluate import calibrate_threshold  # noqa: E402
+from cellkeras.io.images import normalize
 
 
 def blobs_map() -> np.ndarray:

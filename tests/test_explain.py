@@ -19,7 +19,7 @@ from cellkeras.explain import (
     occlusion,
     overlay,
 )
-from cellkeras.explain.loading import model_min_side
+from cellkeras.inference.loading import model_min_side
 from cellkeras.models import create_model
 
 CAM_METHODS = [m for m in METHODS if m != "occlusion"]

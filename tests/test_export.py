@@ -12,19 +12,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cellkeras import export as export_module
-from cellkeras import export_commands
-from cellkeras.data.images import decode_image
-from cellkeras.export import (
-    decode_image_bytes,
-    export_model,
-    list_versions,
+from cellkeras.cli import serving as export_commands
+from cellkeras.io.images import decode_image
+from cellkeras.serving import export as export_module
+from cellkeras.serving.check import load_export, serve_check
+from cellkeras.serving.export import export_model, list_versions
+from cellkeras.serving.signatures import decode_image_bytes, resize_images
+from cellkeras.serving.warmup import (
     parse_prediction_log,
     prediction_log_bytes,
     read_warmup_requests,
-    resize_images,
 )
-from cellkeras.serving import load_export, serve_check
 
 SIZE = (16, 12)  # height x width; not square, so a swapped axis shows
 CLASSES = ["round", "spindle", "dividing"]
@@ -164,7 +162,7 @@ def test_truncated_png_raises(loaded):
         loaded.signatures["serving_default"](image_bytes=tf.constant([data[:60]]))
 
 
-# --- the in-graph decoder against cellkeras.data.images, pixel for pixel ------------------------
+# --- the in-graph decoder against cellkeras.io.images, pixel for pixel ------------------------
 
 DECODE_CASES = {
     "png8_grey": lambda: encode(random_pixels((32, 32)), ".png"),

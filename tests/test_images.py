@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cellkeras.data.images import ImageError, decode_image, normalize, read_image, select_channels
+from cellkeras.io.images import ImageError, decode_image, normalize, read_image, select_channels
 from tests.conftest import write_png
 
 

@@ -16,12 +16,10 @@ from cellkeras.models import (
     analysis_model,
     branch_models,
     create_model,
-    fit_joint,
-    fit_stagewise,
     last_conv_layer,
     list_models,
-    set_trainable,
 )
+from cellkeras.training import fit_joint, fit_stagewise, set_trainable
 
 # tf.config.run_functions_eagerly does not reach tf.data functions; that is fine here.
 pytestmark = pytest.mark.filterwarnings("ignore:Even though the:UserWarning")

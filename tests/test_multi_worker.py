@@ -16,14 +16,10 @@ import sys
 import time
 
 import numpy as np
+import portpicker
 import pytest
 
-from trainer.distributed import (
-    WorkerRole,
-    free_localhost_ports,
-    parse_tf_config,
-    role_from_tf_config,
-)
+from trainer.cluster import WorkerRole, parse_tf_config, role_from_tf_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240
@@ -65,7 +61,7 @@ def test_bad_tf_config_is_named_and_explained(text, message):
 
 
 def test_multi_worker_strategy_checks_tf_config_first():
-    from trainer.task import make_strategy
+    from trainer.runtime import make_strategy
 
     with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
         make_strategy("multi_worker", tf_config="")
@@ -132,8 +128,8 @@ def test_custom_loop_scales_the_loss_under_mixed_float16():
     import keras
     import tensorflow as tf
 
-    from trainer.distributed import fit_stage_distributed
-    from trainer.task import dtype_policy
+    from trainer.custom_loop import fit_stage_distributed
+    from trainer.runtime import dtype_policy
 
     rng = np.random.default_rng(0)
     images = rng.random((32, 8, 8, 3), np.float32)
@@ -179,7 +175,7 @@ def _start(command, cwd, logs, env_extra=None):
 
 def _start_workers(args, tmp_path, name, worker_dirs=None):
     """Two `python -m trainer.task` workers of one cluster; returns [(process, log path)]."""
-    ports = free_localhost_ports(2)
+    ports = [portpicker.pick_unused_port() for _ in range(2)]
     started = []
     for index in range(2):
         log = tmp_path / f"{name}-worker-{index}.log"
@@ -319,7 +315,7 @@ def test_training_batches_can_drop_the_partial_remainder():
 
     from cellkeras.data import make_dataset
     from cellkeras.data.synthetic import generate_cells
-    from trainer.distributed import shard_by_data
+    from trainer.sharding import shard_by_data
 
     cells = generate_cells(20, 16, seed=0)
     kept = make_dataset(cells, 16, training=True, batch_size=8, drop_remainder=True)
@@ -347,7 +343,7 @@ def test_tfrecord_files_are_shared_by_sorted_name_and_too_few_are_named(tmp_path
 def test_workers_agree_on_classes_a_share_lacks():
     import tensorflow as tf
 
-    from trainer.distributed import agree_on_classes
+    from trainer.sharding import agree_on_classes
 
     strategy = tf.distribute.get_strategy()  # one worker: its share is everything
     assert agree_on_classes(strategy, {0: "a", 2: "c"}, 3) == ["a", "1", "c"]

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from cellkeras.training.schedule import Stage, format_schedule, parse_schedule, total_epochs
 from trainer.config import PRESETS, build_config
-from trainer.schedule import Stage, format_schedule, parse_schedule, total_epochs
 
 
 def test_schedule_parses_sizes_and_epochs():
@@ -147,7 +147,7 @@ def test_mirrored_on_two_logical_cpus_and_mixed_precision(tmp_path):
 
 
 def test_precision_resolution_on_cpu():
-    from trainer.task import resolve_precision
+    from trainer.runtime import resolve_precision
 
     assert resolve_precision("auto") == "float32"  # no GPU in tests
     assert resolve_precision("off") == "float32"
@@ -163,7 +163,8 @@ def test_run_fn_reads_tfrecords_and_exports(tmp_path):
 
     from cellkeras.data.synthetic import generate_cells
     from cellkeras.data.tfrecord import write_tfrecords
-    from trainer.task import FnArgs, run_fn
+    from tests.fn_args import FnArgs
+    from trainer.task import run_fn
 
     cells = generate_cells(48, 24, seed=1)
     train = write_tfrecords(cells.subset(np.arange(32)), tmp_path / "data" / "train")
@@ -217,7 +218,7 @@ def test_later_stages_head_freezes_the_branches(tmp_path):
 
 
 def test_phases_of_joint_and_stagewise_training():
-    from trainer.schedule import JOINT, JOINT_HEAD, plan_phases
+    from cellkeras.training.schedule import JOINT, JOINT_HEAD, plan_phases
 
     stages = parse_schedule("16:2,24:1")
     joint = plan_phases(stages)

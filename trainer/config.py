@@ -15,6 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+LATER_STAGE_MODES = ("all", "head")
+TRAINING_MODES = ("joint", "stagewise")
+
 
 @dataclasses.dataclass
 class DataConfig:

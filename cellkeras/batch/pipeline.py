@@ -27,7 +27,7 @@ _checkpoint/*.jsonl ┴► CoGroupByKey(path) ─► to run ─► ReadMatches �
 * A file that cannot be read or decoded, that the model cannot take or that makes it fail, becomes
   a row of `errors.csv` and the run goes on.
 * Classification gives the same rows as `cellkeras classify` (the same decode, channel conversion,
-  normalization and resize through `cellkeras.explain.loading.prepare_image_for_model`, and the
+  normalization and resize through `cellkeras.inference.loading.prepare_image_for_model`, and the
   same columns); the CSV is sharded and each shard has the header.
 * Detection runs `cellkeras.detect.detect` on each image as stored, as `cellkeras detect` does.
   Each shard is a complete COCO document (ids start at 1 in each); `cellkeras.detect.merge_coco`
@@ -78,8 +78,8 @@ from apache_beam.ml.inference.base import (
     RunInference,
 )
 
-from cellkeras.data.images import ImageError, decode_raw
-from cellkeras.explain.loading import ModelInfo, prepare_image_for_model
+from cellkeras.inference.loading import ModelInfo, prepare_image_for_model
+from cellkeras.io.images import ImageError, decode_raw
 
 PREDICTIONS = "predictions"
 DETECTIONS = "detections"
@@ -214,7 +214,7 @@ class ClassifyModelHandler(KerasModelHandler):
     def run_inference(
         self, batch: Sequence[np.ndarray], model: Any, inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        from cellkeras.explain.cam import predict
+        from cellkeras.inference.predict import predict
 
         # A model without a training size takes each image at its own size: stack equal shapes.
         probabilities: list[Any] = [None] * len(batch)
@@ -372,7 +372,7 @@ class PredictionCsvFn(beam.DoFn):
         self._info = info
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[Any]:
-        from cellkeras.explain.commands import csv_columns, csv_values, prediction_row
+        from cellkeras.inference.classify import csv_columns, csv_values, prediction_row
 
         path, result = element
         if isinstance(result.inference, Failure):
@@ -549,7 +549,7 @@ def build_pipeline(p: beam.Pipeline, config: BatchConfig) -> dict[str, Any]:
     their saved results go to the outputs with the new ones. The workers load the model from
     `OUT/model.keras`, which `prepare_output` copies there.
     """
-    from cellkeras.detect.commands import category_name
+    from cellkeras.detect.coco import category_name
 
     info = config.info
     tasks = config.tasks()
@@ -682,7 +682,7 @@ def build_pipeline(p: beam.Pipeline, config: BatchConfig) -> dict[str, Any]:
 
 
 def _columns(info: ModelInfo) -> list[str]:
-    from cellkeras.explain.commands import csv_columns
+    from cellkeras.inference.classify import csv_columns
 
     return csv_columns(info)
 

@@ -8,18 +8,18 @@ loading TensorFlow.
 from cellkeras._lazy import lazy_exports
 
 _EXPORTS = {
-    "BadInputError": "cellkeras.data.sources",
-    "ImageError": "cellkeras.data.images",
+    "BadInputError": "cellkeras.io.errors",
+    "ImageError": "cellkeras.io.errors",
     "ImageSet": "cellkeras.data.imageset",
     "check_images": "cellkeras.data.sources",
     "class_weights": "cellkeras.data.pipeline",
-    "decode_image": "cellkeras.data.images",
+    "decode_image": "cellkeras.io.images",
     "load_class_folders": "cellkeras.data.sources",
     "load_labels_csv": "cellkeras.data.sources",
     "load_tfrecords": "cellkeras.data.tfrecord",
     "make_dataset": "cellkeras.data.pipeline",
     "parse_image_size": "cellkeras.data.pipeline",
-    "read_image": "cellkeras.data.images",
+    "read_image": "cellkeras.io.images",
     "split_imageset": "cellkeras.data.splits",
     "write_tfrecords": "cellkeras.data.tfrecord",
 }

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cellkeras.data.images import decode_raw
 from cellkeras.data.imageset import ImageSet
+from cellkeras.io.images import decode_raw
 
 # Box colours per class index (RGB, matplotlib's tab10); boxes with a negative label (the
 # synthetic generator's red cells) are drawn thin and grey so the labelled cells stand out.

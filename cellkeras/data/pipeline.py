@@ -5,7 +5,7 @@ A progressive schedule calls it again at each stage's image size. Order of work:
     decode (files/bytes) or slice (arrays) ─► resize ─► cache (when it fits) ─►
     [training: oversample or shuffle] ─► batch ─► [training: augment] ─► prefetch
 
-Decoding runs `cellkeras.data.images.decode_image` (OpenCV / tifffile, which release the GIL)
+Decoding runs `cellkeras.io.images.decode_image` (OpenCV / tifffile, which release the GIL)
 inside `tf.numpy_function`, so every format and bit depth is normalized by the same code that
 checked it. Batches are `(images, labels)`: float32 (B, H, W, C) in [0, 1] and one-hot float32
 (B, K). An augmenter is called on `{"images": ..., "labels": ...}` and returns that dict.
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from cellkeras.data.images import Channels, decode_image, normalize, select_channels
 from cellkeras.data.imageset import ImageSet
+from cellkeras.io.images import Channels, decode_image, normalize, select_channels
 
 BALANCE_MODES = (None, "oversample")
 # Resized float32 images are cached in memory up to this size; above it every epoch decodes
@@ -128,12 +128,12 @@ def make_dataset(
         image_size: output (height, width), or one int for squares.
         training: shuffle (or oversample) every epoch and apply `augment`.
         batch_size: images per batch; the last batch may be smaller.
-        channels: as in `cellkeras.data.images`; None keeps the stored count (in-memory arrays)
+        channels: as in `cellkeras.io.images`; None keeps the stored count (in-memory arrays)
             and must be given for files, where it is what `check_images` returned.
         augment: called on each training batch as a dict with "images" and "labels".
         balance: "oversample" draws classes equally often (each epoch then holds
             `num_classes * largest class` images); None keeps the stored frequencies.
-        normalization: "range" or "percentile", see `cellkeras.data.images`.
+        normalization: "range" or "percentile", see `cellkeras.io.images`.
         seed: shuffling seed; None gives a different order on every run.
         cache_bytes: cache resized images in memory when they fit in this many bytes.
         drop_remainder: leave out the last batch when it is smaller than `batch_size`, so

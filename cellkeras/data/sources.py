@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cellkeras.data.images import (
+from cellkeras.data.imageset import ImageSet
+from cellkeras.io.errors import BadInputError
+from cellkeras.io.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
     IMAGE_EXTENSIONS,
@@ -20,7 +22,6 @@ from cellkeras.data.images import (
     decode_raw,
     select_channels,
 )
-from cellkeras.data.imageset import ImageSet
 
 # Folder names that mark a pre-made split (the blood-cell layout uses TRAIN and TEST).
 SPLIT_FOLDER_NAMES = {
@@ -32,18 +33,6 @@ SPLIT_FOLDER_NAMES = {
     "test": "test",
     "testing": "test",
 }
-
-
-class BadInputError(ValueError):
-    """Every problem found in a source, listed at once so a user fixes them in one go."""
-
-    def __init__(self, problems: Sequence[tuple[str, str]], hint: str = ""):
-        self.problems = list(problems)
-        shown = "\n".join(f"  {where}: {why}" for where, why in self.problems[:50])
-        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
-        super().__init__(
-            f"{len(self.problems)} bad input(s):\n{shown}{more}" + (f"\n{hint}" if hint else "")
-        )
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from cellkeras.data.imageset import ImageSet
-from cellkeras.data.sources import BadInputError
+from cellkeras.io.errors import BadInputError
 
 ENCODED_KEY = "image/encoded"
 LABEL_KEY = "image/class/label"

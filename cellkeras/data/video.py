@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from cellkeras.data.imageset import ImageSet
+from cellkeras.io.files import replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -474,7 +475,7 @@ def write_class_folders(
             writer = csv.writer(f)
             writer.writerow(["filename", "label"])
             writer.writerows(rows)
-        _replace_dir(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -500,25 +501,6 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
         image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
     if not cv2.imwrite(str(path), image):
         raise OSError(f"cv2.imwrite could not write {path}.")
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Renames `new` to `target`, replacing whatever `target` was, with no half-written state."""
-    if not target.exists():
-        new.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    old.rmdir()
-    target.rename(old)
-    try:
-        new.rename(target)
-    except BaseException:
-        old.rename(target)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
 
 
 def contact_sheet(

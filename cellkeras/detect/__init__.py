@@ -9,9 +9,9 @@ boxes, scores = heatmap_to_boxes(heat, BoxParams(threshold="otsu", split="distan
 ```
 
 `boxes` holds the pure heatmap → boxes steps, `heatmaps` the ways to get a heatmap from a model
-(sliding window, Grad-CAM, tiling, rescaling), `pipeline` the two put together, `calibrate` the
-frozen threshold, `draw` and `coco` the outputs, `commands` the `cellkeras detect` command.
-Scoring lives in `cellkeras.evaluate.detection`.
+(sliding window, Grad-CAM, tiling, rescaling), `pipeline` the two put together, `draw` and `coco` the outputs. Scoring and the calibration of
+frozen thresholds against labels live in `cellkeras.evaluate`; the `cellkeras detect` command in
+`cellkeras.cli.detect`.
 """
 
 from cellkeras.detect.boxes import (
@@ -26,7 +26,6 @@ from cellkeras.detect.boxes import (
     split_touching,
     threshold_heatmap,
 )
-from cellkeras.detect.calibrate import calibrate_threshold
 from cellkeras.detect.coco import merge_coco, to_coco, xywh_to_xyxy, xyxy_to_xywh
 from cellkeras.detect.heatmaps import (
     gradcam_heatmap,
@@ -54,7 +53,6 @@ __all__ = [
     "DetectError",
     "Detections",
     "area_limits_px",
-    "calibrate_threshold",
     "check_model",
     "contour_labels",
     "detect",

@@ -44,7 +44,7 @@ class BoxParams:
     Attributes:
         threshold: "fraction" (of the map's max), "otsu" (Otsu's threshold on the map's
             histogram) or "fixed" (an absolute heat level, e.g. one calibrated on labelled
-            images with `cellkeras.detect.calibrate_threshold` and then frozen).
+            images with `cellkeras.evaluate.calibrate_threshold` and then frozen).
         value: the fraction for "fraction", the level for "fixed"; unused by "otsu".
         min_peak: a region whose highest heat is below this is dropped (the empty-image guard).
         split: None keeps each contour whole; "distance" splits touching cells by watershed on

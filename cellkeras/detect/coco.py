@@ -122,3 +122,9 @@ def merge_coco(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if documents and "info" in documents[0]:
         merged["info"] = documents[0]["info"]
     return merged
+
+
+def category_name(classes: list[str] | None) -> str:
+    """The COCO category: the one non-background class, or "cell" when there are several."""
+    targets = [c for c in classes or [] if c.lower() != "background"]
+    return targets[0] if len(targets) == 1 else "cell"

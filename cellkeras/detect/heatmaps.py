@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from cellkeras.data.images import NORMALIZATIONS, normalize
+from cellkeras.io.images import NORMALIZATIONS, normalize
 
-# The percentiles of `cellkeras.data.images.normalize(..., "percentile")`.
+# The percentiles of `cellkeras.io.images.normalize(..., "percentile")`.
 _PERCENTILES = (1.0, 99.8)
 
 
@@ -47,7 +47,7 @@ def target_classes(classes: Sequence[str] | None, num_classes: int) -> list[int]
 
 
 def normalize_windows(windows: np.ndarray, normalization: str) -> np.ndarray:
-    """`cellkeras.data.images.normalize` applied to each window of a (B, h, w, C) batch."""
+    """`cellkeras.io.images.normalize` applied to each window of a (B, h, w, C) batch."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
     if normalization == "range":

@@ -192,7 +192,7 @@ def check_model(model) -> None:
 
 def _to_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
     """Grey <-> RGB and RGBA -> RGB as the data layer converts; anything else is refused."""
-    from cellkeras.data.images import ImageError, select_channels
+    from cellkeras.io.images import ImageError, select_channels
 
     if image.ndim == 2:
         image = image[..., None]
@@ -270,7 +270,7 @@ def detect(
         )
         probability = float(heat.max()) if heat.size else 0.0
     else:
-        from cellkeras.data.images import normalize
+        from cellkeras.io.images import normalize
 
         branch = config.branch
         if branch == "auto":
@@ -298,3 +298,16 @@ def detect(
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
         heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
     return Detections(boxes.astype(np.float32), scores, heat, probability, scale)
+
+
+def choose_workflow(classes: list[str] | None) -> str | None:
+    """The workflow for a model's classes (None: no named one fits; use the generic config)."""
+    from cellkeras.data.samples import NUCLEI_CLASSES
+
+    if classes is None:
+        return None
+    if list(classes) == list(NUCLEI_CLASSES):
+        return "nuclei"
+    if list(classes) == ["background", "white_cell"]:
+        return "synthetic"
+    return None

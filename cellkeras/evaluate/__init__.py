@@ -1,10 +1,14 @@
-"""Evaluation: classification metrics, branch diversity, calibration and their plots.
+"""Evaluation: classification metrics, branch diversity, calibration, detection matching and their plots.
+
+`calibrate` fits detection thresholds against labelled images (it sits here, above `detect`,
+because it scores `detect`'s boxes with this package's matching).
 
 `classification` is numpy/scikit-learn only; `plots` is the only module touching matplotlib;
 `branches` runs a model and writes the per-branch report into a run folder.
 """
 
 from cellkeras.evaluate.branches import evaluate_branches, predict_branches
+from cellkeras.evaluate.calibrate import calibrate_threshold
 from cellkeras.evaluate.classification import (
     accuracy,
     brier_score,
@@ -33,6 +37,7 @@ __all__ = [
     "average_precision",
     "box_iou",
     "brier_score",
+    "calibrate_threshold",
     "classification_summary",
     "compare_models",
     "confusion_matrix",

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from cellkeras.evaluate import classification, plots
+import cellkeras.evaluate.classification as classification
+import cellkeras.evaluate.plots as plots
 
 
 def predict_branches(

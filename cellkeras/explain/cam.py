@@ -55,8 +55,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cellkeras.explain.loading import feature_layers
 from cellkeras.explain.methods import ENGINES, MERGED, METHODS, SCORE_METHODS, SCORES
+from cellkeras.inference.loading import feature_layers
 
 _POOLING = ("Pooling", "Dropout", "SpatialDropout", "GaussianNoise")
 

@@ -17,14 +17,6 @@ from cellkeras.models.parallel import (
     last_conv_layer,
 )
 from cellkeras.models.registry import DEFAULT_MODEL, MODEL_PRESETS, create_model, list_models
-from cellkeras.models.training import (
-    compile_classifier,
-    fit_joint,
-    fit_stagewise,
-    set_trainable,
-    stagewise_parts,
-    stagewise_trainer,
-)
 
 __all__ = [
     "BRANCH_PRESETS",
@@ -38,14 +30,8 @@ __all__ = [
     "branch_models",
     "branch_names",
     "build_branch",
-    "compile_classifier",
     "create_model",
-    "fit_joint",
-    "fit_stagewise",
     "last_conv_layer",
     "list_models",
     "resolve_branch",
-    "set_trainable",
-    "stagewise_parts",
-    "stagewise_trainer",
 ]

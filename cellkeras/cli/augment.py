@@ -17,7 +17,7 @@ from cellkeras.augment.preset_names import AUGMENTATION_PRESETS
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Registers `augment-preview` on the `cellkeras` command's sub-parsers."""
-    from cellkeras.data.commands import add_source_arguments
+    from cellkeras.cli.data import add_source_arguments
 
     p = subparsers.add_parser(
         "augment-preview",
@@ -48,8 +48,8 @@ def run_preview(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cellkeras.augment.preview import fluid_frames, gallery, write_gallery, write_gif
+    from cellkeras.cli.data import open_source_from_args
     from cellkeras.data import make_dataset
-    from cellkeras.data.commands import open_source_from_args
     from cellkeras.data.sources import BadInputError
 
     if args.n < 1 or args.size < 8:

@@ -77,23 +77,10 @@ def _workflow_names() -> list[str]:
     return list(WORKFLOWS)
 
 
-def choose_workflow(classes: list[str] | None) -> str | None:
-    """The workflow for a model's classes (None: no named one fits; use the generic config)."""
-    from cellkeras.data.samples import NUCLEI_CLASSES
-
-    if classes is None:
-        return None
-    if list(classes) == list(NUCLEI_CLASSES):
-        return "nuclei"
-    if list(classes) == ["background", "white_cell"]:
-        return "synthetic"
-    return None
-
-
 def build_config(args: argparse.Namespace, info):
     """The `DetectConfig` for the parsed arguments and the loaded model's `ModelInfo`."""
     from cellkeras.detect.boxes import area_limits_px
-    from cellkeras.detect.pipeline import DetectConfig
+    from cellkeras.detect.pipeline import DetectConfig, choose_workflow
 
     name = choose_workflow(info.classes) if args.workflow == "auto" else args.workflow
     overrides: dict = {"normalization": info.normalization, "cell_diameter": args.cell_diameter}
@@ -125,12 +112,6 @@ def build_config(args: argparse.Namespace, info):
     return name, DetectConfig.for_workflow(name, **overrides)
 
 
-def category_name(classes: list[str] | None) -> str:
-    """The COCO category: the one non-background class, or "cell" when there are several."""
-    targets = [c for c in classes or [] if c.lower() != "background"]
-    return targets[0] if len(targets) == 1 else "cell"
-
-
 def _fail(err: Exception | str) -> int:
     print(f"cellkeras detect: error: {err}", file=sys.stderr)
     return 1
@@ -139,11 +120,11 @@ def _fail(err: Exception | str) -> int:
 def _run_detect(args: argparse.Namespace) -> int:
     # Registers ParallelCNN and the custom layers, so their `.keras` files deserialize.
     import cellkeras.models  # noqa: F401
-    from cellkeras.data.images import ImageError, decode_raw
-    from cellkeras.detect.coco import to_coco
+    from cellkeras.detect.coco import category_name, to_coco
     from cellkeras.detect.draw import colour_heatmap, draw_boxes, save_rgb
     from cellkeras.detect.pipeline import DetectError, check_model, detect
-    from cellkeras.explain.loading import expand_image_paths, load_model_for_inference
+    from cellkeras.inference.loading import expand_image_paths, load_model_for_inference
+    from cellkeras.io.images import ImageError, decode_raw
 
     try:
         model, info = load_model_for_inference(args.model)

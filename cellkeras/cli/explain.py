@@ -1,10 +1,10 @@
 """`cellkeras classify` and `cellkeras explain`.
 
-Register with "cellkeras.explain.commands" in `cellkeras.cli.COMMAND_MODULES`. TensorFlow is
+Register with "cellkeras.cli.explain" in `cellkeras.cli.COMMAND_MODULES`. TensorFlow is
 imported inside the `_run_` functions so `cellkeras --help` stays fast.
 
 Both commands take `--model` as an export folder, a version folder, a trainer run folder or a
-`.keras` file (see `cellkeras.explain.loading`). A bad image (not an image, a channel count the
+`.keras` file (see `cellkeras.inference.loading`). A bad image (not an image, a channel count the
 model does not take, smaller than the model's minimum side) is reported on stderr and the run
 goes on with the others: one unreadable file in a folder of thousands should not cost the rest.
 The exit code is 1 when any image failed, so scripts still notice.
@@ -41,7 +41,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from cellkeras.explain.loading import load_model_for_inference
+    from cellkeras.inference.loading import load_model_for_inference
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     return load_model_for_inference(args.model, classes=classes, image_size=args.image_size)
@@ -51,8 +51,8 @@ def _read_all(paths: list[Path], info: Any, progress: bool) -> tuple[list, list]
     """Reads every image; returns ([(path, pixels)], [(path, error)])."""
     import keras
 
-    from cellkeras.data.images import ImageError
-    from cellkeras.explain.loading import load_image_for_model
+    from cellkeras.inference.loading import load_image_for_model
+    from cellkeras.io.images import ImageError
 
     good, bad = [], []
     bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
@@ -97,53 +97,6 @@ def _add_classify(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_classify)
 
 
-def classify_images(
-    model: Any, info: Any, images: list, batch_size: int = 32
-) -> list[dict[str, Any]]:
-    """Rows `path, predicted_class, probability, <class>: probability...` for loaded images.
-
-    Images of different sizes (a `.keras` model without a training size) run one at a time.
-    """
-    import numpy as np
-
-    from cellkeras.explain.cam import predict
-
-    names = info.class_names()
-    rows = []
-    same_size = len({pixels.shape for _, pixels in images}) <= 1
-    step = batch_size if same_size else 1
-    for start in range(0, len(images), step):
-        chunk = images[start : start + step]
-        probabilities = predict(model, np.stack([p for _, p in chunk]), batch_size)
-        for (path, _), probs in zip(chunk, probabilities, strict=True):
-            rows.append(prediction_row(path, probs, names))
-    return rows
-
-
-def prediction_row(path: Any, probabilities: Any, names: list[str]) -> dict[str, Any]:
-    """One CSV row: `path, predicted_class, probability, <class>: probability...`."""
-    import numpy as np
-
-    best = int(np.argmax(probabilities))
-    row = {
-        "path": str(path),
-        "predicted_class": names[best],
-        "probability": float(probabilities[best]),
-    }
-    row.update({name: float(v) for name, v in zip(names, probabilities, strict=True)})
-    return row
-
-
-def csv_columns(info: Any) -> list[str]:
-    """The columns of the `classify` CSV (and of `cellkeras batch`'s predictions)."""
-    return ["path", "predicted_class", "probability", *info.class_names()]
-
-
-def csv_values(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as the CSV stores it: probabilities with 6 decimals."""
-    return {k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()}
-
-
 def _print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -157,7 +110,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from cellkeras.explain.loading import expand_image_paths
+    from cellkeras.inference.classify import classify_images, csv_columns, csv_values
+    from cellkeras.inference.loading import expand_image_paths
 
     try:
         model, info = _load(args)
@@ -216,8 +170,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cellkeras.explain.cam import MERGED, _branch_names, compute_explanation
-    from cellkeras.explain.loading import expand_image_paths
     from cellkeras.explain.overlay import overlay, side_by_side
+    from cellkeras.inference.loading import expand_image_paths
 
     try:
         model, info = _load(args)

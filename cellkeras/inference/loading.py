@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cellkeras.data.images import (
+from cellkeras.io.images import (
     DEFAULT_MIN_SIDE,
     ImageError,
     decode_raw,
@@ -51,7 +51,7 @@ class ModelInfo:
         image_size: (height, width) the model was trained at and images are resized to, or None
             to run each image at its own size.
         channels: input channels the model takes (None when the model leaves it open).
-        normalization: "range" or "percentile", as in `cellkeras.data.images.normalize`.
+        normalization: "range" or "percentile", as in `cellkeras.io.images.normalize`.
         min_side: the smallest image side the model can see anything in: the total
             downsampling of its last feature map (at least `DEFAULT_MIN_SIDE`).
         source: the file or folder the model came from.
@@ -80,8 +80,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _locate(path: Path) -> tuple[Path, dict[str, Any]]:
     """The `.keras` file under `path` and the metadata (card or run metrics) found beside it."""
-    from cellkeras.export import CARD_FILE
-    from cellkeras.serving import resolve_version_dir
+    from cellkeras.serving.check import resolve_version_dir
+    from cellkeras.serving.export import CARD_FILE
 
     if path.is_file():
         if path.suffix != ".keras":
@@ -251,7 +251,7 @@ def prepare_image_for_model(pixels: np.ndarray, info: ModelInfo, source: str) ->
     if info.image_size is not None and tuple(pixels.shape[:2]) != tuple(info.image_size):
         import tensorflow as tf
 
-        from cellkeras.export import resize_images
+        from cellkeras.serving.signatures import resize_images
 
         pixels = resize_images(tf.constant(pixels[None]), info.image_size)[0].numpy()
     return pixels.astype(np.float32)
@@ -263,7 +263,7 @@ def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
     Files named explicitly are kept whatever their extension, so a bad one is reported rather
     than skipped; inside folders only image extensions count.
     """
-    from cellkeras.data.images import IMAGE_EXTENSIONS
+    from cellkeras.io.images import IMAGE_EXTENSIONS
 
     found: list[Path] = []
     for item in paths:

@@ -14,8 +14,6 @@ import keras
 
 from cellkeras.models.parallel import analysis_model, branch_models, branch_names
 
-OptimizerFactory = Callable[[], keras.optimizers.Optimizer]
-
 
 def compile_classifier(
     model: keras.Model,
@@ -104,57 +102,6 @@ def _per_output_labels(data: Any, keys: Sequence[str]) -> Any:
     return data.map(lambda images, labels: (images, {k: labels for k in keys}))
 
 
-def _fit_inputs(data: Any) -> dict[str, Any]:
-    """`fit` arguments for a dataset, or for an `(images, labels)` tuple of arrays."""
-    if isinstance(data, tuple):
-        images, labels = data
-        return {"x": images, "y": labels}
-    return {"x": data}
-
-
-def fit_joint(
-    model: keras.Model,
-    train_ds: Any,
-    val_ds: Any = None,
-    epochs: int = 1,
-    optimizer: keras.optimizers.Optimizer | str = "adam",
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    branch_loss_weight: float = 0.3,
-    verbose: int | str = "auto",
-) -> dict[str, list[float]]:
-    """Train the whole model at once.
-
-    With `branch_loss_weight > 0` each branch's own softmax gets an auxiliary cross-entropy
-    (weighted by it) next to the merged output's: without it a "concat" merge leaves the branch
-    heads untrained, and per-branch accuracy would mean nothing.
-
-    Args:
-        model: a `ParallelCNN` (uncompiled or compiled; it is compiled here).
-        train_ds: a `tf.data.Dataset` of (images, one-hot) batches, or an `(images, one_hot)`
-            tuple of arrays.
-        val_ds: the same for validation, or None.
-        epochs: epochs to train.
-        optimizer: a Keras optimizer or its name (created in the caller's strategy scope).
-        callbacks: Keras callbacks; they see the merged output's metrics as `accuracy`,
-            `val_accuracy`, and each branch's as `<branch>_accuracy`.
-        branch_loss_weight: weight of each branch's auxiliary loss; 0 trains the merged output
-            alone.
-        verbose: passed to `fit`.
-
-    Returns:
-        The history dict: `loss`, `accuracy`, `val_accuracy`, ... and per-branch entries.
-    """
-    trainer, to_labels = joint_trainer(model, optimizer, branch_loss_weight)
-    history = trainer.fit(
-        **_fit_inputs(to_labels(train_ds)),
-        validation_data=to_labels(val_ds),
-        epochs=epochs,
-        callbacks=[AliasMergedMetrics(), *callbacks],
-        verbose=verbose,
-    )
-    return {k: v for k, v in history.history.items() if "merged_" not in k}
-
-
 def joint_trainer(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer | str = "adam",
@@ -183,52 +130,6 @@ def joint_trainer(
         **compile_kwargs,
     )
     return trainer, lambda data: _per_output_labels(data, keys)
-
-
-def fit_stagewise(
-    model: keras.Model,
-    train_ds: Any,
-    val_ds: Any = None,
-    epochs_per_branch: int = 1,
-    head_epochs: int = 1,
-    optimizer_factory: OptimizerFactory = keras.optimizers.Adam,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    verbose: int | str = "auto",
-) -> dict[str, dict[str, list[float]]]:
-    """The seed's stage-wise training: each branch alone, then the merge head on frozen branches.
-
-    Each branch is trained through `branch_models(model)[name]`, which shares the weights of
-    `model`, with the other branches and the head frozen; then all branches are frozen and the
-    head is trained (skipped when the merge has no weights, e.g. "average"). On return every
-    layer is trainable again and `model` is compiled with a fresh optimizer, ready to evaluate
-    or to fine-tune jointly.
-
-    Args:
-        model: a `ParallelCNN`.
-        train_ds: a `tf.data.Dataset` of (images, one-hot) batches, or an `(images, one_hot)`
-            tuple of arrays.
-        val_ds: the same for validation, or None.
-        epochs_per_branch: epochs for each branch.
-        head_epochs: epochs for the merge head.
-        optimizer_factory: returns a new optimizer for each stage (an optimizer's state belongs
-            to the variables it was built for).
-        callbacks: Keras callbacks, passed to every stage's `fit`.
-        verbose: passed to `fit`.
-
-    Returns:
-        History dicts keyed `branch/<name>` and `head`.
-    """
-    histories: dict[str, dict[str, list[float]]] = {}
-    fit_kw = _fit_inputs(train_ds)
-    common = {"validation_data": val_ds, "callbacks": list(callbacks), "verbose": verbose}
-    for part in stagewise_parts(model, head_epochs):
-        epochs = head_epochs if part == HEAD else epochs_per_branch
-        trainer = stagewise_trainer(model, part, optimizer_factory())
-        key = "head" if part == HEAD else f"branch/{part}"
-        histories[key] = trainer.fit(**fit_kw, epochs=epochs, **common).history
-    set_trainable(model, branches=True, head=True)
-    compile_classifier(model, optimizer_factory())
-    return histories
 
 
 HEAD = "head"

@@ -1,6 +1,6 @@
 """`cellkeras serve-check`: offline checks of an export before TF Serving loads it.
 
-Register with "cellkeras.export_commands" in `cellkeras.cli.COMMAND_MODULES`. TensorFlow is
+Register with "cellkeras.cli.serving" in `cellkeras.cli.COMMAND_MODULES`. TensorFlow is
 imported inside `_run_serve_check` so `cellkeras --help` stays fast.
 """
 
@@ -35,7 +35,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_serve_check(args: argparse.Namespace) -> int:
-    from cellkeras.serving import format_report, serve_check
+    from cellkeras.serving.check import format_report, serve_check
 
     report = serve_check(
         args.export_dir,

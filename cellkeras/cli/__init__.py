@@ -13,12 +13,12 @@ import sys
 
 # Modules that contribute sub-commands; imported lazily so `cellkeras --help` stays fast.
 COMMAND_MODULES = [
-    "cellkeras.data.commands",
-    "cellkeras.augment.commands",
-    "cellkeras.explain.commands",
-    "cellkeras.detect.commands",
-    "cellkeras.export_commands",
-    "cellkeras.batch.commands",
+    "cellkeras.cli.data",
+    "cellkeras.cli.augment",
+    "cellkeras.cli.explain",
+    "cellkeras.cli.detect",
+    "cellkeras.cli.serving",
+    "cellkeras.cli.batch",
 ]
 
 

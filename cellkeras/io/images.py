@@ -30,6 +30,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from cellkeras.io.errors import ImageError
+
 # 64 megapixels: far above any classification tile, below what would exhaust memory when a
 # pipeline decodes several images in parallel. Callers with whole-slide images raise it.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -51,15 +53,6 @@ _MAGIC = {
 }
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 NORMALIZATIONS = ("range", "percentile")
-
-
-class ImageError(ValueError):
-    """An image that cannot be used, with the file (or record) and the reason."""
-
-    def __init__(self, source: str, reason: str):
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
 
 
 def sniff_format(data: bytes) -> str | None:

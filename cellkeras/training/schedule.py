@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from cellkeras.data.pipeline import parse_image_size
-from cellkeras.models.training import HEAD
+from cellkeras.training.trainers import HEAD
 
 # Below this a model with two poolings sees a few pixels; the data layer's minimum side too.
 MIN_STAGE_SIZE = 8

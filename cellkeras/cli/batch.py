@@ -1,6 +1,6 @@
 """`cellkeras batch`: classify (and detect cells in) many images with an Apache Beam pipeline.
 
-Register with "cellkeras.batch.commands" in `cellkeras.cli.COMMAND_MODULES`. Beam and TensorFlow
+Register with "cellkeras.cli.batch" in `cellkeras.cli.COMMAND_MODULES`. Beam and TensorFlow
 are imported inside `_run_batch`, so `cellkeras --help` stays fast and works without the `beam`
 extra.
 
@@ -45,7 +45,7 @@ _workers = _int_at_least(0, " (one per CPU core)")
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Registers `batch` on the `cellkeras` command's sub-parsers."""
-    from cellkeras.detect.commands import add_detection_arguments
+    from cellkeras.cli.detect import add_detection_arguments
 
     p = subparsers.add_parser(
         "batch",
@@ -153,9 +153,9 @@ def _run_batch(args: argparse.Namespace) -> int:
         )
     except ImportError as err:
         return _fail(f"{err}; cellkeras batch needs Apache Beam: pip install 'cellkeras[beam]'")
-    from cellkeras.detect.commands import build_config
+    from cellkeras.cli.detect import build_config
     from cellkeras.detect.pipeline import check_model
-    from cellkeras.explain.loading import load_model_for_inference
+    from cellkeras.inference.loading import load_model_for_inference
 
     if args.no_classify and not args.detect:
         return _fail("--no_classify leaves nothing to do without --detect")

@@ -11,7 +11,7 @@ print(format_report(report))                    # also what `cellkeras serve-che
 the command sits beside the running Python or on PATH; it is what TF Serving's users run) and
 with `tf.saved_model.load`, whose specs are the ones compared. It then replays every warmup
 record, and runs a test image through `serving_default` (and `serving_images`) and through the
-exported `model.keras` on the same image decoded by `cellkeras.data.images.decode_image` and
+exported `model.keras` on the same image decoded by `cellkeras.io.images.decode_image` and
 resized as in training: the probabilities must agree within `tolerance`.
 """
 
@@ -29,20 +29,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from cellkeras.export import (
+from cellkeras.serving.export import CARD_FILE, MODEL_FILE, TMP_PREFIX, list_versions
+from cellkeras.serving.signatures import (
     BYTES_INPUT,
-    CARD_FILE,
     IMAGES_INPUT,
-    MODEL_FILE,
     SERVING_DEFAULT,
     SERVING_IMAGES,
-    TMP_PREFIX,
-    WARMUP_DIR,
-    WARMUP_FILE,
-    list_versions,
-    read_warmup_requests,
     resize_images,
 )
+from cellkeras.serving.warmup import WARMUP_DIR, WARMUP_FILE, read_warmup_requests
 
 DEFAULT_MODEL_NAME = "cellkeras"
 DEFAULT_TOLERANCE = 1e-5
@@ -282,7 +277,7 @@ def _check_against_keras(
     checks: _Checks, export: Any, image: str | Path | None, tolerance: float
 ) -> float | None:
     """Compares serving signatures with model.keras on the same decoded image; max abs diff."""
-    from cellkeras.data.images import decode_image, sniff_format
+    from cellkeras.io.images import decode_image, sniff_format
 
     card = export.card
     size, channels = card["image_size"], card["channels"]

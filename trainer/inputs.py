@@ -1,0 +1,225 @@
+"""The run's inputs: the configured source read and checked, split, and turned into batches.
+
+`Inputs.load(config, runtime, first_size)` reads every image once, splits off validation,
+and fixes the steps per epoch (agreed across workers under file sharding); its `dataset`
+method is the one place the trainer calls `cellkeras.data.make_dataset`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from cellkeras.augment import build_augmenter, strength_for_size
+from cellkeras.data import load_tfrecords, make_dataset, split_imageset
+from cellkeras.data.imageset import ImageSet
+from cellkeras.data.sources import check_images, open_source
+from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
+from cellkeras.training import Stage
+from trainer.cluster import is_multi_worker, local_replicas, role_of
+from trainer.config import RunConfig
+from trainer.runtime import Runtime
+from trainer.sharding import (
+    InputSharding,
+    agree_across_workers,
+    agree_on_classes,
+    even_batches_across_workers,
+    per_worker_input,
+    shard_by_data,
+)
+
+
+def load_data(config: RunConfig, strategy=None):
+    """Reads the configured source and checks every image; returns (ImageSet, channels,
+    `trainer.sharding.InputSharding`).
+
+    Under a multi-worker `strategy`, TFRecords are sharded by file at the source: each worker
+    reads and checks only its share of the files (`files[i::workers]` of the sorted list), so
+    no file is read, decoded or augmented twice, and agrees with the others on the class names
+    (a share may lack a class) and the channel count. With fewer files than workers, and for
+    every other source, each worker reads everything and the batches are sharded by data.
+    """
+
+    data = config.data
+    sharding = InputSharding(policy="none")
+    if strategy is not None and is_multi_worker(strategy):
+        sharding = InputSharding(policy="data")
+        tfrecords = data.source == "tfrecords" or (
+            data.source == "auto" and data.tfrecords and not (data.data_dir or data.labels_csv)
+        )
+        if tfrecords:
+            sharded = _load_tfrecord_share(config, strategy)
+            if sharded is not None:
+                return sharded
+        role = role_of(strategy)
+        print(f"input sharding: data · {role.name} reads every input and keeps its share")
+    images = open_source(
+        data.source,
+        data_dir=data.data_dir,
+        labels_csv=data.labels_csv,
+        image_root=data.image_root,
+        tfrecords=data.tfrecords,
+        num_images=data.synthetic_images,
+        image_size=data.synthetic_size,
+        difficulty=data.synthetic_difficulty,
+        channels=data.channels,
+        seed=config.train.seed,
+        skip_bad_images=data.skip_bad_images,
+    )
+    images, channels = check_images(images, data.channels, skip_bad_images=data.skip_bad_images)
+    return images, channels, dataclasses.replace(sharding, images=len(images))
+
+
+def _load_tfrecord_share(config: RunConfig, strategy):
+    """`load_data` for this worker's share of the TFRecord files, or None (with a note) when
+    there are fewer files than workers, so that sharding by data applies instead."""
+
+    data, role = config.data, role_of(strategy)
+    files = sorted(set(expand_tfrecord_paths(data.tfrecords)))
+    if len(files) < role.num_workers:
+        print(
+            f"input sharding: {len(files)} TFRecord file(s) from {data.tfrecords!r} for "
+            f"{role.num_workers} workers, too few to give each worker a file: sharding by data "
+            f"instead (every worker reads all files); write at least {role.num_workers} shards "
+            "to shard by file"
+        )
+        return None
+    share = shard_tfrecord_files(files, role.worker_index, role.num_workers)
+    images = load_tfrecords(
+        share, resolve_classes=lambda named, count: agree_on_classes(strategy, named, count)
+    )
+    images, channels = check_images(images, data.channels, skip_bad_images=data.skip_bad_images)
+    if data.channels is None:
+        # As for all files read at once: RGB wins over grey (a grey-only share is replicated).
+        channels = max(agree_across_workers(strategy, channels))
+    sharding = InputSharding("file", tuple(share), len(files), len(images))
+    print(f"input sharding: file · {role.name} · " + json.dumps(sharding.to_dict()))
+    return images, channels, sharding
+
+
+def stage_strength(stages: list[Stage], index: int) -> float:
+    """Augmentation strength for a stage, ramped with image size (EfficientNetV2's progressive
+    learning: small images carry less detail to regularize, so they get weaker augmentation)."""
+    sides = [max(stage.size) for stage in stages]
+    return strength_for_size(sides[index], min(sides), max(sides), start=0.5)
+
+
+@dataclasses.dataclass
+class Inputs:
+    """The checked images of a run, split, with what batching them needs.
+
+    Under file sharding each worker's training images (and a validation split cut from them)
+    are its own input, batched per replica (`per_worker_input`); `--eval_tfrecords` are read
+    whole on every worker and sharded by data, so the validation metrics, sums over every
+    replica, and the final evaluation on each worker cover every image once.
+    """
+
+    config: RunConfig
+    runtime: Runtime
+    images: ImageSet
+    train_set: ImageSet
+    val_set: ImageSet
+    channels: int
+    sharding: InputSharding
+    skipped: list[dict[str, str]]
+    steps_per_epoch: int = 0
+    # Per-worker steps per epoch once the workers agree, and this worker's validation batch
+    # sizes (as many as every other worker's); both only under file sharding.
+    agreed_steps: int | None = None
+    val_batch_sizes: list[int] | None = None
+
+    @classmethod
+    def load(cls, config: RunConfig, runtime: Runtime, first_size: tuple[int, int]) -> Inputs:
+        """Reads, checks and splits the configured data and sizes the epochs.
+
+        Raises:
+            ValueError: too few training images for one full global batch.
+        """
+        data_cfg, seed = config.data, config.train.seed
+        images, channels, sharding = load_data(config, runtime.strategy)
+        if data_cfg.eval_tfrecords:
+            val_set = load_tfrecords(data_cfg.eval_tfrecords, classes=images.classes)
+            train_set = images
+        else:
+            train_set, val_set = split_imageset(images, data_cfg.val_fraction, seed=seed)
+        skipped = [{"input": where, "reason": why} for where, why in images.skipped]
+        inputs = cls(config, runtime, images, train_set, val_set, channels, sharding, skipped)
+        inputs.steps_per_epoch = len(inputs.dataset(train_set, first_size, training=True))
+        if sharding.policy == "file":
+            inputs._agree_on_steps()
+        if inputs.steps_per_epoch < 1:
+            raise ValueError(
+                f"{len(train_set)} training images make no full global batch of "
+                f"{runtime.global_batch(config.train.batch_size)} (the custom loop drops partial "
+                "batches): lower --batch_size or add images"
+            )
+        return inputs
+
+    def _agree_on_steps(self) -> None:
+        """Shares of whole files hold different numbers of images; every worker trains the
+        smallest share's full steps (agreed before the learning-rate schedule is sized)."""
+        strategy = self.runtime.strategy
+        mine = self.steps_per_epoch // local_replicas(strategy)
+        everyone = agree_across_workers(strategy, mine)
+        self.agreed_steps = self.steps_per_epoch = min(everyone)
+        print(
+            f"input sharding: {len(self.train_set)} training images here, {mine} step(s) per "
+            f"epoch; all workers {sorted(set(everyone))}: agreed {self.agreed_steps} step(s) "
+            "per epoch"
+        )
+        if not self.config.data.eval_tfrecords:
+            self.val_batch_sizes = even_batches_across_workers(
+                strategy, len(self.val_set), self.config.train.batch_size
+            )
+
+    def describe(self) -> str:
+        skipped = len(self.skipped)
+        return (
+            f"data: {self.images.name} · {len(self.train_set)} train / {len(self.val_set)} val "
+            f"images · classes {self.images.classes} · {self.channels} channel(s)"
+            + (f" · {skipped} skipped (see skipped.json)" if skipped else "")
+        )
+
+    def dataset(self, subset: ImageSet, size, training: bool, strength: float = 1.0) -> Any:
+        """Batches of `subset` at `size`, augmented at `strength` when `training`, placed for
+        the run's strategy (sharded by data, or this worker's own input under file sharding)."""
+        train_cfg, data_cfg, runtime = self.config.train, self.config.data, self.runtime
+        per_worker = self.sharding.policy == "file" and (training or not data_cfg.eval_tfrecords)
+        augmenter = None
+        if training and train_cfg.augment != "none":
+            augmenter = build_augmenter(
+                train_cfg.augment,
+                image_size=size,
+                strength=strength,
+                seed=train_cfg.seed,
+                num_classes=self.images.num_classes,
+            )
+        batches = make_dataset(
+            subset,
+            size,
+            training=training,
+            batch_size=train_cfg.batch_size
+            if per_worker
+            else runtime.global_batch(train_cfg.batch_size),
+            channels=self.channels,
+            augment=augmenter,
+            balance=data_cfg.balance if training else None,
+            normalization=data_cfg.normalization,
+            seed=train_cfg.seed,
+            # Under tf.distribute a partial global batch splits unevenly (some replicas get
+            # few or no images, and under multi_worker the workers' iterators must agree on
+            # an extra, ragged step); the custom loop trains on full global batches only.
+            # Validation keeps every image: its metrics are sums, which empty shares leave
+            # unchanged.
+            drop_remainder=training and runtime.custom_loop,
+        )
+        if per_worker:
+            if training and self.agreed_steps is not None:
+                # Every worker must run the same number of steps, or the others wait forever
+                # in the next step's all-reduce: all take the smallest share's step count.
+                batches = batches.take(self.agreed_steps * local_replicas(runtime.strategy))
+            if not training and self.val_batch_sizes:
+                batches = batches.rebatch(self.val_batch_sizes)
+            return per_worker_input(batches)
+        return shard_by_data(batches) if runtime.multi_worker else batches
