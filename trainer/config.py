@@ -23,9 +23,29 @@ TRAINING_MODES = ("joint", "stagewise")
 class DataConfig:
     """Where the images come from and how they are split and normalized.
 
-    `source` is one of `cellkeras.data.sources.SOURCE_KINDS`, or "auto": chosen from the fields
-    given (`data_dir` a class-folder tree, `labels_csv` a CSV, `tfrecords` TFRecord files, none
-    of them the synthetic cells).
+    Every field is also a trainer flag of the same name (`trainer.flags` generates them from
+    these docs, so a field without one fails a test).
+
+    Attributes:
+        source: data source: auto (chosen from the fields given: data_dir a class-folder tree,
+            labels_csv a CSV, tfrecords TFRecord files, none of them the synthetic cells),
+            synthetic, folders, csv, tfrecords, embryo or nuclei.
+        data_dir: class-folder tree root/<class>/<image>, or root/<split>/<class>/<image>.
+        labels_csv: CSV of filename,label rows (label a class name or index).
+        image_root: folder the CSV's filenames are relative to.
+        tfrecords: TFRecord files of tf.train.Example (glob, folder or comma-separated).
+        eval_tfrecords: TFRecord files for validation (instead of a split of the training data).
+        synthetic_images: number of synthetic images.
+        synthetic_size: side of the synthetic images in pixels.
+        synthetic_difficulty: how hard the synthetic classes are to tell apart (1 = default).
+        channels: image channels: 1 grey, 3 RGB, or channel indices such as 0,2; default as
+            stored.
+        normalization: range (integers divided by their type's maximum) or percentile
+            (per-image 1st-99.8th percentile stretch, for 12-bit data in 16-bit files).
+        val_fraction: validation share of the training data when the source has no split.
+        balance: class balancing in tf.data: oversample, or none.
+        skip_bad_images: leave unreadable images out (listed in skipped.json) instead of
+            stopping.
     """
 
     source: str = "auto"
@@ -46,30 +66,44 @@ class DataConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """The model and how it is trained."""
+    """The model and how it is trained.
+
+    Attributes:
+        model: registered model name (cellkeras.models.list_models()).
+        augment: augmentation preset (cellkeras.augment.PRESETS).
+        schedule: progressive schedule SIZE:EPOCHS[,SIZE:EPOCHS...], SIZE as 64 or 64x96.
+        batch_size: per-replica batch size.
+        learning_rate: peak learning rate (cosine decay over the run).
+        branch_loss_weight: weight of each branch's auxiliary loss: it gives every branch a
+            trained head of its own, so per-branch accuracy means something (0 trains the
+            merged output alone).
+        training_mode: joint (branches and merge head together, every stage) or stagewise
+            (the seed's recipe: each branch alone through the schedule, then the merge head on
+            the frozen branches for head_epochs at the final size).
+        head_epochs: stage-wise training: epochs of the merge head at the final size.
+        later_stages: joint training after the first stage: all trains the whole model on;
+            head freezes the branches and retrains the merge head (the seed's variant).
+        mixed_precision: dtype policy: auto (mixed_float16 on a GPU with tensor cores, float32
+            elsewhere), off, float16 or bfloat16.
+        distribution: tf.distribute strategy: auto, one, mirrored, or multi_worker (the cluster
+            from TF_CONFIG).
+        training_loop: auto (Keras fit; under multi_worker, where Keras 3's fit fails,
+            keras-team/keras#20585, the custom loop in trainer.custom_loop), custom (that loop
+            on one machine too, to check it against fit) or fit (refuses multi_worker).
+        seed: random seed (data order, split, weights, augmentation).
+    """
 
     model: str = "parallel_small"
     augment: str = "basic"
     schedule: str = "48:3,64:3,96:2"
     batch_size: int = 32
     learning_rate: float = 3e-3
-    # Weight of each branch's auxiliary loss: it gives every branch a trained head of its own,
-    # so per-branch accuracy means something (0 trains the merged output alone).
     branch_loss_weight: float = 0.3
-    # "joint": all branches and the merge head together, every stage. "stagewise": the seed's
-    # recipe, which did better in scripts/experiment_parallel.py: each branch alone through the
-    # whole schedule, then the merge head on the frozen branches for `head_epochs` at the final
-    # size.
     training_mode: str = "joint"
     head_epochs: int = 3
-    # Joint mode, after the first stage: "all" trains the whole model on; "head" freezes the
-    # branches and retrains the merge head at the larger sizes (the seed's variant).
     later_stages: str = "all"
     mixed_precision: str = "auto"
     distribution: str = "auto"
-    # "auto": Keras' fit, except under multi_worker (where Keras 3's fit fails,
-    # keras-team/keras#20585) the custom loop in trainer.distributed; "custom" forces that loop
-    # on one machine too (to check it against fit); "fit" refuses multi_worker.
     training_loop: str = "auto"
     seed: int = 0
 

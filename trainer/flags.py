@@ -1,125 +1,136 @@
-"""The trainer's command-line flags, read once into a `RunConfig`."""
+"""The trainer's command-line flags, generated from the config dataclasses and read once.
+
+Every field of `DataConfig` and `TrainConfig` is a flag of the same name, typed from its
+annotation, with its help taken from the class docstring's `Attributes:` section, so a setting
+cannot exist without a flag (or a flag without its documentation). Flags default to None and
+only those given on the command line override the preset (`--preset`), which overrides the
+dataclass defaults.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 from trainer.config import (
     LATER_STAGE_MODES,
     PRESETS,
     TRAINING_MODES,
+    DataConfig,
     RunConfig,
+    TrainConfig,
     build_config,
 )
 from trainer.runtime import DISTRIBUTIONS, MIXED_PRECISION_MODES, TRAINING_LOOPS
 
-
-def config_from_flags() -> RunConfig:
-    """Reads the absl flags (only here) into a `RunConfig`."""
-    from absl import flags
-
-    f = flags.FLAGS
-    overrides: dict[str, Any] = {}
-    for flag_name, key in _FLAG_FIELDS.items():
-        if f[flag_name].present:
-            overrides[key] = f[flag_name].value
-    if f.skip_bad_images:
-        overrides["data.skip_bad_images"] = True
-    config = build_config(f.preset, overrides)
-    if f.output_dir:
-        config.output_dir = f.output_dir
-    if f.export_dir:
-        config.export_dir = f.export_dir
-    if f.worker_dir:
-        config.worker_dir = f.worker_dir
-    return config
-
-
-_FLAG_FIELDS = {
-    "data_dir": "data.data_dir",
-    "labels_csv": "data.labels_csv",
-    "image_root": "data.image_root",
-    "tfrecords": "data.tfrecords",
-    "source": "data.source",
-    "channels": "data.channels",
-    "balance": "data.balance",
-    "synthetic_images": "data.synthetic_images",
-    "val_fraction": "data.val_fraction",
-    "model": "train.model",
-    "augment": "train.augment",
-    "schedule": "train.schedule",
-    "batch_size": "train.batch_size",
-    "learning_rate": "train.learning_rate",
-    "mixed_precision": "train.mixed_precision",
-    "distribution": "train.distribution",
-    "training_loop": "train.training_loop",
-    "seed": "train.seed",
-    "later_stages": "train.later_stages",
-    "training_mode": "train.training_mode",
-    "head_epochs": "train.head_epochs",
-    "branch_loss_weight": "train.branch_loss_weight",
+SECTIONS = {"data": DataConfig, "train": TrainConfig}
+# Fields whose values come from a fixed list: the flag refuses anything else before data loads.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mixed_precision": MIXED_PRECISION_MODES,
+    "distribution": DISTRIBUTIONS,
+    "training_loop": TRAINING_LOOPS,
+    "training_mode": TRAINING_MODES,
+    "later_stages": LATER_STAGE_MODES,
+    "balance": ("oversample", "none"),
+}
+# Run-level settings that are not part of a section.
+RUN_FLAGS = {
+    "output_dir": "Run folder (default runs/<preset>).",
+    "export_dir": "Versioned SavedModel export folder (TF Serving loads it as is).",
+    "worker_dir": "multi_worker: a non-chief worker's folder for its copy of the run, kept at "
+    "the end (default <output_dir>/.workers/<task>-<index>, removed).",
 }
 
 
-def define_flags() -> None:
+def field_docs(cls: type) -> dict[str, str]:
+    """`name: text` of every entry in a dataclass docstring's `Attributes:` section."""
+    doc = (cls.__doc__ or "").split("Attributes:", 1)
+    if len(doc) < 2:
+        return {}
+    docs: dict[str, str] = {}
+    name = None
+    for line in doc[1].splitlines():
+        entry = re.match(r"^ {8}([a-z_][a-z0-9_]*): (.*)$", line)
+        if entry:
+            name = entry.group(1)
+            docs[name] = entry.group(2).strip()
+        elif name and line.startswith(" " * 12):
+            docs[name] += " " + line.strip()
+        elif line.strip():
+            name = None
+    return docs
+
+
+def _kind(field: dataclasses.Field) -> str:
+    annotation = str(field.type).replace(" ", "")
+    parts = set(annotation.split("|")) - {"None"}
+    if parts == {"bool"}:
+        return "boolean"
+    if parts == {"int"}:
+        return "integer"
+    if parts == {"float"}:
+        return "float"
+    return "string"
+
+
+def flag_fields() -> list[tuple[str, str, dataclasses.Field, str]]:
+    """`(flag name, "section.field", field, help)` for every config field.
+
+    Raises:
+        TypeError: a field has no entry in its class's `Attributes:` docs.
+    """
+    rows = []
+    for section, cls in SECTIONS.items():
+        docs = field_docs(cls)
+        for field in dataclasses.fields(cls):
+            if field.name not in docs:
+                raise TypeError(
+                    f"{cls.__name__}.{field.name} has no entry in the class docstring's "
+                    "Attributes: section; the trainer's --help is generated from it"
+                )
+            rows.append((field.name, f"{section}.{field.name}", field, docs[field.name]))
+    return rows
+
+
+def define_flags(flag_values: Any = None) -> None:
+    """Defines `--preset`, one flag per config field, and the run-level flags (into
+    `flag_values`, default absl's global `FLAGS`)."""
     from absl import flags
 
-    flags.DEFINE_string("preset", "default", f"Named configuration: {', '.join(PRESETS)}.")
-    flags.DEFINE_string(
-        "data_dir", None, "Class-folder tree root/<class>/<image> (or root/<split>/<class>/...)."
-    )
-    flags.DEFINE_string("labels_csv", None, "CSV of filename,label rows.")
-    flags.DEFINE_string("image_root", None, "Folder the CSV's filenames are relative to.")
-    flags.DEFINE_string("tfrecords", None, "TFRecord files (glob, folder or comma-separated).")
-    flags.DEFINE_string("source", None, "Data source; default: chosen from the flags given.")
-    flags.DEFINE_integer("channels", None, "Image channels (1 grey, 3 RGB); default: as stored.")
-    flags.DEFINE_enum("balance", None, ["oversample"], "Class balancing in tf.data.")
-    flags.DEFINE_integer("synthetic_images", None, "Number of synthetic images.")
-    flags.DEFINE_float("val_fraction", None, "Validation share when the source has no split.")
-    flags.DEFINE_string("model", None, "Registered model name (cellkeras.models.list_models()).")
-    flags.DEFINE_string("augment", None, "Augmentation preset.")
-    flags.DEFINE_string("schedule", None, "Progressive schedule SIZE:EPOCHS[,SIZE:EPOCHS...].")
-    flags.DEFINE_integer("batch_size", None, "Per-replica batch size.")
-    flags.DEFINE_float("learning_rate", None, "Peak learning rate (cosine decay over the run).")
-    flags.DEFINE_enum("mixed_precision", None, list(MIXED_PRECISION_MODES), "Dtype policy.")
-    flags.DEFINE_enum(
-        "distribution",
-        None,
-        list(DISTRIBUTIONS),
-        "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.",
-    )
-    flags.DEFINE_enum(
-        "training_loop",
-        None,
-        list(TRAINING_LOOPS),
-        "auto: Keras fit, the custom loop under multi_worker; custom: that loop everywhere.",
-    )
-    flags.DEFINE_integer("seed", None, "Random seed (data, split, weights).")
-    flags.DEFINE_enum(
-        "later_stages",
-        None,
-        list(LATER_STAGE_MODES),
-        "After the first stage train everything, or only the merge head (the seed's variant).",
-    )
-    flags.DEFINE_enum(
-        "training_mode",
-        None,
-        list(TRAINING_MODES),
-        "joint: branches and merge head together; stagewise: each branch alone through the "
-        "schedule, then the merge head on the frozen branches (the seed's recipe).",
-    )
-    flags.DEFINE_integer(
-        "head_epochs", None, "Stage-wise: epochs of the merge head at the final size."
-    )
-    flags.DEFINE_float("branch_loss_weight", None, "Weight of each branch's auxiliary loss.")
-    flags.DEFINE_string("output_dir", None, "Run folder (default runs/<preset>).")
-    flags.DEFINE_string("export_dir", None, "Versioned SavedModel export folder.")
-    flags.DEFINE_string(
-        "worker_dir",
-        None,
-        "multi_worker: a non-chief worker's folder for its copy of the run, kept at the end "
-        "(default <output_dir>/.workers/<task>-<index>, removed).",
-    )
-    flags.DEFINE_boolean(
-        "skip_bad_images", False, "Skip unreadable images (listed in skipped.json)."
-    )
+    into = {"flag_values": flags.FLAGS if flag_values is None else flag_values}
+    flags.DEFINE_string("preset", "default", f"Named configuration: {', '.join(PRESETS)}.", **into)
+    for name, _, field, text in flag_fields():
+        default = field.default if field.default is not dataclasses.MISSING else None
+        shown = f"{text} (default: {default})"
+        kind = _kind(field)
+        if name in CHOICES:
+            flags.DEFINE_enum(name, None, list(CHOICES[name]), shown, **into)
+        else:
+            getattr(flags, f"DEFINE_{kind}")(name, None, shown, **into)
+    for name, text in RUN_FLAGS.items():
+        flags.DEFINE_string(name, None, text, **into)
+
+
+def _value(field: dataclasses.Field, value: Any) -> Any:
+    # "none" is how a user turns off an optional choice (--balance=none) on the command line.
+    if isinstance(value, str) and value == "none" and "None" in str(field.type):
+        return None
+    return value
+
+
+def config_from_flags(flag_values: Any = None) -> RunConfig:
+    """Reads the parsed absl flags (only here) into a `RunConfig`."""
+    from absl import flags
+
+    given = flags.FLAGS if flag_values is None else flag_values
+    overrides = {
+        key: _value(field, given[name].value)
+        for name, key, field, _ in flag_fields()
+        if given[name].present
+    }
+    config = build_config(given.preset, overrides)
+    for name in RUN_FLAGS:
+        if given[name].value:
+            setattr(config, name, given[name].value)
+    return config
