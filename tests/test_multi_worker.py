@@ -204,7 +204,7 @@ def _wait(started, timeout=TIMEOUT):
 def _weights(path):
     import keras
 
-    import cellkeras.models  # noqa: F401  registers the model classes
+    import cellkeras.models.registry  # noqa: F401  registers the model classes for loading
 
     return keras.saving.load_model(path).get_weights()
 

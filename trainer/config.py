@@ -15,6 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+# The fixed vocabularies of some fields (the trainer's flags refuse anything else).
+MIXED_PRECISION_MODES = ("auto", "off", "float16", "bfloat16")
+DISTRIBUTIONS = ("auto", "one", "mirrored", "multi_worker")
+TRAINING_LOOPS = ("auto", "fit", "custom")
 LATER_STAGE_MODES = ("all", "head")
 TRAINING_MODES = ("joint", "stagewise")
 

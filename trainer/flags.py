@@ -14,15 +14,17 @@ import re
 from typing import Any
 
 from trainer.config import (
+    DISTRIBUTIONS,
     LATER_STAGE_MODES,
+    MIXED_PRECISION_MODES,
     PRESETS,
+    TRAINING_LOOPS,
     TRAINING_MODES,
     DataConfig,
     RunConfig,
     TrainConfig,
     build_config,
 )
-from trainer.runtime import DISTRIBUTIONS, MIXED_PRECISION_MODES, TRAINING_LOOPS
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
 # Fields whose values come from a fixed list: the flag refuses anything else before data loads.

@@ -23,10 +23,7 @@ from trainer.cluster import (
     parse_tf_config,
     role_of,
 )
-
-MIXED_PRECISION_MODES = ("auto", "off", "float16", "bfloat16")
-DISTRIBUTIONS = ("auto", "one", "mirrored", "multi_worker")
-TRAINING_LOOPS = ("auto", "fit", "custom")
+from trainer.config import DISTRIBUTIONS, MIXED_PRECISION_MODES, TRAINING_LOOPS
 
 
 def resolve_precision(mode: str) -> str:

@@ -17,12 +17,14 @@ TensorBoard logs.
 
 from __future__ import annotations
 
-import os
-
 if __name__ == "__main__":
-    # TensorFlow's C++ INFO/WARNING start-up lines bury the run's own output (errors still
-    # show); set only when run as a command, so importing the module changes no environment.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The command line is checked (and --help answered) by trainer.cli before TensorFlow
+    # loads: the imports below take seconds. It imports this module again, as a library.
+    import sys
+
+    from trainer.cli import main
+
+    sys.exit(main())
 
 import contextlib  # noqa: E402
 import functools  # noqa: E402
@@ -270,10 +272,10 @@ def run(
             f"unknown later_stages {train_cfg.later_stages!r}; known: {LATER_STAGE_MODES}"
         )
     runtime = resolve_runtime(train_cfg, config.output_dir, config.worker_dir)
-    out = _start_run_folder(config, runtime)
     keras.utils.set_random_seed(train_cfg.seed)
-
+    # Data first: a bad input fails the run before it leaves a folder behind.
     inputs = Inputs.load(config, runtime, stages[0].size)
+    out = _start_run_folder(config, runtime)
     (out / "skipped.json").write_text(json.dumps(inputs.skipped, indent=2) + "\n")
     print(inputs.describe())
 
@@ -338,25 +340,11 @@ def run(
         f"(branches: {', '.join(f'{k} {v:.3f}' for k, v in accuracy.items())}) "
         f"in {metrics['total_seconds']:.0f} s · {where}"
     )
+    if runtime.role.is_chief:
+        print(f"report: {out / 'report.html'}")
     return metrics
 
 
 def run_fn(fn_args: Any) -> dict[str, Any]:
     """TFX Trainer's module-file entry point (`trainer.tfx` says what it reads)."""
     return run(config_from_fn_args(fn_args), verbose=2)
-
-
-def main(argv: list[str]) -> None:
-    from trainer.flags import config_from_flags
-
-    del argv
-    run(config_from_flags())
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    from trainer.flags import define_flags
-
-    define_flags()
-    app.run(main)

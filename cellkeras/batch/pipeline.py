@@ -188,7 +188,7 @@ class KerasModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         import keras
 
         # Registers ParallelCNN and the custom layers, so the trainer's `.keras` files load.
-        import cellkeras.models  # noqa: F401
+        import cellkeras.models.registry  # noqa: F401  registers the model classes for loading
 
         if os.path.isfile(self._model_file):
             return keras.saving.load_model(self._model_file)

@@ -119,7 +119,7 @@ def _fail(err: Exception | str) -> int:
 
 def _run_detect(args: argparse.Namespace) -> int:
     # Registers ParallelCNN and the custom layers, so their `.keras` files deserialize.
-    import cellkeras.models  # noqa: F401
+    import cellkeras.models.registry  # noqa: F401  registers the model classes for loading
     from cellkeras.detect.coco import category_name, to_coco
     from cellkeras.detect.draw import colour_heatmap, draw_boxes, save_rgb
     from cellkeras.detect.pipeline import DetectError, check_model, detect

@@ -18,7 +18,7 @@ _EXPORTS = {
     "load_labels_csv": "cellkeras.data.sources",
     "load_tfrecords": "cellkeras.data.tfrecord",
     "make_dataset": "cellkeras.data.pipeline",
-    "parse_image_size": "cellkeras.data.pipeline",
+    "parse_image_size": "cellkeras.io.images",
     "read_image": "cellkeras.io.images",
     "split_imageset": "cellkeras.data.splits",
     "write_tfrecords": "cellkeras.data.tfrecord",

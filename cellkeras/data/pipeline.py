@@ -21,29 +21,19 @@ import numpy as np
 import tensorflow as tf
 
 from cellkeras.data.imageset import ImageSet
-from cellkeras.io.images import Channels, decode_image, normalize, select_channels
+from cellkeras.io.images import (
+    Channels,
+    ImageSize,
+    decode_image,
+    normalize,
+    parse_image_size,
+    select_channels,
+)
 
 BALANCE_MODES = (None, "oversample")
 # Resized float32 images are cached in memory up to this size; above it every epoch decodes
 # again, which is slower but never runs the machine out of memory.
 DEFAULT_CACHE_BYTES = 2 * 1024**3
-
-ImageSize = int | tuple[int, int]
-
-
-def parse_image_size(image_size: ImageSize | str) -> tuple[int, int]:
-    """`64`, `(64, 96)`, `"64"` or `"64x96"` (height x width) as (height, width)."""
-    if isinstance(image_size, str):
-        parts = image_size.lower().split("x")
-        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"image size {image_size!r} is not SIZE or HEIGHTxWIDTH")
-        image_size = tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0])
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    height, width = (int(v) for v in image_size)
-    if height < 1 or width < 1:
-        raise ValueError(f"image size must be positive, got {height}x{width}")
-    return height, width
 
 
 def class_weights(imageset: ImageSet) -> dict[int, float]:

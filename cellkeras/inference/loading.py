@@ -33,6 +33,7 @@ from cellkeras.io.images import (
     ImageError,
     decode_raw,
     normalize,
+    parse_image_size,
     read_image_bytes,
     select_channels,
 )
@@ -173,8 +174,7 @@ def load_model_for_inference(
 
     # Registers cellkeras' custom layers (SobelEdges, WeightedAverage, ParallelCNN) so that
     # safe-mode loading can rebuild a trainer's `.keras` file.
-    import cellkeras.models  # noqa: F401
-    from cellkeras.data.pipeline import parse_image_size
+    import cellkeras.models.registry  # noqa: F401  registers the model classes for loading
 
     path = Path(path)
     model_file, meta = _locate(path)

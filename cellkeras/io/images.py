@@ -241,3 +241,21 @@ def normalize(pixels: np.ndarray, normalization: str = "range") -> np.ndarray:
     if np.issubdtype(pixels.dtype, np.integer):
         return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
     return np.clip(pixels.astype(np.float32), 0.0, 1.0)
+
+
+ImageSize = int | tuple[int, int]
+
+
+def parse_image_size(image_size: ImageSize | str) -> tuple[int, int]:
+    """`64`, `(64, 96)`, `"64"` or `"64x96"` (height x width) as (height, width)."""
+    if isinstance(image_size, str):
+        parts = image_size.lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"image size {image_size!r} is not SIZE or HEIGHTxWIDTH")
+        image_size = tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0])
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    height, width = (int(v) for v in image_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    return height, width

@@ -12,6 +12,7 @@ from typing import Any
 import keras
 
 from cellkeras.models.branches import BRANCH_PRESETS
+from cellkeras.models.names import DEFAULT_MODEL
 from cellkeras.models.parallel import ParallelCNN
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -30,8 +31,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # Each branch alone, for comparison (and for users who want one architecture).
     **{name: {"branches": [name]} for name in BRANCH_PRESETS},
 }
-
-DEFAULT_MODEL = "parallel_small"
 
 
 def list_models() -> list[str]:

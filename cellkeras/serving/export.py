@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 import cellkeras
-from cellkeras.io.images import NORMALIZATIONS
+from cellkeras.io.images import NORMALIZATIONS, parse_image_size
 from cellkeras.serving.signatures import (
     BYTES_INPUT,
     IMAGES_INPUT,
@@ -175,7 +175,6 @@ def _model_card(
 def _check_arguments(
     model: keras.Model, classes: Sequence[str], image_size: Any, channels: int, normalization: str
 ) -> tuple[int, int]:
-    from cellkeras.data.pipeline import parse_image_size
 
     size = parse_image_size(image_size)
     if normalization not in NORMALIZATIONS:

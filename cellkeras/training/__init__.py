@@ -6,56 +6,33 @@ history = fit_joint(model, train_for_size, val_for_size, stages)
 ```
 
 The trainer (`python -m trainer.task`) and scripts train through these same functions.
+
+Names are imported on first use, so parsing a schedule does not load TensorFlow.
 """
 
-from cellkeras.training.loop import (
-    PhaseRunner,
-    adam_with_cosine_decay,
-    fit_joint,
-    fit_stagewise,
-    keras_fit,
-)
-from cellkeras.training.schedule import (
-    JOINT,
-    JOINT_HEAD,
-    MIN_STAGE_SIZE,
-    Phase,
-    Stage,
-    format_schedule,
-    parse_schedule,
-    plan_phases,
-    total_epochs,
-)
-from cellkeras.training.trainers import (
-    HEAD,
-    AliasMergedMetrics,
-    compile_classifier,
-    joint_trainer,
-    set_trainable,
-    stagewise_parts,
-    stagewise_trainer,
-)
+from cellkeras._lazy import lazy_exports
 
-__all__ = [
-    "HEAD",
-    "JOINT",
-    "JOINT_HEAD",
-    "MIN_STAGE_SIZE",
-    "AliasMergedMetrics",
-    "Phase",
-    "PhaseRunner",
-    "Stage",
-    "adam_with_cosine_decay",
-    "compile_classifier",
-    "fit_joint",
-    "fit_stagewise",
-    "format_schedule",
-    "joint_trainer",
-    "keras_fit",
-    "parse_schedule",
-    "plan_phases",
-    "set_trainable",
-    "stagewise_parts",
-    "stagewise_trainer",
-    "total_epochs",
-]
+_EXPORTS = {
+    "AliasMergedMetrics": "cellkeras.training.trainers",
+    "HEAD": "cellkeras.training.schedule",
+    "JOINT": "cellkeras.training.schedule",
+    "JOINT_HEAD": "cellkeras.training.schedule",
+    "MIN_STAGE_SIZE": "cellkeras.training.schedule",
+    "Phase": "cellkeras.training.schedule",
+    "PhaseRunner": "cellkeras.training.loop",
+    "Stage": "cellkeras.training.schedule",
+    "adam_with_cosine_decay": "cellkeras.training.loop",
+    "compile_classifier": "cellkeras.training.trainers",
+    "fit_joint": "cellkeras.training.loop",
+    "fit_stagewise": "cellkeras.training.loop",
+    "format_schedule": "cellkeras.training.schedule",
+    "joint_trainer": "cellkeras.training.trainers",
+    "keras_fit": "cellkeras.training.loop",
+    "parse_schedule": "cellkeras.training.schedule",
+    "plan_phases": "cellkeras.training.schedule",
+    "set_trainable": "cellkeras.training.trainers",
+    "stagewise_parts": "cellkeras.training.trainers",
+    "stagewise_trainer": "cellkeras.training.trainers",
+    "total_epochs": "cellkeras.training.schedule",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from cellkeras.data.pipeline import parse_image_size
-from cellkeras.training.trainers import HEAD
+from cellkeras.io.images import parse_image_size
 
 # Below this a model with two poolings sees a few pixels; the data layer's minimum side too.
 MIN_STAGE_SIZE = 8
@@ -68,6 +67,9 @@ def format_schedule(stages: list[Stage]) -> str:
 def total_epochs(stages: list[Stage]) -> int:
     return sum(stage.epochs for stage in stages)
 
+
+# What stage-wise training fits after the branches: the merge head on the frozen branches.
+HEAD = "head"
 
 # Phase parts of joint training: the whole model, or (with `--later_stages=head`) its merge
 # head on frozen branches, the optimizer carrying on between the two.

@@ -13,6 +13,7 @@ from typing import Any
 import keras
 
 from cellkeras.models.parallel import analysis_model, branch_models, branch_names
+from cellkeras.training.schedule import HEAD
 
 
 def compile_classifier(
@@ -130,9 +131,6 @@ def joint_trainer(
         **compile_kwargs,
     )
     return trainer, lambda data: _per_output_labels(data, keys)
-
-
-HEAD = "head"
 
 
 def stagewise_parts(model: keras.Model, head_epochs: int = 1) -> list[str]:
