@@ -319,3 +319,10 @@ def test_edge_layer_is_inside_the_saved_graph(tmp_path):
     assert isinstance(model.get_layer("edge_edges"), SobelEdges)
     config = model.get_layer("edge_edges").get_config()
     assert SobelEdges.from_config(config).get_config() == config
+
+
+def test_the_cheap_name_list_matches_the_registry():
+    from cellkeras.models.names import DEFAULT_MODEL, MODEL_NAMES
+
+    assert tuple(list_models()) == MODEL_NAMES
+    assert DEFAULT_MODEL in MODEL_NAMES
