@@ -82,6 +82,21 @@ def test_version_folder_and_keras_file_work_too(exported, nuclei_png, tmp_path):
         assert run_detect([str(nuclei_png), "--model", str(model), "--out", str(tmp_path)]) == 0
 
 
+def test_a_model_without_a_background_class_gets_a_warning(nuclei_png, tmp_path, capsys):
+    from cellkeras.serving.export import export_model
+
+    version = export_model(tiny_model(), tmp_path / "cells", classes=["lymphocyte", "neutrophil"],
+                           image_size=16, channels=1)  # fmt: skip
+    assert run_detect([str(nuclei_png), "--model", str(version), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "no 'background' class" in err and "--preset=nuclei" in err
+
+
+def test_a_detection_model_gets_no_warning(exported, nuclei_png, tmp_path, capsys):
+    assert run_detect([str(nuclei_png), "--model", str(exported), "--out", str(tmp_path)]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "name,make,message",
     [

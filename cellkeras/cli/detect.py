@@ -112,6 +112,16 @@ def build_config(args: argparse.Namespace, info):
     return name, DetectConfig.for_workflow(name, **overrides)
 
 
+NO_BACKGROUND_WARNING = (
+    "cellkeras detect: warning: the model's classes ({classes}) have no 'background' class, so "
+    "it cannot tell a cell from what surrounds it: boxes come from Grad-CAM of the predicted "
+    "class and will include background and other cells. Train a detection model instead: "
+    "`python -m trainer.task --preset=nuclei` for fluorescence nuclei, or --data_dir with a "
+    "'background' class folder of empty patches beside one folder of cell patches (see the "
+    "README's Detection section)."
+)
+
+
 def _fail(err: Exception | str) -> int:
     print(f"cellkeras detect: error: {err}", file=sys.stderr)
     return 1
@@ -132,6 +142,9 @@ def _run_detect(args: argparse.Namespace) -> int:
         workflow, config = build_config(args, info)
     except (OSError, ValueError) as err:
         return _fail(err)
+    if workflow is None and "background" not in [c.lower() for c in info.classes or []]:
+        print(NO_BACKGROUND_WARNING.format(classes=", ".join(info.classes or ["unknown"])),
+              file=sys.stderr)  # fmt: skip
     paths = expand_image_paths(args.images)
     if not paths:
         return _fail("no images found in " + ", ".join(args.images))
