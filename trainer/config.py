@@ -63,6 +63,9 @@ class TrainConfig:
     # branches and retrains the merge head at the larger sizes (the seed's variant).
     later_stages: str = "all"
     mixed_precision: str = "auto"
+    # XLA for the training step (`trainer.xla.resolve_jit_compile`): "auto" is Keras' choice
+    # (on with a GPU, off on CPU and under tf.distribute), "on" forces it, "off" turns it off.
+    jit_compile: str = "auto"
     distribution: str = "auto"
     # "auto": Keras' fit, except under multi_worker (where Keras 3's fit fails,
     # keras-team/keras#20585) the custom loop in trainer.distributed; "custom" forces that loop

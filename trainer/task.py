@@ -109,18 +109,11 @@ def make_strategy(mode: str, tf_config: str | None = None):
     return tf.distribute.get_strategy()
 
 
-def _use_xla(strategy) -> bool | str:
-    """XLA where Keras supports it, except multi-replica runs on CPU, where XLA's collectives
-    fail to compile, and multi-worker runs (cross-worker collectives inside XLA are untested
-    here)."""
-    import tensorflow as tf
+def _use_xla(strategy, mode: str = "auto") -> bool | str:
+    """`--jit_compile` for this strategy; see `trainer.xla.resolve_jit_compile`."""
+    from trainer.xla import resolve_jit_compile
 
-    from trainer.distributed import is_multi_worker
-
-    if is_multi_worker(strategy):
-        return False
-    on_cpu = not tf.config.list_logical_devices("GPU")
-    return False if on_cpu and strategy.num_replicas_in_sync > 1 else "auto"
+    return resolve_jit_compile(mode, strategy)
 
 
 def _use_custom_loop(loop: str, strategy) -> bool:
@@ -611,7 +604,7 @@ def run(
         train_cfg.head_epochs,
         later_stages_head_only=train_cfg.later_stages == "head",
     )
-    xla = _use_xla(strategy)
+    xla = _use_xla(strategy, train_cfg.jit_compile)
     phase_ends = list(itertools.accumulate(phase.stage.epochs for phase in phases))
     all_epochs = phase_ends[-1]
 
@@ -770,6 +763,8 @@ def run(
         "model": train_cfg.model,
         "parameters": int(model.count_params()),
         "dtype_policy": policy,
+        # What Keras compiled the last trained step with (`--jit_compile` resolved).
+        "jit_compile": bool(fit_model.jit_compile),
         "replicas": int(strategy.num_replicas_in_sync),
         "workers": role.num_workers,
         "training_loop": "custom" if custom_loop else "fit",
@@ -967,6 +962,7 @@ _FLAG_FIELDS = {
     "batch_size": "train.batch_size",
     "learning_rate": "train.learning_rate",
     "mixed_precision": "train.mixed_precision",
+    "jit_compile": "train.jit_compile",
     "distribution": "train.distribution",
     "training_loop": "train.training_loop",
     "seed": "train.seed",
@@ -981,6 +977,7 @@ def define_flags() -> None:
     from absl import flags
 
     from trainer.config import PRESETS
+    from trainer.xla import JIT_COMPILE_MODES
 
     flags.DEFINE_string("preset", "default", f"Named configuration: {', '.join(PRESETS)}.")
     flags.DEFINE_string(
@@ -1000,6 +997,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", None, "Per-replica batch size.")
     flags.DEFINE_float("learning_rate", None, "Peak learning rate (cosine decay over the run).")
     flags.DEFINE_enum("mixed_precision", None, list(MIXED_PRECISION_MODES), "Dtype policy.")
+    flags.DEFINE_enum(
+        "jit_compile",
+        None,
+        list(JIT_COMPILE_MODES),
+        "XLA for the training step; auto: Keras' choice, off on CPU and under tf.distribute.",
+    )
     flags.DEFINE_enum(
         "distribution",
         None,
