@@ -19,9 +19,11 @@ Writes `OUT/gpu_bench.json` (every number, rewritten after each section, so a ki
 keeps what it measured) and `OUT/gpu_bench.md` (the table for docs/BENCHMARKS.md, also printed
 at the end), and prints progress as it goes.
 
-On the GPU machine (TensorFlow 2.21 with CUDA, the repo's pinned stack, in the Python that
-runs this; cellkeras need not be installed, the repo root is put on the path):
+On the GPU machine, with the repo's pinned stack and TensorFlow's CUDA 12 libraries in the
+Python that runs this (the script puts the repo root on the path, so installing the
+dependencies is enough; docs/BENCHMARKS.md "## GPU" lists them for Pythons other than 3.11):
 
+    pip install -e . 'tensorflow[and-cuda]==2.21.0'
     pip install --no-deps albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.3 \
         pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
         stringzilla==5.3.2 simsimd==6.5.16          # optional: the host-core peer
@@ -157,7 +159,10 @@ def init_tensorflow(dry_run: bool) -> tuple[object | None, str | None]:
         if dry_run:
             tf.config.set_visible_devices([], "GPU")
         for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError) as err:  # best effort: DALI may then find less
+                log(f"memory growth not set on {gpu.name}: {err}")
         import cellkeras.augment  # noqa: F401  (keras, keras-cv)
         import cellkeras.models  # noqa: F401
     except Exception as err:

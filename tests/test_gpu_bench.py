@@ -134,7 +134,7 @@ def test_summary_sets_goals_and_suggests_defaults(bench):
          "status": "not run", "reason": "section time budget spent"},
     ]  # fmt: skip
     pipeline = {"size": 128, "batch": 128, "rows": [
-        {"pipeline": "decode + `fluid` augment in tf.data (host cores; what the trainer does)",
+        {"pipeline": "decode + `fluid` augment in tf.data (host cores, where the trainer runs it)",
          "status": "ok", "images_per_s": 2000.0, "min": 1, "max": 1, "compile_s": 0.1}]}  # fmt: skip
     fluid = {"device": "/GPU:0", "rows": [{"layer": "x", "size": 128, "batch": 256, "status": "ok",
              "images_per_s": 60_000.0, "min": 1, "max": 1, "compile_s": 2.0}]}  # fmt: skip
