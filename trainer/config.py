@@ -89,6 +89,9 @@ class TrainConfig:
             head freezes the branches and retrains the merge head (the seed's variant).
         mixed_precision: dtype policy: auto (mixed_float16 on a GPU with tensor cores, float32
             elsewhere), off, float16 or bfloat16.
+        jit_compile: XLA for the training step (trainer.xla.resolve_jit_compile): auto is
+            Keras' choice (on with a GPU, off on CPU and under tf.distribute), on forces it,
+            off turns it off.
         distribution: tf.distribute strategy: auto, one, mirrored, or multi_worker (the cluster
             from TF_CONFIG).
         training_loop: auto (Keras fit; under multi_worker, where Keras 3's fit fails,
@@ -107,6 +110,7 @@ class TrainConfig:
     head_epochs: int = 3
     later_stages: str = "all"
     mixed_precision: str = "auto"
+    jit_compile: str = "auto"
     distribution: str = "auto"
     training_loop: str = "auto"
     seed: int = 0

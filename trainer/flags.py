@@ -25,11 +25,13 @@ from trainer.config import (
     TrainConfig,
     build_config,
 )
+from trainer.xla import JIT_COMPILE_MODES
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
 # Fields whose values come from a fixed list: the flag refuses anything else before data loads.
 CHOICES: dict[str, tuple[str, ...]] = {
     "mixed_precision": MIXED_PRECISION_MODES,
+    "jit_compile": JIT_COMPILE_MODES,
     "distribution": DISTRIBUTIONS,
     "training_loop": TRAINING_LOOPS,
     "training_mode": TRAINING_MODES,

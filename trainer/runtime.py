@@ -24,6 +24,7 @@ from trainer.cluster import (
     role_of,
 )
 from trainer.config import DISTRIBUTIONS, MIXED_PRECISION_MODES, TRAINING_LOOPS
+from trainer.xla import resolve_jit_compile
 
 
 def resolve_precision(mode: str) -> str:
@@ -79,18 +80,6 @@ def make_strategy(mode: str, tf_config: str | None = None):
     if mode == "one":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
-
-
-def use_xla(strategy) -> bool | str:
-    """XLA where Keras supports it, except multi-replica runs on CPU, where XLA's collectives
-    fail to compile, and multi-worker runs (cross-worker collectives inside XLA are untested
-    here)."""
-    import tensorflow as tf
-
-    if is_multi_worker(strategy):
-        return False
-    on_cpu = not tf.config.list_logical_devices("GPU")
-    return False if on_cpu and strategy.num_replicas_in_sync > 1 else "auto"
 
 
 def use_custom_loop(loop: str, strategy) -> bool:
@@ -169,7 +158,7 @@ def resolve_runtime(train, output_dir: str, worker_dir: str | None = None) -> Ru
         strategy=strategy,
         role=role,
         policy=resolve_precision(train.mixed_precision),
-        jit_compile=use_xla(strategy),
+        jit_compile=resolve_jit_compile(train.jit_compile, strategy),
         custom_loop=use_custom_loop(train.training_loop, strategy),
         folder=worker_folder(output_dir, worker_dir, role),
     )

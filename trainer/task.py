@@ -230,6 +230,11 @@ def _metrics(config, runtime, inputs, model, analysis, progress, final_size) -> 
         "model": config.train.model,
         "parameters": int(model.count_params()),
         "dtype_policy": runtime.policy,
+        # What the training step was compiled with (`--jit_compile` resolved; Keras turns
+        # "auto" into False on CPU).
+        "jit_compile": bool(getattr(model, "jit_compile", False))
+        if runtime.jit_compile == "auto"
+        else bool(runtime.jit_compile),
         "replicas": runtime.replicas,
         "workers": runtime.role.num_workers,
         "training_loop": "custom" if runtime.custom_loop else "fit",
@@ -316,6 +321,8 @@ def run(
     final_size = stages[-1].size
     analysis = _evaluate(model, inputs, out, final_size)
     metrics = _metrics(config, runtime, inputs, model, analysis, progress, final_size)
+    # What the last phase's step was compiled with (`--jit_compile` as Keras resolved it).
+    metrics["jit_compile"] = bool(runner.fitted.jit_compile)
     model.save(out / "model.keras")
     if config.export_dir:
         version_dir = export_model(

@@ -98,6 +98,8 @@ class PhaseRunner:
     branch_loss_weight: float = 0.3
     jit_compile: bool | str = "auto"
     scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    # The compiled model the last phase fitted (None until a phase has run).
+    fitted: keras.Model | None = dataclasses.field(default=None, init=False)
 
     @property
     def ends(self) -> list[int]:
@@ -175,6 +177,7 @@ class PhaseRunner:
                 verbose=verbose,
             )
             histories.append((phase, history))
+            self.fitted = fit_model
             if after_phase:
                 after_phase(index, phase)
         return histories
