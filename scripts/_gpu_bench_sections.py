@@ -111,9 +111,9 @@ def _train_row(name: str, size: int, precision: str, xla: bool, plan, budget: Bu
     tf.data hands over from host memory every step."""
     import keras
     import tensorflow as tf
-    from cellkeras.models.training import compile_classifier, joint_trainer
 
     from cellkeras.models import create_model
+    from cellkeras.training import compile_classifier, joint_trainer
 
     batch = plan.batch_size
     rng = np.random.default_rng(0)
@@ -359,9 +359,9 @@ def serving(plan, budget: Budget) -> dict:
     `serving_default` on one batch of `plan.serving_batch` PNGs against that many single-image
     calls (each fetched, as a client waits for its answer), and `serving_images` on floats."""
     import tensorflow as tf
-    from cellkeras.export import export_model
 
     from cellkeras.models import create_model
+    from cellkeras.serving.export import export_model
 
     size, batch = plan.small_size, plan.serving_batch
     png = _cell_pngs(1, size).encoded[0]

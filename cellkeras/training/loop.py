@@ -156,6 +156,7 @@ class PhaseRunner:
         Callbacks see the merged output's metrics under their plain names.
         """
         built, fit_model, to_labels = start or (None, None, None)
+        self.fitted = fit_model
         callbacks = [AliasMergedMetrics(), *callbacks]
         histories = []
         for index, phase in enumerate(self.phases):
