@@ -128,7 +128,8 @@ def _train_row(name: str, size: int, precision: str, xla: bool, plan, budget: Bu
                 model, keras.optimizers.Adam(1e-3), 0.3, jit_compile=xla
             )
         except ValueError as err:  # e.g. analysis_model cannot reach a branch's logits
-            step = f"classifier only (joint_trainer failed: {str(err)[:80]})"
+            why = str(err).split(". ")[0][:100]
+            step = f"classifier only, no branch losses (joint_trainer cannot be built: {why})"
             trainer = compile_classifier(model, keras.optimizers.Adam(1e-3), jit_compile=xla)
             to_labels = lambda data: data  # noqa: E731
         data = to_labels(tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2))
