@@ -283,7 +283,7 @@ def pipeline(plan, budget: Budget) -> dict:
         if budget.left() < 5:
             rows.append({"pipeline": label, **not_run("section time budget spent")})
             continue
-        iterator = iter(data)
+        iterator, run = iter(data), None
         try:
 
             def run(n: int, iterator=iterator, on_device=on_device) -> None:
@@ -304,7 +304,9 @@ def pipeline(plan, budget: Budget) -> dict:
         except Exception as err:
             rows.append({"pipeline": label, **error_result(err)})
         finally:
-            del iterator  # a live iterator keeps prefetching and would steal the next one's cores
+            # A live iterator keeps prefetching and would steal the next one's cores; `run`
+            # holds it too.
+            iterator = run = None
             gc.collect()
         log(f"  pipeline {label}: {_shown(rows[-1])}")
     return {
