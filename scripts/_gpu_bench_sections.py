@@ -128,7 +128,8 @@ def _train_row(name: str, size: int, precision: str, xla: bool, plan, budget: Bu
                 model, keras.optimizers.Adam(1e-3), 0.3, jit_compile=xla
             )
         except ValueError as err:  # e.g. analysis_model cannot reach a branch's logits
-            step = f"classifier only (joint_trainer failed: {str(err)[:80]})"
+            why = str(err).split(". ")[0][:100]
+            step = f"classifier only, no branch losses (joint_trainer cannot be built: {why})"
             trainer = compile_classifier(model, keras.optimizers.Adam(1e-3), jit_compile=xla)
             to_labels = lambda data: data  # noqa: E731
         data = to_labels(tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2))
@@ -282,7 +283,7 @@ def pipeline(plan, budget: Budget) -> dict:
         if budget.left() < 5:
             rows.append({"pipeline": label, **not_run("section time budget spent")})
             continue
-        iterator = iter(data)
+        iterator, run = iter(data), None
         try:
 
             def run(n: int, iterator=iterator, on_device=on_device) -> None:
@@ -303,7 +304,9 @@ def pipeline(plan, budget: Budget) -> dict:
         except Exception as err:
             rows.append({"pipeline": label, **error_result(err)})
         finally:
-            del iterator  # a live iterator keeps prefetching and would steal the next one's cores
+            # A live iterator keeps prefetching and would steal the next one's cores; `run`
+            # holds it too.
+            iterator = run = None
             gc.collect()
         log(f"  pipeline {label}: {_shown(rows[-1])}")
     return {
