@@ -116,7 +116,9 @@ def test_merge_variants_give_probabilities(merge):
 def test_merge_on_features_concatenates_pooled_features():
     model = _tiny(merge_on="features")
     width = model.get_layer("merge_concat").output.shape[-1]
-    assert width == 4 + 4  # the two branches' last conv widths, not 2 * NUM_CLASSES
+    # The two branches' last conv widths, and their logits (which keep the branch heads in
+    # the graph).
+    assert width == 4 + 4 + 2 * NUM_CLASSES
 
 
 def test_weighted_average_starts_equal_and_learns():
@@ -326,3 +328,21 @@ def test_the_cheap_name_list_matches_the_registry():
 
     assert tuple(list_models()) == MODEL_NAMES
     assert DEFAULT_MODEL in MODEL_NAMES
+
+
+def test_a_features_merge_keeps_every_branch_head_trainable_and_analysable():
+    # parallel_large merges on features; joint training with auxiliary branch losses and
+    # stage-wise training both need the branch logits in the graph.
+    from cellkeras.training import joint_trainer, stagewise_trainer
+
+    model = ParallelCNN(num_classes=NUM_CLASSES, channels=3, branches=TINY_BRANCHES,
+                        merge_on="features")  # fmt: skip
+    trainer, to_labels = joint_trainer(model, "adam", branch_loss_weight=0.3)
+    images = np.random.default_rng(0).random((4, 16, 16, 3), np.float32)
+    labels = np.eye(NUM_CLASSES, dtype=np.float32)[[0, 1, 2, 0]]
+    x, y = to_labels((images, labels))
+    history = trainer.fit(x, y, epochs=1, verbose=0)
+    assert set(analysis_model(model)(images)) == {"merged", *model.branch_names}
+    assert "loss" in history.history
+    first = model.branch_names[0]
+    stagewise_trainer(model, first, "adam").fit(images, labels, epochs=1, verbose=0)

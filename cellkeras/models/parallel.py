@@ -53,7 +53,8 @@ class ParallelCNN(keras.Model):
             "average": mean of the branch probabilities (no trainable head);
             "weighted": learned convex weights over the branch probabilities.
         merge_on: what "concat" concatenates: "logits" (the seed: each branch's class logits) or
-            "features" (each branch's pooled features).
+            "features" (each branch's pooled features, next to its logits so that every branch
+            head stays in the graph).
         head_units: hidden width of the "concat" head.
         dtype: dtype policy (name or `keras.DTypePolicy`) for the layers, e.g. "mixed_float16";
             None follows the global policy. Softmax outputs are float32 in every case.
@@ -93,7 +94,11 @@ class ParallelCNN(keras.Model):
         if len(built) == 1:
             outputs = next(iter(built.values())).probs
         elif merge == "concat":
-            parts = [getattr(b, merge_on) for b in built.values()]
+            parts = [b.logits for b in built.values()]
+            if merge_on == "features":
+                # The logits stay among the inputs: it keeps every branch head in the graph, which
+                # per-branch accuracy, auxiliary branch losses and stage-wise training all read.
+                parts = [b.features for b in built.values()] + parts
             x = keras.layers.Concatenate(name="merge_concat", dtype=policy)(parts)
             x = keras.layers.Dense(
                 head_units, activation="relu", name="merge_hidden", dtype=policy
