@@ -215,9 +215,11 @@ def _run_explain(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from cellkeras.explain.cam import MERGED, _branch_names, compute_explanation
+    from cellkeras.explain.cam import compute_explanation
     from cellkeras.explain.loading import expand_image_paths
+    from cellkeras.explain.methods import MERGED
     from cellkeras.explain.overlay import overlay, side_by_side
+    from cellkeras.explain.targets import branch_names
 
     try:
         model, info = _load(args)
@@ -225,7 +227,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         if not paths:
             raise ValueError(f"no images found in {', '.join(args.paths)}")
         if args.branches:
-            branches = _branch_names(model)
+            branches = branch_names(model)
             targets = [*branches, MERGED] if branches else [None]
         else:
             targets = [args.branch]
