@@ -107,6 +107,18 @@ class _ClassScore(Score):
         return tf.reshape(tf.reduce_sum(values - tf.stop_gradient(values)), (1,))
 
 
+class _Classes(Score):
+    """`CategoricalScore` as one gather: Scorecam scores every channel's masked batch with it,
+    and `CategoricalScore` slices each image out one by one (most of Scorecam's own time)."""
+
+    def __init__(self, classes: list[int]) -> None:
+        super().__init__("Classes")
+        self.classes = tf.constant(classes, tf.int32)
+
+    def __call__(self, output: tf.Tensor) -> tf.Tensor:
+        return tf.gather(output, self.classes, axis=1, batch_dims=1)
+
+
 class _InGraph:
     """Runs tf-keras-vis' NumPy `_calculate_cam` as a `tf.py_function` in the compiled graph."""
 
@@ -337,7 +349,7 @@ def scorecam_maps(
         model, ("scorecam", layer_name, max_n), lambda: _score_model(model, layer_name, max_n)
     )
     cam = Scorecam(score_model, clone=False)(
-        CategoricalScore(targets), images, penultimate_layer=layer,
+        _Classes(targets), images, penultimate_layer=layer,
         seek_penultimate_conv_layer=False, batch_size=batch_size, expand_cam=False,
         normalize_cam=False,
     )  # fmt: skip
