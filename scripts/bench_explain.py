@@ -1,30 +1,43 @@
-"""Batched Grad-CAM throughput against per-image loops of the keras.io algorithm and of
-tf-keras-vis, on the same model and images.
+"""Grad-CAM-family throughput: tf-keras-vis called plainly, cellkeras (tf-keras-vis' classes,
+compiled around them) and the keras.io per-image loop, in one run on the same model and images.
 
 Command (the numbers in docs/BENCHMARKS.md, "## Explain"):
 
     python scripts/bench_explain.py --size 64 --images 64
 
-Machine: the project's 2-core CPU VM (no GPU), TensorFlow 2.21 CPU build, Python 3.11.
+Machine: the project's 2-core CPU VM (no GPU; `lscpu` names the CPU, printed below),
+TensorFlow 2.21 CPU build, Keras 3.15, tf-keras-vis 0.8.7, Python 3.11.
 
-What is timed (images per second, after one warm-up call of each, so tracing is excluded):
-  - cellkeras: `gradcam(model, images, batch_size=64)`: one compiled forward + GradientTape
-    over the whole batch, maps resized to the input in the same graph, normalized.
-  - keras.io: the `make_gradcam_heatmap` function of keras-io `examples/vision/grad_cam.py`
-    called once per image (its grad model built once, as in the example), plus the resize to
-    the input size (cv2, bilinear) the example does before drawing.
-  - tf-keras-vis 0.8.7: `Gradcam(model)(CategoricalScore([c]), image, penultimate_layer=...)`
-    once per image (its documented use; it resizes with scipy itself).
-All three explain the same layer (the first branch's last conv) of an untrained
-`parallel_small` (speed does not depend on the weights) for the predicted class.
-The issue's target: cellkeras >= 5x the per-image keras.io reference.
+What is timed (images per second; every entry is called once first, so tracing and warm-up are
+excluded; then `--rounds` interleaved rounds, one call of each entry per round, best round kept):
+  - tf-keras-vis (plain): its documented use, called once on the whole batch:
+    `Gradcam(model, model_modifier=ReplaceToLinear())` (built once, outside the timing), then
+    `visualizer(CategoricalScore(classes), images, penultimate_layer=layer,
+    seek_penultimate_conv_layer=False)` with its default upsampling (scipy) and normalization.
+    Likewise GradcamPlusPlus and Layercam; Scorecam on the model as is (its docs: no
+    ReplaceToLinear), with max_N=10 for Faster-Score-CAM (which then keeps the union of the
+    batch's top channels, where cellkeras keeps each image's own).
+  - cellkeras: `explain(model, images, method, layer_name=layer)`, maps at the input's size in
+    [0, 1]: tf-keras-vis' classes traced into one compiled function (gradient methods) or run on
+    compiled stand-ins (Score-CAM), see `cellkeras/explain/tfkv.py`.
+  - keras.io: `make_gradcam_heatmap` of keras-io `examples/vision/grad_cam.py` called once per
+    image (its grad model built once, outside the timing, which favours it), plus the resize to
+    the input (cv2, bilinear) the example does before drawing; `--per_image` images per call.
+Each explains the same layer (the first branch's last conv) of an untrained `parallel_small`
+(speed does not depend on the weights) for each image's predicted class. Score-CAM rows use the
+first `--score_images` images (every image costs one forward pass per channel).
+The issue's target: cellkeras Grad-CAM >= 5x plain tf-keras-vis on the same batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import platform
+import subprocess
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -50,32 +63,74 @@ def keras_io_heatmap(img_array, grad_model, pred_index=None):
     return heatmap.numpy()
 
 
-def rate(fn, count: int, seconds: float) -> float:
-    """Images per second of `fn` (which explains `count` images), repeated for `seconds`."""
-    fn()  # warm-up: tracing and first-call costs
-    done, start = 0, time.perf_counter()
-    while True:
-        fn()
-        done += count
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return done / elapsed
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line]
+    return names[0] if names else "unknown CPU"
+
+
+def best_rates(entries: dict, rounds: int) -> dict[str, float]:
+    """Images per second of each `(fn, count)`, best of `rounds` interleaved rounds."""
+    for fn, _ in entries.values():
+        fn()  # tracing and first-call costs
+    best = dict.fromkeys(entries, 0.0)
+    for _ in range(rounds):
+        for name, (fn, count) in entries.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = max(best[name], count / (time.perf_counter() - start))
+    return best
+
+
+def plain_entries(model, images, layer, classes, score_images):
+    """tf-keras-vis 0.8.7 as documented, on the whole batch (Score-CAM: its first images)."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    where = {"penultimate_layer": layer, "seek_penultimate_conv_layer": False}
+    score = CategoricalScore([int(c) for c in classes])
+    few, few_score = (
+        images[:score_images],
+        CategoricalScore([int(c) for c in classes[:score_images]]),
+    )
+    entries = {}
+    for method, cls in (
+        ("gradcam", Gradcam),
+        ("gradcam++", GradcamPlusPlus),
+        ("layercam", Layercam),
+    ):
+        visualizer = cls(model, model_modifier=ReplaceToLinear())
+        entries[method] = (lambda v=visualizer: v(score, images, **where), len(images))
+    scorecam = Scorecam(model)
+
+    def quiet(**kw):  # Keras' predict prints a progress bar per call
+        with contextlib.redirect_stdout(io.StringIO()):
+            scorecam(few_score, few, **where, **kw)
+
+    entries["scorecam"] = (quiet, len(few))
+    entries["faster-scorecam"] = (lambda: quiet(max_N=10), len(few))
+    return entries
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--per_image", type=int, default=16, help="images in the per-image loops")
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--per_image", type=int, default=16, help="images in the keras.io loop")
+    parser.add_argument("--score_images", type=int, default=16, help="images in Score-CAM rows")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="parallel_small")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.utils.scores import CategoricalScore
-
-    from cellkeras.explain import default_layer, gradcam, predict
+    from cellkeras.explain import default_layer, explain, predict
     from cellkeras.models import create_model
 
     keras.utils.set_random_seed(0)
@@ -83,39 +138,39 @@ def main() -> None:
     layer = default_layer(model)
     images = np.random.default_rng(0).random((args.images, args.size, args.size, 3))
     images = images.astype(np.float32)
-    few = images[: args.per_image]
-    classes = predict(model, few).argmax(-1)
+    classes = predict(model, images).argmax(-1)
     grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
-    visualizer = Gradcam(model, clone=False)
+    few, score_few = images[: args.per_image], images[: args.score_images]
 
-    def ours():
-        gradcam(model, images, layer_name=layer, batch_size=64, score="probability")
-
-    def reference():
+    def keras_io():
         for image in few:
             heat = keras_io_heatmap(image[None], grad_model)
             cv2.resize(heat, (args.size, args.size), interpolation=cv2.INTER_LINEAR)
 
-    def tf_keras_vis():
-        for image, c in zip(few, classes, strict=True):
-            visualizer(CategoricalScore([int(c)]), image[None], penultimate_layer=layer,
-                       seek_penultimate_conv_layer=False)  # fmt: skip
+    methods = ("gradcam", "gradcam++", "layercam", "scorecam", "faster-scorecam")
+    plain = plain_entries(model, images, layer, classes, args.score_images)
+    entries = {}
+    for method in methods:
+        batch = score_few if "scorecam" in method else images
+        entries[f"tf-keras-vis {method}"] = plain[method]
+        entries[f"cellkeras {method}"] = (
+            lambda m=method, b=batch: explain(model, b, m, layer_name=layer),
+            len(batch),
+        )
+    entries["keras.io gradcam"] = (keras_io, len(few))
+    rates = best_rates(entries, args.rounds)
 
-    results = {
-        "cellkeras batched (batch 64)": rate(ours, len(images), args.seconds),
-        "keras.io per image": rate(reference, len(few), args.seconds),
-        "tf-keras-vis per image": rate(tf_keras_vis, len(few), args.seconds),
-    }
-    base = results["cellkeras batched (batch 64)"]
-    print(f"Grad-CAM, {args.model} at {args.size} px, layer {layer}, {os.cpu_count()} CPU cores")
-    print(f"{'method':<30} {'images/s':>9} {'cellkeras x':>12}")
-    for name, value in results.items():
-        print(f"{name:<30} {value:>9.1f} {base / value:>12.1f}")
+    print(f"{args.model} at {args.size} px, layer {layer}, {args.images} images "
+          f"(Score-CAM {args.score_images}), best of {args.rounds} interleaved rounds")  # fmt: skip
+    print(f"{os.cpu_count()} CPU cores: {cpu_name()}; TensorFlow {tf.__version__}")
+    print(f"{'method':<16} {'tf-keras-vis':>13} {'cellkeras':>10} {'x plain':>8} {'keras.io':>9}")
+    for method in methods:
+        base, ours = rates[f"tf-keras-vis {method}"], rates[f"cellkeras {method}"]
+        io_rate = f"{rates['keras.io gradcam']:>9.1f}" if method == "gradcam" else f"{'':>9}"
+        print(f"{method:<16} {base:>13.1f} {ours:>10.1f} {ours / base:>7.1f}x {io_rate}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {"size": args.size, "model": args.model, "images_per_s": results}, f, indent=2
-            )
+            json.dump({"size": args.size, "model": args.model, "images_per_s": rates}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -86,23 +86,123 @@ def test_gradcam_matches_keras_io_reference(softmax_model, score):
         np.testing.assert_allclose(ours[i], expected, atol=1e-5)
 
 
+def linear_twin(model):
+    """`model` with a linear output layer (same weights): the logits."""
+    twin = tiny_model("linear", model.outputs[0].shape[-1])
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def plain_tf_keras_vis(model, images, method, max_n=None):
+    """tf-keras-vis 0.8.7 called as its documentation shows, on layer c2, raw maps at the layer's
+    size, for each image's predicted class. Score-CAM takes a model with linear outputs (it
+    applies a softmax itself): the logits, or for a one-unit sigmoid z the pair (0, z), whose
+    softmax is (1 - p, p)."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.layercam import Layercam
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    probabilities = np.asarray(model(images))
+    common = {"penultimate_layer": "c2", "seek_penultimate_conv_layer": False}
+    common |= {"expand_cam": False, "normalize_cam": False}
+    if method in ("scorecam", "faster-scorecam"):
+        logits = linear_twin(model)
+        target = logits
+        if probabilities.shape[-1] == 1:
+            z = logits.outputs[0]
+            target = keras.Model(logits.inputs, keras.layers.Concatenate()([z * 0.0, z]))
+        classes = [1] * len(images) if probabilities.shape[-1] == 1 else probabilities.argmax(-1)
+        visualizer = Scorecam(target)
+        return np.asarray(
+            visualizer(CategoricalScore(list(classes)), images, max_N=max_n, **common)
+        )
+    cls = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "layercam": Layercam}[method]
+    visualizer = cls(model, model_modifier=ReplaceToLinear(), clone=True)
+    return np.asarray(
+        visualizer(CategoricalScore(list(probabilities.argmax(-1))), images, **common)
+    )
+
+
+def peak_one(maps):
+    return maps / np.maximum(maps.reshape(len(maps), -1).max(axis=1), 1e-30)[:, None, None]
+
+
 @pytest.mark.parametrize("model_name", ["softmax_model", "sigmoid_model"])
 @pytest.mark.parametrize("method", CAM_METHODS)
-def test_methods_match_tf_keras_vis(request, model_name, method):
+def test_methods_match_plain_tf_keras_vis(request, model_name, method):
     model = request.getfixturevalue(model_name)
     images = batch(3, seed=2)
-    kw = {"resize": False, "max_n": 3}
-    ours = explain(model, images, method, **kw)
-    # tf-keras-vis' Faster Score-CAM takes the union of every image's top channels over the
-    # batch (ours keeps each image's own), so it is compared one image at a time.
-    step = 1 if method == "faster-scorecam" else 3
-    reference = np.concatenate(
-        [
-            explain(model, images[i : i + step], method, engine="tf-keras-vis", **kw)
-            for i in range(0, 3, step)
-        ]
-    )
-    np.testing.assert_allclose(ours, reference, atol=2e-3)
+    ours = explain(model, images, method, layer_name="c2", resize=False, max_n=3)
+    if method == "faster-scorecam":
+        # tf-keras-vis keeps the union of every image's top channels over the batch; cellkeras
+        # keeps each image's own, which is tf-keras-vis on that image alone.
+        reference = np.concatenate(
+            [plain_tf_keras_vis(model, images[i : i + 1], method, max_n=3) for i in range(3)]
+        )
+    else:
+        reference = plain_tf_keras_vis(model, images, method)
+    # Maps scaled to peak 1: Grad-CAM++'s raw maps differ by tf-keras-vis' exp(score) factor,
+    # which cellkeras leaves out. Float32 round-off between compiled and eager runs only.
+    np.testing.assert_allclose(ours, peak_one(reference), atol=1e-4)
+    if method in ("gradcam", "layercam", "scorecam"):
+        raw = explain(model, images, method, layer_name="c2", resize=False, normalize=False)
+        np.testing.assert_allclose(raw, reference, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam"])
+def test_engine_tf_keras_vis_is_the_plain_library(softmax_model, method):
+    images = batch(2, seed=4)
+    kw = {"layer_name": "c2", "resize": False}
+    plain = explain(softmax_model, images, method, engine="tf-keras-vis", **kw)
+    reference = plain_tf_keras_vis(softmax_model, images, method)
+    np.testing.assert_allclose(plain, peak_one(reference), atol=1e-4)
+    np.testing.assert_allclose(plain, explain(softmax_model, images, method, **kw), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("method", "classes"),
+    [
+        ("gradcam", ["gradcam.Gradcam.__call__", "gradcam.Gradcam._calculate_cam"]),
+        ("gradcam++", ["gradcam_plus_plus.GradcamPlusPlus.__call__"]),
+        ("layercam", ["layercam.Layercam.__call__", "layercam.Layercam._calculate_cam"]),
+        ("scorecam", ["scorecam.Scorecam.__call__"]),
+        ("faster-scorecam", ["scorecam.Scorecam.__call__"]),
+    ],
+)
+def test_default_engine_runs_tf_keras_vis_classes(monkeypatch, method, classes):
+    import importlib
+
+    calls = []
+    for dotted in classes:
+        module, cls, name = dotted.rsplit(".", 2)
+        owner = getattr(importlib.import_module(f"tf_keras_vis.{module}"), cls)
+        original = getattr(owner, name)
+
+        def spy(*args, _original=original, _dotted=dotted, **kwargs):
+            calls.append(_dotted)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, spy)
+    model = tiny_model(seed=5)  # a fresh model: nothing compiled for it yet
+    maps = explain(model, batch(2, size=12), method, max_n=3)
+    assert maps.shape == (2, 12, 12) and set(calls) == set(classes)
+    if method in ("gradcam", "gradcam++", "layercam"):
+        # Traced once: other batch and image sizes run the compiled graph, not `__call__` again
+        # (only `_calculate_cam`, a py_function in that graph, runs its Python on every call).
+        calls.clear()
+        assert explain(model, batch(3, size=20), method).shape == (3, 20, 20)
+        assert not [c for c in calls if c.endswith("__call__")]
+
+
+def test_gradcam_plus_plus_raw_maps_stay_finite_for_large_logits():
+    model = tiny_model(seed=6)
+    out = model.get_layer("out")
+    out.set_weights([w * 1e4 for w in out.get_weights()])  # logits far above 88: exp overflows
+    raw = explain(model, batch(2), "gradcam++", normalize=False)
+    assert np.isfinite(raw).all() and (raw.reshape(2, -1).max(axis=1) > 0).all()
 
 
 @pytest.mark.parametrize("model_name", ["softmax_model", "sigmoid_model"])
@@ -176,7 +276,7 @@ def test_mixed_precision_model_matches_float32():
         )
 
 
-def test_nested_model_layer():
+def test_nested_model_layer_matches_the_same_model_flat():
     keras.utils.set_random_seed(0)
     inner_in = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(4, 3, activation="relu", name="inner_conv")(inner_in)
@@ -185,8 +285,19 @@ def test_nested_model_layer():
     y = keras.layers.GlobalAveragePooling2D()(backbone(images))
     model = keras.Model(images, keras.layers.Dense(2, activation="softmax")(y))
     assert default_layer(model) == "inner_conv"
-    maps = gradcam(model, batch(2))
-    assert maps.shape == (2, 16, 16) and maps.max() == pytest.approx(1.0)
+    flat_in = keras.Input((None, None, 3))
+    z = keras.layers.Conv2D(4, 3, activation="relu", name="inner_conv")(flat_in)
+    z = keras.layers.GlobalAveragePooling2D()(z)
+    flat = keras.Model(flat_in, keras.layers.Dense(2, activation="softmax")(z))
+    flat.set_weights(model.get_weights())
+    pixels = batch(2)
+    # The nested layer goes through the capturing stand-in, the flat one straight to tf-keras-vis.
+    for method in ("gradcam", "gradcam++", "faster-scorecam"):
+        nested = explain(model, pixels, method, normalize=False, max_n=2)
+        np.testing.assert_allclose(
+            nested, explain(flat, pixels, method, normalize=False, max_n=2), rtol=1e-4, atol=1e-7
+        )
+    assert gradcam(model, pixels).max() == pytest.approx(1.0)
 
 
 def test_model_without_conv_layers_is_refused():

@@ -169,8 +169,10 @@ def _run_explain(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from cellkeras.explain.cam import MERGED, _branch_names, compute_explanation
+    from cellkeras.explain.cam import compute_explanation
+    from cellkeras.explain.methods import MERGED
     from cellkeras.explain.overlay import overlay, side_by_side
+    from cellkeras.explain.targets import branch_names
     from cellkeras.inference.loading import expand_image_paths
 
     try:
@@ -179,7 +181,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         if not paths:
             raise ValueError(f"no images found in {', '.join(args.paths)}")
         if args.branches:
-            branches = _branch_names(model)
+            branches = branch_names(model)
             targets = [*branches, MERGED] if branches else [None]
         else:
             targets = [args.branch]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cellkeras.explain.cam import ClassIndex, _as_batch, _predict, _requested
+from cellkeras.explain.common import ClassIndex, as_batch, predict_batches, requested_classes
 
 
 def _fill_values(images: np.ndarray, fill: float | str) -> np.ndarray:
@@ -42,7 +42,7 @@ def keep_region(
     images: np.ndarray, maps: np.ndarray, fraction: float = 0.2, fill: float | str = "mean"
 ) -> np.ndarray:
     """Images with only the top `fraction` of pixels of each map kept, the rest set to `fill`."""
-    images = _as_batch(images)
+    images = as_batch(images)
     if maps.shape != images.shape[:3]:
         raise ValueError(f"maps {maps.shape} do not match images {images.shape[:3]}")
     keep = _ranks(maps) < max(1, round(fraction * maps[0].size))
@@ -50,7 +50,7 @@ def keep_region(
 
 
 def _classes(probabilities: np.ndarray, class_index: ClassIndex) -> np.ndarray:
-    requested = _requested(class_index, len(probabilities), probabilities.shape[1])
+    requested = requested_classes(class_index, len(probabilities), probabilities.shape[1])
     return np.where(requested >= 0, requested, probabilities.argmax(axis=1))
 
 
@@ -79,12 +79,14 @@ def average_drop(
         (share of images whose probability rises, higher is better), `kept_fraction`, and the
         per-image lists `probability` and `probability_kept`.
     """
-    images = _as_batch(images)
-    probabilities = _predict(model, images, batch_size)
+    images = as_batch(images)
+    probabilities = predict_batches(model, images, batch_size)
     classes = _classes(probabilities, class_index)
     rows = np.arange(len(images))
     base = probabilities[rows, classes]
-    kept = _predict(model, keep_region(images, maps, fraction, fill), batch_size)[rows, classes]
+    kept = predict_batches(model, keep_region(images, maps, fraction, fill), batch_size)[
+        rows, classes
+    ]
     drop = np.maximum(base - kept, 0.0) / np.maximum(base, 1e-12)
     return {
         "average_drop": float(drop.mean()),
@@ -119,10 +121,10 @@ def deletion_curve(
         `fractions` (steps + 1,), `scores` (N, steps + 1) as nested lists, `auc` per image (the
         trapezoid area over fractions in [0, 1]; lower is better) and `mean_auc`.
     """
-    images = _as_batch(images)
+    images = as_batch(images)
     if maps.shape != images.shape[:3]:
         raise ValueError(f"maps {maps.shape} do not match images {images.shape[:3]}")
-    classes = _classes(_predict(model, images, batch_size), class_index)
+    classes = _classes(predict_batches(model, images, batch_size), class_index)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     pixels = maps[0].size
     ranks = _ranks(maps)
@@ -132,7 +134,7 @@ def deletion_curve(
         counts = np.round(fractions * pixels)
         deleted = ranks[i][None] < counts[:, None, None]  # (steps + 1, H, W)
         copies = np.where(deleted[..., None], values[i][None], images[i][None])
-        scores[i] = _predict(model, copies, batch_size)[:, classes[i]]
+        scores[i] = predict_batches(model, copies, batch_size)[:, classes[i]]
     widths = np.diff(fractions)
     auc = ((scores[:, 1:] + scores[:, :-1]) / 2.0 * widths).sum(axis=1)
     return {

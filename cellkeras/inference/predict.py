@@ -44,7 +44,9 @@ def as_batch(images: Any) -> np.ndarray:
     return images
 
 
-def _predict_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+def predict_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Compiled images -> the model's outputs, float32, for any batch and image size."""
+
     @tf.function(input_signature=[image_spec(model)], autograph=False)
     def predict(images: tf.Tensor) -> tf.Tensor:
         return tf.cast(model(images, training=False), tf.float32)
@@ -55,7 +57,7 @@ def _predict_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
 def predict(model: keras.Model, images: Any, batch_size: int = 64) -> np.ndarray:
     """Class probabilities (N, K) float32, through one compiled function per model."""
     images = as_batch(images)
-    compiled = cached(model, ("predict",), lambda: _predict_function(model))
+    compiled = cached(model, ("predict",), lambda: predict_function(model))
     parts = [
         compiled(tf.convert_to_tensor(images[i : i + batch_size], tf.float32)).numpy()
         for i in range(0, len(images), batch_size)
