@@ -146,19 +146,7 @@ def load_video_segments(
         raise ValueError(
             f"video {path}: its metadata gives no frame rate; pass fps= (--fps on the command line)."
         )
-    ranges = [s.frame_range(info.fps) for s in segs]
-    pairs = sorted(zip(ranges, segs, strict=True), key=lambda p: p[0])
-    for (ra, a), (rb, b) in zip(pairs, pairs[1:], strict=False):
-        if rb[0] < ra[1]:
-            raise ValueError(
-                f"video {path}: segments {a.describe()!r} and {b.describe()!r} overlap "
-                f"(frames {ra[0]}-{ra[1] - 1} and {rb[0]}-{rb[1] - 1} at {info.fps:g} fps)."
-            )
-    for (first, stop), seg in zip(ranges, segs, strict=True):
-        if stop <= first:
-            raise ValueError(
-                f"video {path}: segment {seg.describe()!r} holds no frame at {info.fps:g} fps."
-            )
+    ranges = _frame_ranges(segs, info)
 
     classes = list(dict.fromkeys(s.label for s in segs))
     # frame index -> class index, for the frames we keep.
@@ -211,6 +199,26 @@ def load_video_segments(
         groups=None,
         name=name if name is not None else path.stem,
     )
+
+
+def _frame_ranges(segs: list[Segment], info: VideoInfo) -> list[tuple[int, int]]:
+    """Each segment's half-open frame range at the video's fps, checked for overlaps (which
+    segments in different units can only show now) and for holding a frame."""
+    ranges = [s.frame_range(info.fps) for s in segs]
+    pairs = sorted(zip(ranges, segs, strict=True), key=lambda p: p[0])
+    for (ra, a), (rb, b) in zip(pairs, pairs[1:], strict=False):
+        if rb[0] < ra[1]:
+            raise ValueError(
+                f"video {info.path}: segments {a.describe()!r} and {b.describe()!r} overlap "
+                f"(frames {ra[0]}-{ra[1] - 1} and {rb[0]}-{rb[1] - 1} at {info.fps:g} fps)."
+            )
+    for (first, stop), seg in zip(ranges, segs, strict=True):
+        if stop <= first:
+            at = f"{info.fps:g} fps"
+            raise ValueError(
+                f"video {info.path}: segment {seg.describe()!r} holds no frame at {at}."
+            )
+    return ranges
 
 
 def _convert_frame(bgr: np.ndarray, max_side: int | None, channels: int | None) -> np.ndarray:
