@@ -26,6 +26,10 @@ class DataConfig:
     `source` is one of `cellkeras.data.sources.SOURCE_KINDS`, or "auto": chosen from the fields
     given (`data_dir` a class-folder tree, `labels_csv` a CSV, `tfrecords` TFRecord files, none
     of them the synthetic cells).
+
+    `channels`: None keeps the stored channels, an int is a count (1 grey, 3 RGB), and a string
+    of comma-separated indices picks channels of a multichannel image (``"0,2"``; ``"1,"`` for
+    one), parsed once by `cellkeras.io.images.parse_channels`.
     """
 
     source: str = "auto"
@@ -37,7 +41,7 @@ class DataConfig:
     synthetic_images: int = 3000
     synthetic_size: int = 96
     synthetic_difficulty: float = 1.0
-    channels: int | None = None
+    channels: int | str | None = None
     normalization: str = "range"
     val_fraction: float = 0.2
     balance: str | None = None
