@@ -197,8 +197,22 @@ def test_in_graph_decode_equals_training_decode(kind, channels):
     expected = decode_image(data, channels)
     got = graph_decoder(channels)(tf.constant(data)).numpy()
     assert got.shape == expected.shape and got.dtype == np.float32
-    # Bit-identical, luminance included (see export._luminance for the FMA detail).
+    # Bit-identical, luminance included (one exact formula, see cellkeras.io.images).
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_grey_in_graph_equals_training_grey_bit_for_bit(dtype):
+    from cellkeras.io.images import select_channels
+    from cellkeras.serving.signatures import _luminance
+
+    rgb = random_pixels((256, 256, 3), dtype, seed=5)  # 65,536 pixels of every weight mix
+    expected = select_channels(rgb, 1)
+    np.testing.assert_array_equal(tf.function(_luminance)(tf.constant(rgb)).numpy(), expected)
+    np.testing.assert_array_equal(
+        graph_decoder(1)(tf.constant(encode(rgb, ".png"))).numpy(),
+        decode_image(encode(rgb, ".png"), 1),
+    )
 
 
 def test_in_graph_percentile_normalization():

@@ -9,7 +9,15 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cellkeras.io.images import ImageError, decode_image, normalize, read_image, select_channels
+from cellkeras.io.images import (
+    LUMA_WEIGHTS,
+    ImageError,
+    decode_image,
+    normalize,
+    parse_channels,
+    read_image,
+    select_channels,
+)
 from tests.conftest import write_png
 
 
@@ -102,10 +110,17 @@ def test_tiff_stack_is_refused_with_its_axes(tmp_path):
         read_image(path)
 
 
-def test_float_tiff_is_clipped(tmp_path):
+def test_float_tiff_in_range_is_kept_and_outside_is_refused(tmp_path):
     path = tmp_path / "f.tif"
-    tifffile.imwrite(path, np.full((9, 9), 1.7, np.float32))
+    tifffile.imwrite(path, np.full((9, 9), 0.25, np.float32))
+    assert read_image(path).max() == np.float32(0.25)
+    # Rounding just past 1 is clipped; a raw-count float image is refused, not saturated.
+    tifffile.imwrite(path, np.full((9, 9), 1.004, np.float32))
     assert read_image(path).max() == 1.0
+    tifffile.imwrite(path, np.full((9, 9), 1.7, np.float32))
+    with pytest.raises(ImageError, match="f.tif: float pixels span 1.7 to 1.7, outside"):
+        read_image(path)
+    assert read_image(path, normalization="percentile").shape == (9, 9, 1)
 
 
 def test_corrupt_jpeg(tmp_path):
@@ -167,3 +182,178 @@ def test_impossible_channel_request():
 def test_normalize_rejects_unknown_mode():
     with pytest.raises(ValueError, match="known"):
         normalize(np.zeros((2, 2, 1), np.uint8), "zscore")
+
+
+# --- normalization rules --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16])
+def test_signed_integers_shift_by_the_type_minimum(dtype):
+    info = np.iinfo(dtype)
+    pixels = np.array([info.min, -1, 0, 1, info.max], dtype).reshape(1, 5, 1)
+    out = normalize(pixels)
+    expected = (pixels.astype(np.float64) - info.min) / (float(info.max) - info.min)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert np.all(np.diff(out.ravel()) > 0)  # order kept: negatives stay below zero
+
+
+def test_signed_tiff_reads_in_range(tmp_path):
+    path = tmp_path / "signed.tif"
+    tifffile.imwrite(path, np.full((9, 9), -100, np.int16))
+    value = read_image(path)[0, 0, 0]
+    assert 0.0 <= value <= 1.0 and value == pytest.approx((32768 - 100) / 65535)
+
+
+def test_nan_is_refused_under_every_normalization():
+    pixels = np.full((9, 9, 1), 0.5, np.float32)
+    pixels[3, 3] = np.nan
+    for mode in ("range", "percentile"):
+        with pytest.raises(ImageError, match="x.tif: holds NaN"):
+            normalize(pixels, mode, source="x.tif")
+
+
+# --- grey conversion ------------------------------------------------------------------------
+
+
+def exact_grey(rgb):
+    """floor(r*w0 + g*w1 + b*w2) in exact integer arithmetic, with the float32 weights."""
+    from fractions import Fraction
+
+    scale = 2**40  # every float32 weight here is a multiple of 2**-40
+    weights = [Fraction(float(np.float32(w))) * scale for w in LUMA_WEIGHTS]
+    assert all(w.denominator == 1 for w in weights)
+    values = rgb.astype(np.int64)
+    total = sum(values[..., i] * int(weights[i]) for i in range(3))
+    return (total >> 40).astype(rgb.dtype)[..., None]
+
+
+@pytest.mark.parametrize(("dtype", "top"), [(np.uint8, 256), (np.uint16, 65536)])
+def test_grey_is_the_exact_formula(dtype, top):
+    rgb = np.random.default_rng(4).integers(0, top, (300, 300, 3)).astype(dtype)
+    np.testing.assert_array_equal(select_channels(rgb, 1), exact_grey(rgb))
+    level = np.arange(0, top, max(1, top // 512), dtype=dtype)
+    flat = np.stack([level] * 3, axis=-1)[None]
+    np.testing.assert_array_equal(select_channels(flat, 1)[0, :, 0], level)  # grey keeps its value
+
+
+# --- header sizes without process-wide state -------------------------------------------------
+
+
+def test_header_size_leaves_pils_global_limit_alone(monkeypatch):
+    import cellkeras.io.images as images
+
+    class Spy:
+        """PIL.Image, recording every attribute the code under test sets on it."""
+
+        def __getattr__(self, name):
+            return getattr(Image, name)
+
+        def __setattr__(self, name, value):
+            writes.append(name)
+
+    writes = []
+    monkeypatch.setattr(images, "Image", Spy())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # someone else's, lower than ours
+    png = _encode(np.zeros((20, 20), np.uint8), ".png")
+    jpeg = _encode(np.zeros((20, 20, 3), np.uint8), ".jpg")
+    for data in (png, jpeg, _encode(np.zeros((20, 20, 3), np.uint8), ".bmp")):
+        assert decode_image(data).shape[:2] == (20, 20)
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        decode_image(_png_claiming(100_000, 100_000))
+    assert writes == [] and Image.MAX_IMAGE_PIXELS == 100
+
+
+def test_threads_reading_bomb_headers_all_get_image_errors(tmp_path):
+    import sys
+
+    from cellkeras.data import BadInputError, ImageSet, check_images
+
+    limit = Image.MAX_IMAGE_PIXELS
+    paths = []
+    for i in range(150):
+        path = tmp_path / f"{i}.png"
+        # A header past twice PIL's default limit, where PIL itself raises DecompressionBombError.
+        path.write_bytes(_png_claiming(20_000, 20_000 + i) if i % 3 else _png_claiming(9, 9))
+        paths.append(str(path))
+    imageset = ImageSet(classes=["a"], labels=np.zeros(len(paths)), paths=paths)
+    interval = sys.getswitchinterval()
+    # Switch threads every few bytecodes, so state shared between them shows up.
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(3):
+            with pytest.raises(BadInputError) as caught:
+                check_images(imageset, workers=8, verbose=False)
+            reasons = [why for _, why in caught.value.problems]
+            assert len(reasons) == 100 and all("exceeds the limit" in r for r in reasons)
+    finally:
+        sys.setswitchinterval(interval)
+    assert limit == Image.MAX_IMAGE_PIXELS
+
+
+# --- compressed TIFFs -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("compression", "dtype"),
+    # Baseline JPEG holds 8 bits (12-bit JPEG is rare in TIFFs).
+    [(c, t) for c in ("lzw", "deflate", "zstd") for t in (np.uint8, np.uint16)]
+    + [("jpeg", np.uint8)],
+)
+def test_compressed_tiffs_are_read(tmp_path, compression, dtype):
+    y, x = np.mgrid[0:24, 0:32]
+    top = np.iinfo(dtype).max
+    pixels = np.stack([x * top // 31, y * top // 23, np.full_like(x, top // 3)], -1).astype(dtype)
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, pixels, compression=compression, photometric="rgb")
+    image = read_image(path)
+    assert image.shape == (24, 32, 3)
+    error = np.abs(image.astype(np.float64) - pixels / top)
+    if compression == "jpeg":  # lossy
+        assert error.mean() < 0.01 and error.max() < 0.05
+    else:
+        assert error.max() < 1e-6
+
+
+def test_a_missing_tiff_codec_is_named_not_called_corrupt(tmp_path, monkeypatch):
+    path = tmp_path / "lzw.tif"
+    tifffile.imwrite(path, np.zeros((9, 9), np.uint8), compression="lzw")
+
+    class NoCodecs(dict):
+        def __getitem__(self, key):
+            raise KeyError(f"<COMPRESSION.LZW: {key}> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TIFF, "DECOMPRESSORS", NoCodecs())
+    with pytest.raises(ImageError) as caught:
+        read_image(path)
+    message = str(caught.value)
+    assert "lzw.tif: TIFF compressed with LZW" in message and "'imagecodecs'" in message
+    assert "corrupt" not in message
+
+
+# --- channel requests as strings -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        (None, None),
+        ("", None),
+        ("none", None),
+        (3, 3),
+        ("1", 1),
+        ("0,2", (0, 2)),
+        (" 2 , 0 ", (2, 0)),
+        ("1,", (1,)),
+        ((0, 3), (0, 3)),
+        ([1], (1,)),
+    ],
+)
+def test_parse_channels(value, parsed):
+    assert parse_channels(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["0;2", "0,x", "rgb", "0", 0, True, (0.5,), ()])
+def test_parse_channels_refuses(value):
+    with pytest.raises(ValueError, match="channel"):
+        parse_channels(value)

@@ -50,9 +50,29 @@ def test_oversampling_balances_classes():
     ds = make_dataset(images, 8, training=True, batch_size=16, balance="oversample", seed=0)
     labels = np.concatenate([b[1].numpy().argmax(1) for b in ds])
     assert len(labels) == 3 * 40 and ds.cardinality() == 8
-    assert np.bincount(labels).min() > 25  # uniform draws: 40 +- sampling noise
+    assert np.bincount(labels).tolist() == [40, 40, 40]  # exactly, not on average
     weights = class_weights(images)
     assert weights[2] == pytest.approx(52 / (3 * 4))
+
+
+def test_oversampling_draws_a_new_class_order_every_epoch():
+    images = _arrays(counts=[12, 4, 2])
+    images.images[:, 0, 0, 1] = np.arange(len(images))  # each image's index, in green
+    ds = make_dataset(images, (12, 16), training=True, batch_size=9, balance="oversample", seed=0)
+    epochs = []
+    for _ in range(3):
+        batches = [(x.numpy(), y.numpy()) for x, y in ds]
+        labels = np.concatenate([y.argmax(1) for _, y in batches])
+        index = np.rint(np.concatenate([x[:, 0, 0, 1] for x, _ in batches]) * 255).astype(int)
+        assert np.bincount(labels).tolist() == [12, 12, 12]  # every epoch balanced
+        assert sorted(index[labels == 0]) == list(range(12))  # the largest class once each
+        # The smaller classes go round in full passes: each image 3 or 6 times.
+        assert np.bincount(index[labels == 1]).tolist()[12:] == [3, 3, 3, 3]
+        epochs.append(labels)
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    again = make_dataset(images, (12, 16), training=True, batch_size=9, balance="oversample")
+    first = np.concatenate([y.numpy().argmax(1) for _, y in again])
+    np.testing.assert_array_equal(first, epochs[0])  # reproducible from the seed
 
 
 def test_files_and_tfrecords_give_the_same_pixels(class_tree, tmp_path):

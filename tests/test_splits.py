@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cellkeras.data.splits import block_split
+from cellkeras.data.imageset import ImageSet
+from cellkeras.data.splits import block_split, split_imageset, time_block_split
 
 
 def video_like(counts=(100, 60, 40), fps=5.0):
@@ -99,3 +100,80 @@ def test_bad_arguments(kwargs):
     order, labels = video_like()
     with pytest.raises(ValueError):
         block_split(order, labels, **kwargs)
+
+
+def neighbours_across_the_split(frames, sequences, train, val):
+    """(val frame, train frame) pairs that sit next to each other in one sequence's time order."""
+    pairs = []
+    for s in np.unique(sequences):
+        idx = np.flatnonzero(sequences == s)
+        idx = idx[np.argsort(frames[idx], kind="stable")]
+        side = np.where(np.isin(idx, val), "v", np.where(np.isin(idx, train), "t", "-"))
+        for a, b in zip(range(len(idx) - 1), range(1, len(idx)), strict=True):
+            if {side[a], side[b]} == {"v", "t"}:
+                pairs.append((int(frames[idx[a]]), int(frames[idx[b]])))
+    return pairs
+
+
+def test_guard_gap_holds_across_class_boundaries():
+    # Adjacent segments: frame 49 (class 0) and frame 50 (class 1) are near-copies.
+    frames = np.arange(100)
+    labels = (frames >= 50).astype(int)
+    sequences = np.zeros(100, str)
+    for seed in range(20):
+        train, val = time_block_split(frames, labels, 0.3, 1, seed, block_size=5)
+        assert neighbours_across_the_split(frames, sequences, train, val) == []
+        assert set(labels[train]) == set(labels[val]) == {0, 1}
+
+
+def test_sequences_are_split_apart():
+    # Two videos of one class, frames numbered from 0 in each: frame 7 of one is no neighbour
+    # of frame 7 of the other, and each block lies in one video.
+    frames = np.concatenate([np.arange(60), np.arange(60)])
+    sequences = np.repeat(["a", "b"], 60)
+    labels = np.zeros(120, int)
+    train, val = time_block_split(frames, labels, 0.25, 2, 0, sequences=sequences, block_size=6)
+    assert neighbours_across_the_split(frames, sequences, train, val) == []
+    for s in ("a", "b"):
+        held = np.sort(frames[val][sequences[val] == s])
+        runs = np.split(held, np.flatnonzero(np.diff(held) > 1) + 1)
+        assert all(len(r) % 6 == 0 for r in runs if len(r))
+    # Without the sequences the two videos' frames interleave in one time order.
+    _, mixed = time_block_split(frames, labels, 0.25, 2, 0, block_size=6)
+    assert not np.array_equal(np.sort(mixed), np.sort(val))
+
+
+def test_split_imageset_uses_time_blocks_whenever_positions_exist():
+    frames = np.arange(80)
+    labels = (frames // 20) % 2
+    imageset = ImageSet(
+        classes=["a", "b"],
+        labels=labels,
+        paths=[f"f{i}.png" for i in frames],
+        order=frames.astype(float),
+        sequence=np.array(["clip"] * 80, dtype=object),
+    )
+    train, val = split_imageset(imageset, 0.25, seed=1, gap=1)
+    train_idx = [int(p[1:-4]) for p in train.paths]
+    val_idx = [int(p[1:-4]) for p in val.paths]
+    assert neighbours_across_the_split(frames, imageset.sequence, train_idx, val_idx) == []
+    assert train.sequence.tolist() == ["clip"] * len(train)
+
+
+def test_gap_counts_frame_steps_not_ranks():
+    # Every 5th frame kept: neighbours are 5 apart, and a gap of 1 still drops them.
+    frames = np.arange(0, 500, 5)
+    labels = np.zeros(100, int)
+    train, val = time_block_split(frames, labels, 0.2, 1, 0, block_size=10)
+    assert neighbours_across_the_split(frames, np.zeros(100), train, val) == []
+    # Frames 20-39 left out between two segments: their ends, 21 frames apart, are no
+    # neighbours, so a held-out frame 19 does not cost frame 40 its place in training.
+    frames = np.r_[np.arange(20), np.arange(40, 60)]
+    labels = (frames >= 40).astype(int)
+    outcomes = [time_block_split(frames, labels, 0.3, 2, s, block_size=4) for s in range(30)]
+    cases = [
+        set(frames[t])
+        for t, v in outcomes
+        if 19 in frames[v] and not {40, 41, 42, 43} & set(frames[v])
+    ]
+    assert cases and all(40 in train for train in cases)

@@ -8,6 +8,7 @@ import pytest
 
 from cellkeras.cli import main
 from cellkeras.data.imageset import ImageSet
+from cellkeras.data.sources import load_class_folders, load_labels_csv
 from cellkeras.data.video import (
     Segment,
     contact_sheet,
@@ -192,19 +193,27 @@ def test_write_class_folders_round_trip(video, tmp_path):
     s = load_video_segments(video, "a=0:3,b=10:12", unit="frames")
     out = write_class_folders(s, tmp_path / "out", fps=FPS)
     rows = read_labels_csv(out / "labels.csv")
-    assert rows[0] == ["filename", "label"]
+    assert rows[0] == ["filename", "label", "frame", "sequence"]
     assert rows[1:] == [
-        ["a/clip_000000.png", "a"],
-        ["a/clip_000001.png", "a"],
-        ["a/clip_000002.png", "a"],
-        ["b/clip_000010.png", "b"],
-        ["b/clip_000011.png", "b"],
+        ["a/clip_000000.png", "a", "0", "clip"],
+        ["a/clip_000001.png", "a", "1", "clip"],
+        ["a/clip_000002.png", "a", "2", "clip"],
+        ["b/clip_000010.png", "b", "10", "clip"],
+        ["b/clip_000011.png", "b", "11", "clip"],
     ]
-    for (rel, _), expected in zip(rows[1:], s.images, strict=True):
-        pixels = cv2.cvtColor(cv2.imread(str(out / rel)), cv2.COLOR_BGR2RGB)
+    for row, expected in zip(rows[1:], s.images, strict=True):
+        pixels = cv2.cvtColor(cv2.imread(str(out / row[0])), cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(pixels, expected)  # PNG is lossless
-    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "labels.csv"]
+    assert read_labels_csv(out / "frames.csv") == [
+        ["filename", "sequence", "frame"],
+        *[[r[0], "clip", r[2]] for r in rows[1:]],
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "frames.csv", "labels.csv"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folders left behind
+    # Both sources read the frames' order back.
+    for loaded in (load_class_folders(out), load_labels_csv(out / "labels.csv")):
+        assert loaded.order.tolist() == [0, 1, 2, 10, 11]
+        assert loaded.sequence.tolist() == ["clip"] * 5
 
 
 def test_write_class_folders_refuses_then_overwrites(tmp_path):
@@ -275,3 +284,52 @@ def test_cli_video_to_folders_reports_errors(video, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "beyond" in err and "8.00 s" in err
     assert not (tmp_path / "o").exists()
+
+
+def _frame_of(path):
+    return int(path.rsplit("_", 1)[1].split(".")[0])
+
+
+@pytest.mark.slow
+def test_video_to_folders_then_training_splits_by_time(video, tmp_path):
+    """The documented route: video-to-folders, then the trainer on the tree. No validation
+    frame may have a training frame next to it, across the class boundary included."""
+    from cellkeras.data.splits import split_imageset
+    from trainer.config import build_config
+    from trainer.task import run
+
+    out = tmp_path / "frames"
+    spec = "a=0:20,b=20:40"  # adjacent segments: frames 19 and 20 are near-copies
+    args = ["video-to-folders", str(video), "--segments", spec, "--unit", "frames"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert sorted(_frame_of(p.name) for p in out.rglob("*.png")) == list(range(N_FRAMES))
+    config = build_config(
+        "smoke",
+        {
+            "data.data_dir": str(out),
+            "train.schedule": "16:1",
+            "train.batch_size": 8,
+            "train.model": "edge",
+            "train.augment": "none",
+        },
+    )
+    config.output_dir = str(tmp_path / "run")
+    metrics = run(config, verbose=0)
+
+    split_csv = tmp_path / "run" / "split.csv"
+    if split_csv.is_file():  # written by the trainer where it records its split
+        rows = read_labels_csv(split_csv)
+        at = {name: i for i, name in enumerate(rows[0])}
+        sides = {_frame_of(r[at["filename"]]): r[at["split"]] for r in rows[1:]}
+        train = {f for f, side in sides.items() if side == "train"}
+        val = {f for f, side in sides.items() if side in ("val", "validation")}
+    else:  # the trainer's own split, from the same function and arguments
+        train_set, val_set = split_imageset(
+            load_class_folders(out), config.data.val_fraction, seed=config.train.seed
+        )
+        train = {_frame_of(p) for p in train_set.paths}
+        val = {_frame_of(p) for p in val_set.paths}
+    assert (len(train), len(val)) == (metrics["train_images"], metrics["val_images"])
+    assert val and train and not train & val
+    beside = sorted(f for f in val if {f - 1, f + 1} & train)
+    assert beside == [], f"validation frames {beside} have a training frame next to them"

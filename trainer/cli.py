@@ -80,6 +80,7 @@ def check_config(config: RunConfig) -> None:
     """
     from cellkeras.augment.preset_names import AUGMENTATION_PRESETS
     from cellkeras.data.sources import SOURCE_KINDS
+    from cellkeras.io.images import parse_channels
     from cellkeras.models.names import MODEL_NAMES
     from cellkeras.training.schedule import parse_schedule
 
@@ -101,6 +102,10 @@ def check_config(config: RunConfig) -> None:
     _check_tfrecords("eval_tfrecords", data.eval_tfrecords)
     if not 0.0 < data.val_fraction < 1.0 and not data.eval_tfrecords:
         raise UsageError(f"--val_fraction={data.val_fraction}: must lie between 0 and 1")
+    try:
+        parse_channels(data.channels)
+    except ValueError as err:
+        raise UsageError(f"--channels={data.channels}: {err}") from None
     if train.batch_size < 1:
         raise UsageError(f"--batch_size={train.batch_size}: must be at least 1")
 

@@ -42,8 +42,8 @@ class DataConfig:
         synthetic_images: number of synthetic images.
         synthetic_size: side of the synthetic images in pixels.
         synthetic_difficulty: how hard the synthetic classes are to tell apart (1 = default).
-        channels: image channels: 1 grey, 3 RGB, or channel indices such as 0,2; default as
-            stored.
+        channels: image channels: 1 grey, 3 RGB, or comma-separated channel indices of a
+            multichannel image such as 0,2 (1, for one); default as stored.
         normalization: range (integers divided by their type's maximum) or percentile
             (per-image 1st-99.8th percentile stretch, for 12-bit data in 16-bit files).
         val_fraction: validation share of the training data when the source has no split.
@@ -61,7 +61,7 @@ class DataConfig:
     synthetic_images: int = 3000
     synthetic_size: int = 96
     synthetic_difficulty: float = 1.0
-    channels: int | None = None
+    channels: int | str | None = None
     normalization: str = "range"
     val_fraction: float = 0.2
     balance: str | None = None

@@ -16,6 +16,7 @@ from cellkeras.data import load_tfrecords, make_dataset, split_imageset
 from cellkeras.data.imageset import ImageSet
 from cellkeras.data.sources import check_images, open_source
 from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
+from cellkeras.io.images import parse_channels
 from cellkeras.training import Stage
 from trainer.cluster import is_multi_worker, local_replicas, role_of
 from trainer.config import RunConfig
@@ -67,7 +68,12 @@ def load_data(config: RunConfig, strategy=None):
         seed=config.train.seed,
         skip_bad_images=data.skip_bad_images,
     )
-    images, channels = check_images(images, data.channels, skip_bad_images=data.skip_bad_images)
+    images, channels = check_images(
+        images,
+        data.channels,
+        skip_bad_images=data.skip_bad_images,
+        normalization=data.normalization,
+    )
     return images, channels, dataclasses.replace(sharding, images=len(images))
 
 
@@ -89,7 +95,12 @@ def _load_tfrecord_share(config: RunConfig, strategy):
     images = load_tfrecords(
         share, resolve_classes=lambda named, count: agree_on_classes(strategy, named, count)
     )
-    images, channels = check_images(images, data.channels, skip_bad_images=data.skip_bad_images)
+    images, channels = check_images(
+        images,
+        data.channels,
+        skip_bad_images=data.skip_bad_images,
+        normalization=data.normalization,
+    )
     if data.channels is None:
         # As for all files read at once: RGB wins over grey (a grey-only share is replicated).
         channels = max(agree_across_workers(strategy, channels))
@@ -173,6 +184,11 @@ class Inputs:
                 strategy, len(self.val_set), self.config.train.batch_size
             )
 
+    @property
+    def channel_indices(self) -> tuple[int, ...] | None:
+        picked = parse_channels(self.config.data.channels)
+        return picked if isinstance(picked, tuple) else None
+
     def describe(self) -> str:
         skipped = len(self.skipped)
         return (
@@ -202,7 +218,8 @@ class Inputs:
             batch_size=train_cfg.batch_size
             if per_worker
             else runtime.global_batch(train_cfg.batch_size),
-            channels=self.channels,
+            # Channel indices ("0,2") are picked from every image; else the checked count.
+            channels=self.channel_indices or self.channels,
             augment=augmenter,
             balance=data_cfg.balance if training else None,
             normalization=data_cfg.normalization,

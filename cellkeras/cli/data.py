@@ -38,7 +38,11 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tfrecords", help="TFRecord files (glob, folder or comma-separated)")
     p.add_argument("--num_images", type=int, default=48, help="synthetic images to generate")
     p.add_argument("--image_size", type=int, default=96, help="synthetic image side in pixels")
-    p.add_argument("--channels", type=int, default=None, help="1 grey or 3 RGB (default: stored)")
+    p.add_argument(
+        "--channels",
+        default=None,
+        help="1 grey, 3 RGB, or channel indices such as 0,2 (default: as stored)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable images out")
 
@@ -136,7 +140,9 @@ def _add_video_to_folders(subparsers: argparse._SubParsersAction) -> None:
         help="cut a video into classes by time ranges and write class folders + labels.csv",
         description=(
             "Reads the frames inside labelled time ranges of VIDEO and writes "
-            "OUT/<class>/<video>_<frame>.png plus OUT/labels.csv (filename,label). "
+            "OUT/<class>/<video>_<frame>.png, OUT/labels.csv (filename,label,frame,sequence) "
+            "and the frame manifest OUT/frames.csv, so that training on OUT "
+            "(--data_dir=OUT) splits by contiguous time blocks with guard gaps. "
             "Ranges are half-open START:END; bare numbers use --unit, or suffix each number "
             "with s (seconds) or f (frames), e.g. 'gastrula=32s:82s,comma=812f:882f'. "
             "A class may have several ranges."
@@ -199,5 +205,8 @@ def _run_video_to_folders(args: argparse.Namespace) -> int:
         print(f"{cls:<{widths[0]}}  {n:>{widths[1]}}  {rng}")
         if k == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"{len(imageset)} frames written to {out} (labels in {out / 'labels.csv'})")
+    print(
+        f"{len(imageset)} frames written to {out} (labels in {out / 'labels.csv'}, frame order "
+        f"in {out / 'frames.csv'})"
+    )
     return 0

@@ -19,8 +19,10 @@ _EXPORTS = {
     "load_tfrecords": "cellkeras.data.tfrecord",
     "make_dataset": "cellkeras.data.pipeline",
     "parse_image_size": "cellkeras.io.images",
+    "parse_channels": "cellkeras.io.images",
     "read_image": "cellkeras.io.images",
     "split_imageset": "cellkeras.data.splits",
+    "time_block_split": "cellkeras.data.splits",
     "write_tfrecords": "cellkeras.data.tfrecord",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

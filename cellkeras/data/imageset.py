@@ -29,11 +29,18 @@ class ImageSet:
             the synthetic generator documents its codes).
         groups: optional int array (N,) of split groups: images sharing a group always land on the
             same side of a split (video frames of one time block, tiles of one slide).
-        order: optional float array (N,) giving each image's position in time (video frames);
-            splits of ordered data cut contiguous blocks instead of sampling at random.
+        order: optional float array (N,) giving each image's position in its sequence: the
+            frame time in seconds for in-memory video, the frame index for files named in a
+            frame manifest (`frames.csv`) or a CSV's `frame` column. Splits of ordered data cut
+            contiguous time blocks with guard gaps instead of sampling at random
+            (`cellkeras.data.splits.time_block_split`).
+        sequence: optional array (N,) of sequence names (the video each frame comes from), so
+            positions are compared only within one sequence; None: one sequence.
         split: optional array (N,) of "train" / "val" / "test" given by the source (blood-cell
             layout's TRAIN/TEST folders); `split_imageset` honours it.
         skipped: (path or row, reason) for inputs left out under `skip_bad_images`.
+        dropped_classes: classes a source left out under `skip_bad_images` because they had no
+            images; `classes` no longer holds them, so label indices after them moved down.
         name: a short description for logs and galleries.
     """
 
@@ -46,8 +53,10 @@ class ImageSet:
     box_labels: list[np.ndarray] | None = None
     groups: np.ndarray | None = None
     order: np.ndarray | None = None
+    sequence: np.ndarray | None = None
     split: np.ndarray | None = None
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    dropped_classes: list[str] = dataclasses.field(default_factory=list)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -63,7 +72,7 @@ class ImageSet:
             raise ValueError(
                 f"label {bad} is out of range for {len(self.classes)} classes {self.classes}."
             )
-        for field in ("boxes", "box_labels", "groups", "order", "split"):
+        for field in ("boxes", "box_labels", "groups", "order", "sequence", "split"):
             value = getattr(self, field)
             if value is not None and len(value) != n:
                 raise ValueError(f"ImageSet.{field} has {len(value)} entries for {n} images.")
@@ -102,6 +111,7 @@ class ImageSet:
             box_labels=take(self.box_labels),
             groups=take(self.groups),
             order=take(self.order),
+            sequence=take(self.sequence),
             split=take(self.split),
             skipped=list(self.skipped),
         )

@@ -69,7 +69,7 @@ def _pixels(
             pixels = tf.data.Dataset.from_tensor_slices(stored)
         else:
             pixels = tf.data.Dataset.from_tensor_slices(
-                np.stack([normalize(image, normalization) for image in stored])
+                np.stack([normalize(image, normalization, imageset.name) for image in stored])
             )
 
             def to_float(batch):
@@ -97,6 +97,32 @@ def _pixels(
     )
 
 
+def _oversample(
+    examples: tf.data.Dataset, imageset: ImageSet, seed: int | None
+) -> tuple[tf.data.Dataset, int]:
+    """Every class `largest class` times per epoch, in a class order drawn anew each epoch.
+
+    Each class is a stream of its images, reshuffled at every pass, repeated. The order in which
+    classes take turns is a shuffle of `largest * [each present class]`, redrawn every time the
+    dataset is iterated (each epoch): a fixed-seed random choice would repeat the same order
+    every epoch, and independent draws would balance the classes only on average.
+    """
+    counts = imageset.class_counts()
+    present = [c for c in range(imageset.num_classes) if counts[c]]
+    largest = int(counts.max())
+    per_class = [
+        examples.filter(lambda _, label, c=c: tf.equal(label, c))
+        .shuffle(int(counts[c]), seed=None if seed is None else seed + 1 + c)
+        .repeat()
+        for c in present
+    ]
+    turns = np.repeat(np.arange(len(present), dtype=np.int64), largest)
+    choice = tf.data.Dataset.from_tensor_slices(turns).shuffle(
+        len(turns), seed=seed, reshuffle_each_iteration=True
+    )
+    return tf.data.Dataset.choose_from_datasets(per_class, choice), len(turns)
+
+
 def make_dataset(
     imageset: ImageSet,
     image_size: ImageSize | str,
@@ -121,8 +147,10 @@ def make_dataset(
         channels: as in `cellkeras.io.images`; None keeps the stored count (in-memory arrays)
             and must be given for files, where it is what `check_images` returned.
         augment: called on each training batch as a dict with "images" and "labels".
-        balance: "oversample" draws classes equally often (each epoch then holds
-            `num_classes * largest class` images); None keeps the stored frequencies.
+        balance: "oversample" gives every class the same number of images per epoch (each
+            epoch holds `num_classes * largest class` images, every class exactly `largest
+            class` of them, in a class order drawn anew each epoch); None keeps the stored
+            frequencies.
         normalization: "range" or "percentile", see `cellkeras.io.images`.
         seed: shuffling seed; None gives a different order on every run.
         cache_bytes: cache resized images in memory when they fit in this many bytes.
@@ -153,18 +181,7 @@ def make_dataset(
         examples = examples.cache()
 
     if training and balance == "oversample":
-        counts = imageset.class_counts()
-        present = [c for c in range(num_classes) if counts[c]]
-        per_class = [
-            examples.filter(lambda _, label, c=c: tf.equal(label, c))
-            .repeat()
-            .shuffle(int(counts[c]), seed=None if seed is None else seed + c)
-            for c in present
-        ]
-        epoch_size = len(present) * int(counts.max())
-        examples = tf.data.Dataset.sample_from_datasets(
-            per_class, weights=[1.0 / len(present)] * len(present), seed=seed
-        ).take(epoch_size)
+        examples, epoch_size = _oversample(examples, imageset, seed)
     else:
         epoch_size = len(imageset)
         if training:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from cellkeras.data.frames import MANIFEST_NAME, read_frame_manifest
 from cellkeras.data.imageset import ImageSet
 from cellkeras.io.errors import BadInputError
 from cellkeras.io.images import (
@@ -20,6 +22,8 @@ from cellkeras.io.images import (
     Channels,
     ImageError,
     decode_raw,
+    normalize,
+    parse_channels,
     select_channels,
 )
 
@@ -56,14 +60,21 @@ def load_class_folders(
     sub-folder of `root` is named like a split (train, val, validation, test; any case), the
     images keep that split in `ImageSet.split`.
 
+    A tree with a frame manifest (`frames.csv`, as `cellkeras video-to-folders` writes; format
+    in `cellkeras.data.frames`) is ordered: `ImageSet.order` and `ImageSet.sequence` come from
+    it, and `split_imageset` then cuts time blocks with guard gaps instead of sampling at random.
+
     Args:
         root: the tree's top folder.
         classes: class names in label order; default: the sorted folder names.
-        skip_bad_images: leave out empty class folders (recorded in `skipped`) instead of raising.
+        skip_bad_images: leave out empty class folders instead of raising. A class left out
+            this way moves the label index of every class after it down by one: it is named in
+            a warning, in `ImageSet.dropped_classes` and in `skipped` (the trainer's
+            skipped.json).
 
     Raises:
-        BadInputError: a missing root, no class folders, an empty class folder, or a class
-            folder missing from `classes`.
+        BadInputError: a missing root, no class folders, an empty class folder, a class
+            folder missing from `classes`, a bad manifest row, or an image the manifest lacks.
     """
     root = Path(root)
     if not root.is_dir():
@@ -97,20 +108,64 @@ def load_class_folders(
     skipped = list(problems)
     if empty:
         names = [n for n in names if n not in empty]
+        # One entry per dropped class, saying what dropping it did, instead of the folder's.
+        skipped = [(w, why) for w, why in skipped if Path(w).name not in empty]
+        skipped += _drop_classes(root, empty, names)
     paths, labels, splits = [], [], []
     for label, name in enumerate(names):
         for path, split in found.get(name, []):
             paths.append(str(path))
             labels.append(label)
             splits.append(split)
+    order, sequence = _manifest_positions(root, paths)
     return ImageSet(
         classes=names,
         labels=np.array(labels),
         paths=paths,
+        order=order,
+        sequence=sequence,
         split=np.array(splits, dtype=object) if layout[0][0] is not None else None,
         skipped=skipped,
+        dropped_classes=list(empty),
         name=root.name,
     )
+
+
+def _drop_classes(root: Path, empty: list[str], kept: list[str]) -> list[tuple[str, str]]:
+    """Warns about classes left out for having no images; their `skipped` entries."""
+    indices = ", ".join(f"{i}={name}" for i, name in enumerate(kept))
+    message = (
+        f"{root}: class(es) {', '.join(repr(n) for n in empty)} have no images and are left "
+        f"out (skip_bad_images); the label indices are now {indices}, so a model trained on "
+        "this data does not predict them and its class indices differ from the folder list"
+    )
+    warnings.warn(message, stacklevel=3)
+    return [
+        (str(root / name), f"class {name!r} dropped: no images; labels now {indices}")
+        for name in empty
+    ]
+
+
+def _manifest_positions(root: Path, paths: list[str]):
+    """(order, sequence) of `paths` from the tree's frame manifest, or (None, None)."""
+    manifest = read_frame_manifest(root)
+    if manifest is None:
+        return None, None
+    relative = [Path(p).relative_to(root).as_posix() for p in paths]
+    unlisted = [
+        (p, f"not listed in {MANIFEST_NAME}")
+        for p, r in zip(paths, relative, strict=True)
+        if r not in manifest
+    ]
+    if unlisted:
+        raise BadInputError(
+            unlisted,
+            f"{root / MANIFEST_NAME} orders the frames of this tree; add a row for each image "
+            "(filename,sequence,frame), or delete it to split the images at random",
+        )
+    order = np.array([manifest[r][1] for r in relative], dtype=np.float64)
+    sequence = np.array([manifest[r][0] for r in relative], dtype=object)
+    return order, sequence
 
 
 def load_labels_csv(
@@ -124,9 +179,15 @@ def load_labels_csv(
     Labels are class names, or integer indices into `classes`. Filenames are relative to
     `image_root` (default: the CSV's folder) and may not escape it.
 
+    Ordered images (video frames): a header row ``filename,label,frame[,sequence]`` (extra
+    columns in any order after the first two) gives each image's position in its sequence
+    (`ImageSet.order`, any numbers; only their order counts) and the sequence's name
+    (`ImageSet.sequence`, default one sequence); `split_imageset` then cuts time blocks with
+    guard gaps instead of sampling at random. `cellkeras video-to-folders` writes such a file.
+
     Raises:
         BadInputError: naming the CSV row of each missing file, path escaping the image root,
-            empty field or label out of range.
+            empty field, label out of range, or missing or non-numeric frame.
     """
     csv_path = Path(csv_path)
     root = Path(image_root) if image_root is not None else csv_path.parent
@@ -135,17 +196,16 @@ def load_labels_csv(
     resolved_root = root.resolve()
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
-    if rows and [c.strip().lower() for c in rows[0][:2]] in (
-        ["filename", "label"],
-        ["file", "label"],
-    ):
-        rows = rows[1:]
-        first_row = 2
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    columns = {}
+    if header[:2] in (["filename", "label"], ["file", "label"]):
+        columns = {name: i for i, name in enumerate(header) if name in ("frame", "sequence")}
+        rows, first_row = rows[1:], 2
     else:
         first_row = 1
 
     problems: list[tuple[str, str]] = []
-    entries: list[tuple[str, str, str]] = []  # (where, path, raw label)
+    entries: list[tuple[str, str, str, float, str]] = []  # where, path, label, frame, sequence
     for number, row in enumerate(rows, start=first_row):
         where = f"{csv_path}:{number}"
         if not row or all(not c.strip() for c in row):
@@ -153,15 +213,18 @@ def load_labels_csv(
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             problems.append((where, f"expected 'filename,label', got {row!r}"))
             continue
+        frame, sequence = _csv_position(row, columns)
         path = (root / row[0].strip()).resolve()
         if not path.is_relative_to(resolved_root):
             problems.append((where, f"path {row[0]!r} escapes the image root {root}"))
         elif not path.is_file():
             problems.append((where, f"image {row[0]!r} not found under {root}"))
+        elif frame is not None and not np.isfinite(frame):
+            problems.append((where, f"the frame column is empty or not a number in {row!r}"))
         else:
-            entries.append((where, str(path), row[1].strip()))
+            entries.append((where, str(path), row[1].strip(), frame, sequence))
 
-    raw_labels = [raw for _, _, raw in entries]
+    raw_labels = [entry[2] for entry in entries]
     numeric = bool(raw_labels) and all(r.lstrip("-").isdigit() for r in raw_labels)
     if classes is not None:
         names = list(classes)
@@ -170,8 +233,9 @@ def load_labels_csv(
     else:
         names = sorted(set(raw_labels))
     index = {name: i for i, name in enumerate(names)}
-    paths, labels = [], []
-    for where, path, raw in entries:
+    kept, labels = [], []
+    for entry in entries:
+        where, raw = entry[0], entry[2]
         if numeric:
             label = int(raw)
             if not 0 <= label < len(names):
@@ -182,19 +246,36 @@ def load_labels_csv(
         else:
             problems.append((where, f"label {raw!r} is not one of the classes {names}"))
             continue
-        paths.append(path)
+        kept.append(entry)
         labels.append(label)
     if problems and not skip_bad_images:
         raise BadInputError(problems, "Pass skip_bad_images (--skip_bad_images) to leave them out.")
-    if not paths:
+    if not kept:
         raise BadInputError([(str(csv_path), "no usable rows")])
+    ordered = "frame" in columns
     return ImageSet(
         classes=names,
         labels=np.array(labels),
-        paths=paths,
+        paths=[entry[1] for entry in kept],
+        order=np.array([entry[3] for entry in kept], np.float64) if ordered else None,
+        sequence=np.array([entry[4] for entry in kept], dtype=object) if ordered else None,
         skipped=problems,
         name=csv_path.stem,
     )
+
+
+def _csv_position(row: list[str], columns: dict[str, int]) -> tuple[float | None, str]:
+    """(frame, sequence) of a CSV row: (None, "") without a frame column, NaN for a bad frame."""
+    if "frame" not in columns:
+        return None, ""
+    cell = row[columns["frame"]].strip() if columns["frame"] < len(row) else ""
+    try:
+        frame = float(cell)
+    except ValueError:
+        frame = float("nan")
+    at = columns.get("sequence")
+    sequence = row[at].strip() if at is not None and at < len(row) else ""
+    return frame, sequence
 
 
 def check_images(
@@ -205,8 +286,13 @@ def check_images(
     min_side: int = DEFAULT_MIN_SIDE,
     workers: int = 4,
     verbose: bool = True,
+    normalization: str | None = None,
 ) -> tuple[ImageSet, int]:
     """Decodes every stored image once, so bad input fails before training, not mid-epoch.
+
+    `channels` is what `select_channels` takes, or a string for `parse_channels` (`"0,2"`).
+    With `normalization` ("range" or "percentile") each image is normalized too, so one the
+    pipeline would refuse (a float image outside [0, 1] under "range", NaN) is found here.
 
     Returns:
         The image set (without the bad images when `skip_bad_images`, which are then listed in
@@ -216,6 +302,7 @@ def check_images(
     Raises:
         BadInputError: every bad image with its reason, unless `skip_bad_images`.
     """
+    channels = parse_channels(channels)
     if imageset.images is not None:
         if imageset.images.ndim != 4:
             raise BadInputError(
@@ -231,6 +318,8 @@ def check_images(
         try:
             data = Path(stored[i]).read_bytes() if imageset.paths is not None else stored[i]
             pixels = select_channels(decode_raw(data, max_pixels, min_side, names[i]), channels)
+            if normalization is not None:
+                normalize(pixels, normalization, names[i])
             return pixels.shape[-1], None
         except ImageError as err:
             return 0, err.reason
@@ -283,7 +372,7 @@ def open_source(
     num_images: int = 3000,
     image_size: int = 96,
     difficulty: float = 1.0,
-    channels: int | None = None,
+    channels: Channels | str = None,
     seed: int = 0,
     skip_bad_images: bool = False,
 ) -> ImageSet:
@@ -292,7 +381,12 @@ def open_source(
 
     `num_images`, `image_size` and `difficulty` shape the synthetic cells; `channels` their
     colour (and the embryo frames'). The packaged samples need their packages installed.
+    `channels` may be channel indices (a tuple, or a string such as ``"0,2"``, checked by
+    `parse_channels`); sources that make their images then make them in their default colour,
+    and the indices are picked later (`check_images`, `make_dataset`).
     """
+    channels = parse_channels(channels)
+    count = channels if isinstance(channels, int) else None
     if source == "auto":
         source = (
             "folders"
@@ -316,7 +410,7 @@ def open_source(
     if source == "embryo":
         from cellkeras.data.samples import embryo_stages
 
-        return embryo_stages(channels=channels or 1)
+        return embryo_stages(channels=count or 1)
     if source == "nuclei":
         from cellkeras.data.samples import nuclei_patches
 
@@ -324,5 +418,5 @@ def open_source(
     from cellkeras.data.synthetic import generate_cells
 
     return generate_cells(
-        num_images, image_size, seed=seed, channels=channels or 3, difficulty=difficulty
+        num_images, image_size, seed=seed, channels=count or 3, difficulty=difficulty
     )

@@ -1,9 +1,11 @@
 """Train/validation splits.
 
-`block_split` splits ordered data (video frames): neighbouring frames are nearly identical, so a
-random split puts near-copies of validation frames into training and reports a validation
-accuracy that says nothing about unseen data. It cuts each class's frames into contiguous blocks
-in time, gives whole blocks to validation and leaves a guard gap between validation and training.
+`time_block_split` splits ordered data (video frames): neighbouring frames are nearly
+identical, so a random split puts near-copies of validation frames into training and reports a
+validation accuracy that says nothing about unseen data. It cuts each class's frames into
+contiguous blocks in time, gives whole blocks to validation and leaves a guard gap between
+validation and training. `split_imageset` uses it for every ordered source: in-memory video,
+class folders with a frame manifest (`frames.csv`) and CSVs with a `frame` column.
 """
 
 from __future__ import annotations
@@ -15,6 +17,154 @@ import numpy as np
 from cellkeras.data.imageset import ImageSet
 
 
+def time_block_split(
+    positions: np.ndarray,
+    labels: np.ndarray,
+    fraction: float,
+    gap: int = 1,
+    seed: int = 0,
+    *,
+    sequences: np.ndarray | None = None,
+    block_size: int | None = None,
+    block_seconds: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Splits ordered data into kept and held-out indices by contiguous time blocks per class.
+
+    The one block-split rule, for validation (and any other held-out set) of every ordered
+    source: in-memory video, class folders with a frame manifest, CSVs with a `frame` column.
+
+    Within each class, images are sorted by (`sequences`, `positions`) and cut into contiguous
+    blocks, either of `block_size` images or spanning `block_seconds` of `positions`. About
+    `fraction` of the blocks are held out, one drawn at random (from `seed`) within each of equal
+    strata of the class's time range, so they cover early and late parts of every class rather
+    than only its end. Then every kept image within `gap` frame steps of a held-out image in its
+    sequence, of any class, is dropped from both sides: neighbouring frames are near-copies,
+    whether or not a class boundary lies between them.
+
+    With neither `block_size` nor `block_seconds`, each class is cut into about 10 blocks.
+
+    Args:
+        positions: (N,) position of each image in its sequence (seconds or frame indices).
+        labels: (N,) class index of each image.
+        fraction: target share of each class's blocks to hold out, in (0, 1).
+        gap: frame steps dropped on each side of each held-out block; a step is the
+            sequence's median spacing of `positions` (1 frame, or 1/fps seconds, or the frame
+            step of a thinned video), so frames deleted from a run still count.
+        seed: makes the choice of held-out blocks reproducible.
+        sequences: (N,) the sequence (video) of each image; positions in different sequences
+            are never neighbours. None: one sequence.
+        block_size: images per block.
+        block_seconds: length of a block in `positions` units (blocks start at the class's
+            first image in each sequence).
+
+    Returns:
+        `(kept_idx, held_idx)`: sorted int64 index arrays. Guard-gap images are in neither.
+
+    Raises:
+        ValueError: bad arguments, or a class with too few images (or blocks) to give both a
+            kept and a held-out block after the guard gaps; the message names the class.
+    """
+    positions, labels, seq = _check_block_args(
+        positions, labels, fraction, gap, sequences, block_size, block_seconds
+    )
+    held = np.zeros(len(labels), bool)
+    blocks: dict[int, tuple[int, int, int]] = {}  # class -> (images, blocks, held-out blocks)
+    for k, cls in enumerate(np.unique(labels)):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[np.lexsort((positions[idx], seq[idx]))]
+        block_of = _blocks_of(positions[idx], seq[idx], block_size, block_seconds)
+        n_blocks = int(block_of.max()) + 1 if len(idx) else 0
+        if n_blocks < 2:
+            raise ValueError(
+                f"class {cls}: {len(idx)} frames make {n_blocks} block(s); need at least 2 for "
+                "a train and a validation block (use smaller blocks or more frames)."
+            )
+        n_held = min(max(1, round(fraction * n_blocks)), n_blocks - 1)
+        # One held-out block per stratum keeps them spread over the class's time range.
+        edges = np.round(np.linspace(0, n_blocks, n_held + 1)).astype(np.int64)
+        # Seeded per class so one class's draw does not depend on the classes before it.
+        rng = np.random.default_rng([seed % 2**32, k])
+        chosen = [rng.integers(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        held[idx[np.isin(block_of, chosen)]] = True
+        blocks[int(cls)] = (len(idx), n_blocks, n_held)
+    kept = ~held & (_places_to_held(positions, seq, held) > gap)
+    for cls, (n, n_blocks, n_held) in blocks.items():
+        if not kept[labels == cls].any():
+            raise ValueError(
+                f"class {cls}: {n} frames in {n_blocks} blocks leave no training frame after "
+                f"a guard gap of {gap} frame(s) around {n_held} validation block(s); use "
+                "smaller blocks, a smaller gap or a smaller val_fraction."
+            )
+    return np.flatnonzero(kept).astype(np.int64), np.flatnonzero(held).astype(np.int64)
+
+
+def _check_block_args(positions, labels, fraction, gap, sequences, block_size, block_seconds):
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if len(positions) != len(labels):
+        raise ValueError(f"order has {len(positions)} entries but labels has {len(labels)}.")
+    if sequences is None:
+        seq = np.zeros(len(labels), np.int64)
+    else:
+        names = np.asarray(sequences).astype(str).reshape(-1)
+        if len(names) != len(labels):
+            raise ValueError(f"sequences has {len(names)} entries but labels has {len(labels)}.")
+        seq = np.unique(names, return_inverse=True)[1].reshape(-1)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}.")
+    if block_size is not None and block_seconds is not None:
+        raise ValueError("give block_size or block_seconds, not both.")
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}.")
+    if block_seconds is not None and not block_seconds > 0:
+        raise ValueError(f"block_seconds must be > 0, got {block_seconds}.")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap}.")
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("order holds NaN or infinite values.")
+    return positions, labels, seq
+
+
+def _blocks_of(t, seq, block_size, block_seconds) -> np.ndarray:
+    """Block number of each of one class's images, sorted by (sequence, position)."""
+    n = len(t)
+    if block_seconds is not None:
+        # Sorted by (sequence, position): each sequence's first image is its start.
+        first = np.r_[True, seq[1:] != seq[:-1]] if n else np.zeros(0, bool)
+        start = t[first][np.cumsum(first) - 1]
+        raw = np.floor((t - start) / block_seconds).astype(np.int64)
+        # Renumber so empty time blocks (pauses between ranges) do not count as blocks.
+        pairs = np.stack([seq, raw], axis=1)
+        return np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
+    size = block_size if block_size is not None else max(1, math.ceil(n / 10))
+    return np.arange(n) // size
+
+
+def _places_to_held(positions, seq, held) -> np.ndarray:
+    """For each image, how many frame steps away in its sequence the nearest held-out image is
+    (infinite when its sequence has none).
+
+    A step is the sequence's median spacing of positions, so `gap` counts frames whatever the
+    unit (seconds or frame indices) and the frame step: every 5th frame kept makes frames 5
+    and 10 one step apart, while frames 13 and 24 across a left-out stretch stay 11 apart.
+    """
+    places = np.full(len(positions), np.inf)
+    for s in np.unique(seq):
+        idx = np.flatnonzero(seq == s)
+        here = positions[idx]
+        held_at = np.unique(here[held[idx]])
+        if not len(held_at):
+            continue
+        spacing = np.diff(np.unique(here))
+        step = float(np.median(spacing)) if len(spacing) else 1.0
+        nearest = np.searchsorted(held_at, here)
+        left = np.abs(here - held_at[np.clip(nearest - 1, 0, len(held_at) - 1)])
+        right = np.abs(held_at[np.clip(nearest, 0, len(held_at) - 1)] - here)
+        # Rounded so that 3/7 s - 1/7 s counts as exactly 2 steps of 1/7 s.
+        places[idx] = np.round(np.minimum(left, right) / step, 6)
+    return places
+
+
 def block_split(
     order: np.ndarray,
     labels: np.ndarray,
@@ -24,99 +174,19 @@ def block_split(
     block_seconds: float | None = None,
     gap: int = 1,
     seed: int = 0,
+    sequences: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Splits ordered data into train and validation indices by contiguous blocks per class.
-
-    Within each class, frames are sorted by `order` and cut into contiguous blocks, either of
-    `block_size` frames or spanning `block_seconds` of `order`. About `val_fraction` of the blocks
-    go to validation, one drawn at random (from `seed`) within each of equal strata of the class's
-    time range, so validation covers early and late parts of every class rather than only its end.
-    The `gap` training frames on each side of every validation block (neighbours in the class's
-    sorted order) are dropped from both sides, because they are near-copies of validation frames.
-
-    With neither `block_size` nor `block_seconds`, each class is cut into about 10 blocks.
-
-    Args:
-        order: (N,) position of each image in time (e.g. `ImageSet.order`, seconds).
-        labels: (N,) class index of each image.
-        val_fraction: target share of each class's blocks for validation, in (0, 1).
-        block_size: frames per block.
-        block_seconds: length of a block in `order` units (blocks start at the class's first frame).
-        gap: frames dropped on each side of each validation block, counted in the class's sorted
-            order (so the dropped frames are the `gap` nearest neighbours in time).
-        seed: makes the choice of validation blocks reproducible.
-
-    Returns:
-        `(train_idx, val_idx)`: sorted int64 index arrays into `order`/`labels`. Guard-gap frames
-        are in neither.
-
-    Raises:
-        ValueError: bad arguments, or a class with too few frames (or blocks) to give both a
-            training and a validation block after the guard gaps; the message names the class.
-    """
-    order = np.asarray(order, dtype=np.float64).reshape(-1)
-    labels = np.asarray(labels).reshape(-1)
-    if len(order) != len(labels):
-        raise ValueError(f"order has {len(order)} entries but labels has {len(labels)}.")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
-    if block_size is not None and block_seconds is not None:
-        raise ValueError("give block_size or block_seconds, not both.")
-    if block_size is not None and block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}.")
-    if block_seconds is not None and not block_seconds > 0:
-        raise ValueError(f"block_seconds must be > 0, got {block_seconds}.")
-    if gap < 0:
-        raise ValueError(f"gap must be >= 0, got {gap}.")
-    if not np.all(np.isfinite(order)):
-        raise ValueError("order holds NaN or infinite values.")
-
-    train_parts, val_parts = [], []
-    for k, cls in enumerate(np.unique(labels)):
-        idx = np.flatnonzero(labels == cls)
-        idx = idx[np.argsort(order[idx], kind="stable")]
-        n = len(idx)
-        if block_seconds is not None:
-            t = order[idx]
-            raw = np.floor((t - t[0]) / block_seconds).astype(np.int64)
-            # Renumber so empty time blocks (pauses between ranges) do not count as blocks.
-            block_of = np.unique(raw, return_inverse=True)[1].reshape(-1)
-        else:
-            size = block_size if block_size is not None else max(1, math.ceil(n / 10))
-            block_of = np.arange(n) // size
-        n_blocks = int(block_of.max()) + 1 if n else 0
-        if n_blocks < 2:
-            raise ValueError(
-                f"class {cls}: {n} frames make {n_blocks} block(s); need at least 2 for a "
-                "train and a validation block (use smaller blocks or more frames)."
-            )
-        n_val = min(max(1, round(val_fraction * n_blocks)), n_blocks - 1)
-        # One validation block per stratum keeps them spread over the class's time range.
-        edges = np.round(np.linspace(0, n_blocks, n_val + 1)).astype(np.int64)
-        # Seeded per class so one class's draw does not depend on the classes before it.
-        rng = np.random.default_rng([seed % 2**32, k])
-        val_blocks = [rng.integers(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-        is_val = np.isin(block_of, val_blocks)
-
-        # Distance (in sorted positions) from each frame to the nearest validation frame.
-        pos = np.arange(n)
-        val_pos = pos[is_val]
-        nearest = np.searchsorted(val_pos, pos)
-        left = np.abs(pos - val_pos[np.clip(nearest - 1, 0, len(val_pos) - 1)])
-        right = np.abs(val_pos[np.clip(nearest, 0, len(val_pos) - 1)] - pos)
-        dist = np.minimum(left, right)
-        is_train = ~is_val & (dist > gap)
-        if not is_train.any():
-            raise ValueError(
-                f"class {cls}: {n} frames in {n_blocks} blocks leave no training frame after "
-                f"a guard gap of {gap} frame(s) around {n_val} validation block(s); use smaller "
-                "blocks, a smaller gap or a smaller val_fraction."
-            )
-        train_parts.append(idx[is_train])
-        val_parts.append(idx[is_val])
-    train = np.sort(np.concatenate(train_parts)) if train_parts else np.zeros(0, np.int64)
-    val = np.sort(np.concatenate(val_parts)) if val_parts else np.zeros(0, np.int64)
-    return train.astype(np.int64), val.astype(np.int64)
+    """`time_block_split` as `(train_idx, val_idx)`, under its earlier name and arguments."""
+    return time_block_split(
+        order,
+        labels,
+        val_fraction,
+        gap,
+        seed,
+        sequences=sequences,
+        block_size=block_size,
+        block_seconds=block_seconds,
+    )
 
 
 def split_imageset(
@@ -129,8 +199,9 @@ def split_imageset(
 
     * A split given by the source (`ImageSet.split`, e.g. the blood-cell TRAIN/TEST folders) is
       kept: "val" images validate, or "test" images when there is no "val"; the rest train.
-    * Ordered data (`ImageSet.order`, video frames) is cut by `block_split` into contiguous time
-      blocks with `gap` frames left out around each validation block.
+    * Ordered data (`ImageSet.order`, video frames) is cut by `time_block_split` into contiguous
+      time blocks (per `ImageSet.sequence`) with `gap` frames left out around each validation
+      block.
     * Grouped data (`ImageSet.groups`) keeps each group on one side, stratified by class.
     * Anything else gets a stratified random split.
 
@@ -148,7 +219,9 @@ def split_imageset(
                 f"{imageset.name}: the given split needs 'train' and 'val' or 'test' images"
             )
     elif imageset.order is not None:
-        train_idx, val_idx = block_split(imageset.order, labels, val_fraction, gap=gap, seed=seed)
+        train_idx, val_idx = time_block_split(
+            imageset.order, labels, val_fraction, gap, seed, sequences=imageset.sequence
+        )
     elif imageset.groups is not None:
         from sklearn.model_selection import StratifiedGroupKFold
 

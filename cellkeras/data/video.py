@@ -7,82 +7,43 @@ The seed's C. elegans workflow cut one time-lapse into stage classes by time ran
 1. `parse_segments` turns a spec such as ``"gastrula=32:82,comma=116:126"`` into `Segment`s;
 2. `load_video_segments` reads the video once, front to back, and keeps the frames inside the
    segments as an in-memory `ImageSet` (labels, `order` = frame time in seconds);
-3. `write_class_folders` writes the class-folder tree and the seed's `labels.csv` at once.
+3. `write_class_folders` writes the class-folder tree, the seed's `labels.csv` and the frame
+   manifest `frames.csv` at once.
 
-Segment syntax
---------------
-A spec is a comma-separated list of ``CLASS=START:END`` items::
-
-    gastrula=32:82,comma=116:126,fold=140:187        # bare numbers: the `unit` argument
-    gastrula=32s:82s,comma=812f:882f                 # per-number suffix: s = seconds, f = frames
-
-* Ranges are half-open, ``START <= t < END``, in both units. In frames, ``0:10`` is frames 0-9;
-  in seconds, frame ``i`` sits at ``i / fps`` seconds.
-* Frame numbers start at 0 and must be integers; seconds may be fractional.
-* A suffix applies to its own number; the two ends of one range must share a unit.
-* A class may have several ranges (``comma=116:126,comma=300:310``); classes are numbered in the
-  order of their first appearance.
-* Ranges may not overlap, and ``START`` must be below ``END``.
-
-A `Mapping` works too: ``{"gastrula": "32:82", "comma": [(116, 126), (300, 310)]}``.
+The segment syntax is in `cellkeras.data.segments`; writing the frames as a class-folder tree
+(with the manifest that keeps their order) is in `cellkeras.data.frames`. Both are re-exported
+here.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
 import os
-import re
-import shutil
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from cellkeras.data.frames import write_class_folders
 from cellkeras.data.imageset import ImageSet
-from cellkeras.io.files import replace_folder
+from cellkeras.data.segments import UNITS, Segment, parse_segments
+
+__all__ = [
+    "UNITS",
+    "Segment",
+    "VideoInfo",
+    "contact_sheet",
+    "load_video_segments",
+    "parse_segments",
+    "probe_video",
+    "segment_summary",
+    "write_class_folders",
+]
 
 logger = logging.getLogger(__name__)
-
-UNITS = ("seconds", "frames")
-_SUFFIX_UNITS = {"s": "seconds", "f": "frames"}
-_NUMBER = re.compile(r"^\s*(?P<value>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(?P<suffix>[sf]?)\s*$")
-# Class names end up as folder names, so keep them to characters every filesystem accepts.
-_CLASS_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    """One labelled, half-open time range of a video.
-
-    Attributes:
-        label: class name.
-        start: first time (inclusive), in `unit`.
-        end: end time (exclusive), in `unit`.
-        unit: "seconds" or "frames".
-    """
-
-    label: str
-    start: float
-    end: float
-    unit: str
-
-    def frame_range(self, fps: float) -> tuple[int, int]:
-        """The half-open frame-index range `[first, stop)` this segment covers at `fps`."""
-        if self.unit == "frames":
-            return int(self.start), int(self.end)
-        # A tiny tolerance keeps "2.0 s at 5 fps" on frame 10 despite 2.0 * 5 = 9.999999...
-        first = math.ceil(self.start * fps - 1e-6)
-        stop = math.ceil(self.end * fps - 1e-6)
-        return first, stop
-
-    def describe(self) -> str:
-        suffix = "s" if self.unit == "seconds" else "f"
-        return f"{self.label}={self.start:g}{suffix}:{self.end:g}{suffix}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,110 +67,6 @@ class VideoInfo:
     @property
     def duration_s(self) -> float:
         return self.frame_count / self.fps if self.fps > 0 else float("nan")
-
-
-def parse_segments(spec: str | Mapping | Sequence[Segment], unit: str = "seconds") -> list[Segment]:
-    """Parses a segment spec into `Segment`s (syntax in the module docstring).
-
-    Args:
-        spec: ``"CLASS=START:END,..."``, a mapping ``{class: "START:END" | (start, end) | [those]}``,
-            or already-parsed `Segment`s (checked and returned).
-        unit: the unit of numbers without an ``s``/``f`` suffix: "seconds" or "frames".
-
-    Returns:
-        The segments in spec order, each with its unit resolved.
-
-    Raises:
-        ValueError: naming the offending segment, for bad syntax, an unknown unit, mixed units in
-            one range, non-integer frame numbers, ``START >= END`` or overlapping ranges.
-    """
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}.")
-    segments: list[Segment] = []
-    for label, text, raw in _spec_items(spec):
-        segments.append(_parse_one(label, text, raw, unit))
-    if not segments:
-        raise ValueError(f"no segments in {spec!r}; expected e.g. 'gastrula=32:82,comma=116:126'.")
-    # Ranges in different units can only be compared once fps is known (load_video_segments).
-    for u in UNITS:
-        _check_overlaps([s for s in segments if s.unit == u], key=lambda s: (s.start, s.end))
-    return segments
-
-
-def _spec_items(spec) -> Iterable[tuple[str, object, str]]:
-    """Yields (label, range, raw text for messages) from any accepted spec form."""
-    if isinstance(spec, str):
-        for raw in spec.split(","):
-            if not raw.strip():
-                raise ValueError(f"empty segment in {spec!r} (stray comma?).")
-            if raw.count("=") != 1:
-                raise ValueError(f"segment {raw.strip()!r}: expected CLASS=START:END.")
-            label, rng = raw.split("=")
-            yield label.strip(), rng, raw.strip()
-    elif isinstance(spec, Mapping):
-        for label, value in spec.items():
-            ranges = value if isinstance(value, list) else [value]
-            for rng in ranges:
-                yield str(label).strip(), rng, f"{label}={rng}"
-    else:
-        for seg in spec:
-            if not isinstance(seg, Segment):
-                raise ValueError(f"expected a spec string, a mapping or Segments, got {seg!r}.")
-            yield seg.label, seg, seg.describe()
-
-
-def _parse_one(label: str, rng: object, raw: str, default_unit: str) -> Segment:
-    if not _CLASS_NAME.match(label):
-        raise ValueError(
-            f"segment {raw!r}: class name {label!r} must be letters, digits, '_', '.', '+' or '-' "
-            "(it becomes a folder name)."
-        )
-    if isinstance(rng, Segment):
-        start, end, unit = rng.start, rng.end, rng.unit
-        if unit not in UNITS:
-            raise ValueError(f"segment {raw!r}: unit must be one of {UNITS}, got {unit!r}.")
-    elif isinstance(rng, str):
-        parts = rng.split(":")
-        if len(parts) != 2:
-            raise ValueError(
-                f"segment {raw!r}: expected START:END, e.g. 32:82, 32s:82s, 100f:180f."
-            )
-        ends = []
-        for part in parts:
-            m = _NUMBER.match(part)
-            if not m:
-                raise ValueError(
-                    f"segment {raw!r}: {part.strip()!r} is not a number with an optional "
-                    "'s' (seconds) or 'f' (frames) suffix."
-                )
-            ends.append((float(m["value"]), _SUFFIX_UNITS.get(m["suffix"])))
-        units = {u for _, u in ends if u is not None}
-        if len(units) > 1:
-            raise ValueError(f"segment {raw!r}: both ends of a range must use the same unit.")
-        unit = units.pop() if units else default_unit
-        start, end = ends[0][0], ends[1][0]
-    elif isinstance(rng, Sequence) and len(rng) == 2:
-        try:
-            start, end = float(rng[0]), float(rng[1])
-        except (TypeError, ValueError):
-            raise ValueError(f"segment {raw!r}: start and end must be numbers.") from None
-        unit = default_unit
-    else:
-        raise ValueError(f"segment {raw!r}: expected 'START:END' or a (start, end) pair.")
-    if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
-        raise ValueError(f"segment {raw!r}: times must be finite and >= 0.")
-    if unit == "frames" and (start != int(start) or end != int(end)):
-        raise ValueError(f"segment {raw!r}: frame numbers must be integers.")
-    if start >= end:
-        raise ValueError(f"segment {raw!r}: start {start:g} must be below end {end:g}.")
-    return Segment(label=label, start=start, end=end, unit=unit)
-
-
-def _check_overlaps(segments: Sequence[Segment], key) -> None:
-    ordered = sorted(segments, key=key)
-    for a, b in zip(ordered, ordered[1:], strict=False):
-        if key(b)[0] < key(a)[1]:
-            raise ValueError(f"segments {a.describe()!r} and {b.describe()!r} overlap.")
 
 
 def probe_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
@@ -289,19 +146,7 @@ def load_video_segments(
         raise ValueError(
             f"video {path}: its metadata gives no frame rate; pass fps= (--fps on the command line)."
         )
-    ranges = [s.frame_range(info.fps) for s in segs]
-    pairs = sorted(zip(ranges, segs, strict=True), key=lambda p: p[0])
-    for (ra, a), (rb, b) in zip(pairs, pairs[1:], strict=False):
-        if rb[0] < ra[1]:
-            raise ValueError(
-                f"video {path}: segments {a.describe()!r} and {b.describe()!r} overlap "
-                f"(frames {ra[0]}-{ra[1] - 1} and {rb[0]}-{rb[1] - 1} at {info.fps:g} fps)."
-            )
-    for (first, stop), seg in zip(ranges, segs, strict=True):
-        if stop <= first:
-            raise ValueError(
-                f"video {path}: segment {seg.describe()!r} holds no frame at {info.fps:g} fps."
-            )
+    ranges = _frame_ranges(segs, info)
 
     classes = list(dict.fromkeys(s.label for s in segs))
     # frame index -> class index, for the frames we keep.
@@ -356,6 +201,26 @@ def load_video_segments(
     )
 
 
+def _frame_ranges(segs: list[Segment], info: VideoInfo) -> list[tuple[int, int]]:
+    """Each segment's half-open frame range at the video's fps, checked for overlaps (which
+    segments in different units can only show now) and for holding a frame."""
+    ranges = [s.frame_range(info.fps) for s in segs]
+    pairs = sorted(zip(ranges, segs, strict=True), key=lambda p: p[0])
+    for (ra, a), (rb, b) in zip(pairs, pairs[1:], strict=False):
+        if rb[0] < ra[1]:
+            raise ValueError(
+                f"video {info.path}: segments {a.describe()!r} and {b.describe()!r} overlap "
+                f"(frames {ra[0]}-{ra[1] - 1} and {rb[0]}-{rb[1] - 1} at {info.fps:g} fps)."
+            )
+    for (first, stop), seg in zip(ranges, segs, strict=True):
+        if stop <= first:
+            at = f"{info.fps:g} fps"
+            raise ValueError(
+                f"video {info.path}: segment {seg.describe()!r} holds no frame at {at}."
+            )
+    return ranges
+
+
 def _convert_frame(bgr: np.ndarray, max_side: int | None, channels: int | None) -> np.ndarray:
     h, w = bgr.shape[:2]
     if max_side is not None and max(h, w) > max_side:
@@ -387,120 +252,6 @@ def segment_summary(
                 spans.append(f"{first / fps:.2f}-{stop / fps:.2f} s (frames {first}-{stop - 1})")
         rows.append((cls, int(counts[k]), ", ".join(spans)))
     return rows
-
-
-def write_class_folders(
-    imageset: ImageSet,
-    out_dir: str | os.PathLike,
-    image_format: str = "png",
-    *,
-    overwrite: bool = False,
-    fps: float | None = None,
-    prefix: str | None = None,
-) -> Path:
-    """Writes `out_dir/<class>/<prefix>_<frame>.<format>` and `out_dir/labels.csv` atomically.
-
-    The tree is written into a temporary folder beside `out_dir` and renamed into place, so a
-    crash never leaves a half-written `out_dir`. `labels.csv` has a ``filename,label`` header and
-    one row per image; filenames are relative to `out_dir` and use ``/``.
-
-    Args:
-        imageset: an in-memory set (uint8 or uint16 pixels). Sets of file paths or encoded bytes
-            are written as they are (no re-encoding), keeping each image's own format.
-        out_dir: the folder to create.
-        image_format: "png", "jpg" or "tif" (what cv2.imwrite can write).
-        overwrite: replace an existing non-empty `out_dir`.
-        fps: with `imageset.order`, names files by frame number ``round(order * fps)``; otherwise
-            files are numbered by their position in the set.
-        prefix: the file-name prefix; defaults to `imageset.name` (made filename-safe) or "image".
-
-    Returns:
-        `out_dir` as a `Path`.
-
-    Raises:
-        FileExistsError: `out_dir` exists, is not empty and `overwrite` is False.
-        ValueError: an unsupported `image_format` or pixel type.
-    """
-    out_dir = Path(out_dir)
-    fmt = image_format.lower().lstrip(".")
-    if fmt not in ("png", "jpg", "jpeg", "tif", "tiff"):
-        raise ValueError(f"image_format must be png, jpg or tif, got {image_format!r}.")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} exists and is not empty; pass overwrite=True to replace it."
-        )
-    if imageset.images is not None and imageset.images.dtype not in (np.uint8, np.uint16):
-        raise ValueError(
-            f"write_class_folders writes uint8 or uint16 pixels, got {imageset.images.dtype}."
-        )
-    for cls in imageset.classes:
-        if not _CLASS_NAME.match(cls):
-            raise ValueError(f"class name {cls!r} is not usable as a folder name.")
-    stem = (
-        re.sub(r"[^A-Za-z0-9_.-]+", "_", prefix or imageset.name or "image").strip("_") or "image"
-    )
-    if imageset.order is not None and fps:
-        numbers = np.rint(np.asarray(imageset.order, dtype=np.float64) * fps).astype(np.int64)
-    else:
-        numbers = np.arange(len(imageset))
-    width = max(6, len(str(int(numbers.max())))) if len(numbers) else 6
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        rows = []
-        used: set[str] = set()
-        for cls in imageset.classes:
-            (tmp / cls).mkdir()
-        for i in range(len(imageset)):
-            cls = imageset.classes[int(imageset.labels[i])]
-            if imageset.images is not None:
-                ext = fmt
-            elif imageset.paths is not None:
-                ext = Path(imageset.paths[i]).suffix.lstrip(".") or fmt
-            else:
-                ext = _sniff_format(imageset.encoded[i]) or fmt
-            rel = f"{cls}/{stem}_{int(numbers[i]):0{width}d}.{ext}"
-            if rel in used:  # two images mapped to one frame number (e.g. two videos' sets merged)
-                rel = f"{cls}/{stem}_{int(numbers[i]):0{width}d}_{i}.{ext}"
-            used.add(rel)
-            if imageset.images is not None:
-                _imwrite(tmp / rel, imageset.images[i])
-            elif imageset.paths is not None:
-                shutil.copyfile(imageset.paths[i], tmp / rel)
-            else:
-                (tmp / rel).write_bytes(imageset.encoded[i])
-            rows.append((rel, cls))
-        with open(tmp / "labels.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["filename", "label"])
-            writer.writerows(rows)
-        replace_folder(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _sniff_format(data: bytes) -> str | None:
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpg"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tif"
-    return None
-
-
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    elif image.ndim == 3 and image.shape[-1] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    elif image.ndim == 3 and image.shape[-1] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"cv2.imwrite could not write {path}.")
 
 
 def contact_sheet(

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
-# ITU-R BT.601 luma, the weights cv2.cvtColor(..., COLOR_RGB2GRAY) uses.
-_LUMA_RGB = (0.299, 0.587, 0.114)
+from cellkeras.io.images import LUMA_WEIGHTS as _LUMA_RGB
+
 # Largest Sobel gradient magnitude of an image in [0, 1]: |gx| and |gy| are each at most 4.
 _SOBEL_MAX = 4.0 * math.sqrt(2.0)
 # tan(22.5 deg): a gradient within 22.5 deg of an axis is treated as lying on that axis.

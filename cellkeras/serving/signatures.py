@@ -7,10 +7,10 @@ Signatures (both return `probabilities` float32 (B, K), `class_index` int64 (B,)
   (first frame) files. Each image is decoded in the graph and goes through the training
   pipeline's steps exactly (`cellkeras.io.images.decode_image`, then
   `tf.image.resize(bilinear, antialias=True)` as in `cellkeras.data.pipeline`): channels are
-  converted on the stored integers (grey → RGB replicates, RGB → grey is the 0.299/0.587/0.114
-  luminance truncated to the stored type, alpha is dropped), then normalized ("range": uint8 / 255,
-  uint16 / 65535; "percentile": per-channel 1st-99.8th percentile stretch), then resized to
-  `image_size`. JPEGs are decoded with `dct_method="INTEGER_ACCURATE"`, which gives the same
+  converted on the stored integers (grey → RGB replicates, RGB → grey is the luma formula of
+  `cellkeras.io.images`: `LUMA_WEIGHTS`, exact in float64, floored to the stored type; alpha is
+  dropped), then normalized ("range": uint8 / 255, uint16 / 65535; "percentile": per-channel
+  1st-99.8th percentile stretch), then resized to `image_size`. JPEGs are decoded with `dct_method="INTEGER_ACCURATE"`, which gives the same
   pixels as OpenCV (TensorFlow's default, INTEGER_FAST, differs by up to 8 grey levels).
   TensorFlow has no TIFF decoder, so TIFF bytes are refused with a message that says what to do:
   decode on the client with `cellkeras.data.read_image` (which also reads multichannel and 12-bit
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from cellkeras.io.images import NORMALIZATIONS
+from cellkeras.io.images import LUMA_WEIGHTS, NORMALIZATIONS
 
 SERVING_DEFAULT = "serving_default"
 SERVING_IMAGES = "serving_images"
@@ -37,8 +37,6 @@ BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
 OUTPUT_KEYS = ("probabilities", "class_index", "class_name")
 
-# The luminance weights of `cellkeras.io.images.select_channels`.
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _PERCENTILES = (1.0, 99.8)
 
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -50,21 +48,16 @@ _PNG_BIT_DEPTH_AT = 24
 
 
 def _luminance(rgb: tf.Tensor) -> tf.Tensor:
-    """Grey from integer RGB, bit-identical to `select_channels(pixels, 1)`.
+    """Grey from integer RGB, bit-identical to `cellkeras.io.images.to_grey`.
 
-    numpy computes `rgb @ weights` with OpenBLAS, which on x86-64 with FMA (every machine here)
-    rounds like `fma(b, w2, fma(g, w1, r * w0))`; plain float32 `r*w0 + g*w1 + b*w2` differs in
-    about 1 pixel in 20,000, and the truncating cast turns that into a whole grey level. A float32
-    product is exact in float64, so "multiply and add in float64, round to float32" reproduces
-    each FMA.
+    The same explicit formula, ``floor(r * w0 + g * w1 + b * w2)`` in float64 with the float32
+    `LUMA_WEIGHTS`: every product and sum is exact (integers below 2**16 times float32 weights),
+    so neither the order of the additions nor a fused multiply-add can change a grey level.
     """
     values = tf.cast(rgb, tf.float64)
-    weights = _LUMA.astype(np.float64)
-    acc = tf.cast(tf.cast(values[..., 0] * weights[0], tf.float32), tf.float64)
-    acc = tf.cast(values[..., 1] * weights[1] + acc, tf.float32)
-    acc = tf.cast(values[..., 2] * weights[2] + tf.cast(acc, tf.float64), tf.float32)
-    # The training code casts back to the stored type, which truncates; so does tf.cast.
-    return tf.cast(acc, rgb.dtype)[..., None]
+    weights = [float(np.float32(w)) for w in LUMA_WEIGHTS]
+    grey = values[..., 0] * weights[0] + values[..., 1] * weights[1] + values[..., 2] * weights[2]
+    return tf.cast(tf.floor(grey), rgb.dtype)[..., None]
 
 
 def _to_channels(pixels: tf.Tensor, channels: int, where: tf.Tensor) -> tf.Tensor:
