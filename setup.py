@@ -12,6 +12,9 @@ INSTALL_REQUIRES = [
     "keras-cv==0.9.0",
     "tf-keras-vis==0.8.7",
     "tensorboard==2.21.0",
+    # The PredictionLog protos of the serving warmup file; versioned with TensorFlow, and its
+    # protobuf range (>=6.31.1,<8) holds beside TensorFlow alone and beside the "beam" extra.
+    "tensorflow-serving-api==2.21.0",
     "opencv-python-headless==5.0.0.93",
     "numpy==2.4.6",
     "scipy==1.17.1",
