@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
     "tifffile==2026.3.3",
     # COCO AP@[.5:.95] in cellkeras.evaluate.detection (COCOeval); needs only numpy.
     "pycocotools==2.0.11",
+    # Package __init__s that load their modules on first use (cellkeras --help skips TensorFlow).
+    "lazy-loader==0.6",
     # A range, not a pin: apache-beam 2.77 (the "beam" extra) requires pillow<13, and cellkeras
     # only reads image headers with it, which 12.x and 13.x do alike (the full suite passes on both).
     "pillow>=12.1.1,<14",
