@@ -64,10 +64,10 @@ from cellkeras.detect.draw import (  # noqa: E402
     draw_boxes,
     overlay_heatmap,
     save_rgb,
-    to_display,
 )
 from cellkeras.evaluate import calibrate_threshold  # noqa: E402
 from cellkeras.evaluate.detection import coco_ap, detection_scores, max_box_acc_v2  # noqa: E402
+from cellkeras.io.display import to_display_rgb  # noqa: E402
 from cellkeras.models import create_model  # noqa: E402
 from cellkeras.training.schedule import parse_schedule  # noqa: E402
 from trainer.config import PRESETS  # noqa: E402
@@ -329,10 +329,10 @@ def nuclei_figure(image, heat, truth, model, stride, results) -> None:
     def in_crop(b):
         return b[(b[:, 2] <= 256)]
 
-    shown = draw_boxes(up(to_display(image)), in_crop(truth) * scale, colour=TRUE_COLOUR)
+    shown = draw_boxes(up(to_display_rgb(image)), in_crop(truth) * scale, colour=TRUE_COLOUR)
     shown = draw_boxes(shown, in_crop(boxes) * scale, thickness=1)
     panels = [
-        up(to_display(image)),
+        up(to_display_rgb(image)),
         up(colour_heatmap(heat)),
         up(overlay_heatmap(image, heat)),
         shown,
