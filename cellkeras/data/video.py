@@ -483,13 +483,11 @@ def write_class_folders(
 
 
 def _sniff_format(data: bytes) -> str | None:
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpg"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tif"
-    return None
+    from cellkeras.io.formats import sniff_format
+
+    # The file extension of the bytes' own format, so they are written under the right name.
+    kind = sniff_format(data)
+    return {"jpeg": "jpg", "tiff": "tif"}.get(kind, kind)
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:

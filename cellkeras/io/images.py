@@ -31,6 +31,7 @@ import tifffile
 from PIL import Image
 
 from cellkeras.io.errors import ImageError
+from cellkeras.io.formats import sniff_format as sniff_format
 
 # 64 megapixels: far above any classification tile, below what would exhaust memory when a
 # pipeline decodes several images in parallel. Callers with whole-slide images raise it.
@@ -40,27 +41,11 @@ DEFAULT_MIN_SIDE = 8
 
 Channels = int | Sequence[int] | None
 
-_MAGIC = {
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"\xff\xd8\xff": "jpeg",
-    b"II*\x00": "tiff",
-    b"MM\x00*": "tiff",
-    b"II+\x00": "tiff",  # BigTIFF
-    b"MM\x00+": "tiff",
-    b"BM": "bmp",
-    b"GIF87a": "gif",
-    b"GIF89a": "gif",
-}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 NORMALIZATIONS = ("range", "percentile")
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The image format from the file's first bytes, or None when it is not a known image."""
-    for magic, name in _MAGIC.items():
-        if data.startswith(magic):
-            return name
-    return None
+# The low and high percentiles of the "percentile" normalization, per channel; the in-graph
+# serving decode and detection's per-window normalization use the same.
+NORMALIZE_PERCENTILES: tuple[float, float] = (1.0, 99.8)
 
 
 def read_image(
@@ -235,8 +220,7 @@ def normalize(pixels: np.ndarray, normalization: str = "range") -> np.ndarray:
         raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
     if normalization == "percentile":
         values = pixels.astype(np.float32)
-        low = np.percentile(values, 1.0, axis=(0, 1), keepdims=True)
-        high = np.percentile(values, 99.8, axis=(0, 1), keepdims=True)
+        low, high = np.percentile(values, NORMALIZE_PERCENTILES, axis=(0, 1), keepdims=True)
         return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
     if np.issubdtype(pixels.dtype, np.integer):
         return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
