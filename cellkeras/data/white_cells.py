@@ -93,13 +93,7 @@ def make_white_cell(rng: np.random.Generator, kind: str, u: float, d: float) -> 
     elif kind == "neutrophil":
         n_lobes = 2 if rng.uniform() < 0.07 * d else int(rng.choice([3, 3, 4, 4, 5]))
         lobe = r * rng.uniform(0.2, 0.25)
-        centres = _lobe_chain(rng, n_lobes, lobe, r)
-        for p, q in zip(centres[:-1], centres[1:], strict=True):
-            nucleus.append(_strand(p, q, lobe * rng.uniform(0.2, 0.4)))
-        for p in centres:
-            nucleus.append(
-                _ellipse(p[0], p[1], lobe * rng.uniform(1.0, 1.35), lobe, rng.uniform(0, np.pi), 20)
-            )
+        nucleus += _lobed_nucleus(rng, n_lobes, lobe, r, strand=(0.2, 0.4), elongation=1.35, n=20)
         nucleus_conc = rng.uniform(1.0, 1.3)
         chromatin = (int(rng.integers(5, 8)), rng.uniform(0.15, 0.3))
         cyto = (rng.uniform(0.2, 0.32), rng.uniform(0.0, 0.08))
@@ -107,13 +101,7 @@ def make_white_cell(rng: np.random.Generator, kind: str, u: float, d: float) -> 
     else:  # eosinophil
         n_lobes = 3 if rng.uniform() < 0.07 * d else 2
         lobe = r * rng.uniform(0.27, 0.34)
-        centres = _lobe_chain(rng, n_lobes, lobe, r)
-        for p, q in zip(centres[:-1], centres[1:], strict=True):
-            nucleus.append(_strand(p, q, lobe * rng.uniform(0.3, 0.5)))
-        for p in centres:
-            nucleus.append(
-                _ellipse(p[0], p[1], lobe * rng.uniform(1.0, 1.25), lobe, rng.uniform(0, np.pi), 24)
-            )
+        nucleus += _lobed_nucleus(rng, n_lobes, lobe, r, strand=(0.3, 0.5), elongation=1.25, n=24)
         nucleus_conc = rng.uniform(0.95, 1.25)
         chromatin = (int(rng.integers(5, 8)), rng.uniform(0.15, 0.3))
         cyto = (rng.uniform(0.1, 0.2), rng.uniform(0.0, 0.05))
@@ -154,6 +142,31 @@ def _notch(nucleus: list[np.ndarray], a: float, rot: float, depth: float) -> Non
     along = rel @ direction / (np.hypot(rel[:, 0], rel[:, 1]) + 1e-6)
     push = depth * 2 * a * np.exp(-((np.arccos(np.clip(along, -1, 1)) / 0.45) ** 2) / 2)
     nucleus[-1] = pts - push[:, None] * direction
+
+
+def _lobed_nucleus(
+    rng: np.random.Generator,
+    n_lobes: int,
+    lobe: float,
+    r: float,
+    strand: tuple[float, float],
+    elongation: float,
+    n: int,
+) -> list[np.ndarray]:
+    """A segmented nucleus (neutrophil, eosinophil): lobes along a chain, joined by strands.
+
+    Strand widths are U(*strand) x `lobe`; each lobe is an ellipse of semi-axes
+    U(1, elongation) x `lobe` and `lobe` at a random angle, drawn with `n` points.
+    """
+    centres = _lobe_chain(rng, n_lobes, lobe, r)
+    polygons = [
+        _strand(p, q, lobe * rng.uniform(*strand))
+        for p, q in zip(centres[:-1], centres[1:], strict=True)
+    ]
+    for p in centres:
+        a = lobe * rng.uniform(1.0, elongation)
+        polygons.append(_ellipse(p[0], p[1], a, lobe, rng.uniform(0, np.pi), n))
+    return polygons
 
 
 def _lobe_chain(rng: np.random.Generator, n: int, lobe: float, r: float) -> np.ndarray:
