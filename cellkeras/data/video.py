@@ -514,8 +514,8 @@ def contact_sheet(
     choosing segment boundaries.
 
     Args:
-        images: arrays (H, W), (H, W, 1) or (H, W, 3) RGB, shown by
-            `cellkeras.io.display.to_display_rgb` (uint16 stretched to its own percentiles).
+        images: arrays (H, W), (H, W, 1) or (H, W, 3) RGB, uint8 or uint16 (uint16 and single-channel
+            images are stretched to their own 0.5-99.8 percentile range).
         captions: one string per image.
         ncols: tiles per row.
         tile_side: each image is scaled so its longer side is this; None keeps sizes (they must
