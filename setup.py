@@ -12,6 +12,9 @@ INSTALL_REQUIRES = [
     "keras-cv==0.9.0",
     "tf-keras-vis==0.8.7",
     "tensorboard==2.21.0",
+    # The PredictionLog protos of the serving warmup file; versioned with TensorFlow, and its
+    # protobuf range (>=6.31.1,<8) holds beside TensorFlow alone and beside the "beam" extra.
+    "tensorflow-serving-api==2.21.0",
     "opencv-python-headless==5.0.0.93",
     "numpy==2.4.6",
     "scipy==1.17.1",
@@ -23,6 +26,10 @@ INSTALL_REQUIRES = [
     # tifffile's codecs for compressed TIFFs (LZW, Deflate, ZSTD, JPEG, ...); 2026.3.6 is the last
     # release for Python 3.11.
     "imagecodecs==2026.3.6",
+    # COCO AP@[.5:.95] in cellkeras.evaluate.detection (COCOeval); needs only numpy.
+    "pycocotools==2.0.11",
+    # Package __init__s that load their modules on first use (cellkeras --help skips TensorFlow).
+    "lazy-loader==0.6",
     # A range, not a pin: apache-beam 2.77 (the "beam" extra) requires pillow<13, and cellkeras
     # only reads image headers with it, which 12.x and 13.x do alike (the full suite passes on both).
     "pillow>=12.1.1,<14",

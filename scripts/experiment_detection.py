@@ -23,7 +23,7 @@ Synthetic white cells (`generate_scene`, 512x512 fields of 16 white cells among 
   red-cells-only scenes for false positives.
 
 Scores (`cellkeras.evaluate.detection`): Hungarian one-to-one F1 at IoU 0.3/0.5/0.7, VOC
-all-point AP@0.5 (greedy by score), count error, MaxBoxAccV2 of the heatmaps; the frozen
+all-point AP@0.5 (greedy by score), COCO AP@[.5:.95] (pycocotools), count error, MaxBoxAccV2 of the heatmaps; the frozen
 threshold's F1 and, labelled, the per-image optimum (each image its own best threshold).
 
 Command (the numbers in docs/BENCHMARKS.md, about 15 min):
@@ -64,10 +64,10 @@ from cellkeras.detect.draw import (  # noqa: E402
     draw_boxes,
     overlay_heatmap,
     save_rgb,
-    to_display,
 )
 from cellkeras.evaluate import calibrate_threshold  # noqa: E402
-from cellkeras.evaluate.detection import detection_scores, max_box_acc_v2  # noqa: E402
+from cellkeras.evaluate.detection import coco_ap, detection_scores, max_box_acc_v2  # noqa: E402
+from cellkeras.io.display import to_display_rgb  # noqa: E402
 from cellkeras.models import create_model  # noqa: E402
 from cellkeras.training.schedule import parse_schedule  # noqa: E402
 from trainer.config import PRESETS  # noqa: E402
@@ -132,6 +132,7 @@ def score(pred: list[tuple[np.ndarray, np.ndarray]], truth: list[np.ndarray]) ->
         "precision@0.5": result["iou0.5"]["precision"],
         "recall@0.5": result["iou0.5"]["recall"],
         "ap@0.5": result["iou0.5"]["ap"],
+        "coco_ap@[.5:.95]": coco_ap(truth, pred)["AP"],
         "count_mae": result["count_mae"],
         "num_pred": result["num_pred"],
         "num_true": result["num_true"],
@@ -328,10 +329,10 @@ def nuclei_figure(image, heat, truth, model, stride, results) -> None:
     def in_crop(b):
         return b[(b[:, 2] <= 256)]
 
-    shown = draw_boxes(up(to_display(image)), in_crop(truth) * scale, colour=TRUE_COLOUR)
+    shown = draw_boxes(up(to_display_rgb(image)), in_crop(truth) * scale, colour=TRUE_COLOUR)
     shown = draw_boxes(shown, in_crop(boxes) * scale, thickness=1)
     panels = [
-        up(to_display(image)),
+        up(to_display_rgb(image)),
         up(colour_heatmap(heat)),
         up(overlay_heatmap(image, heat)),
         shown,
@@ -526,9 +527,9 @@ def synthetic_figure(scene: dict, heat: np.ndarray, params: BoxParams, truth: np
 
 def table(results: dict) -> str:
     lines = [
-        "| data | method | F1@0.3 | F1@0.5 | F1@0.7 | AP@0.5 | count MAE | frozen thr. / erode / dist. | "
-        "per-image optimum F1@0.5 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | method | F1@0.3 | F1@0.5 | F1@0.7 | AP@0.5 | COCO AP@[.5:.95] | count MAE | "
+        "frozen thr. / erode / dist. | per-image optimum F1@0.5 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for data in ("nuclei", "synthetic"):
         for m in results.get(data, {}).get("methods", []):
@@ -537,9 +538,12 @@ def table(results: dict) -> str:
             else:
                 frozen = f"sigma {m['sigma']}, min_distance {m['min_distance']}"
             oracle = m.get("per_image_optimum_f1@0.5 (oracle)")
+            # Results saved before the COCO column have none.
+            coco = m.get("coco_ap@[.5:.95]")
+            coco = f"{coco:.3f}" if coco is not None else "–"
             lines.append(
                 f"| {data} | {m['method']} | {m['f1@0.3']:.3f} | {m['f1@0.5']:.3f} | "
-                f"{m['f1@0.7']:.3f} | {m['ap@0.5']:.3f} | {m['count_mae']:.1f} | {frozen} | "
+                f"{m['f1@0.7']:.3f} | {m['ap@0.5']:.3f} | {coco} | {m['count_mae']:.1f} | {frozen} | "
                 + (f"{oracle:.3f} |" if oracle is not None else "– |")
             )
     return "\n".join(lines)

@@ -37,6 +37,15 @@ def test_no_command_prints_help_and_fails(capsys):
     assert "COMMAND" in capsys.readouterr().out
 
 
+def test_importing_a_package_loads_no_tensorflow():
+    code = (
+        "import sys; import cellkeras.augment, cellkeras.batch, cellkeras.data, cellkeras.explain; "
+        "print('tensorflow' in sys.modules, 'apache_beam' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_lazy_exports_resolve_to_the_defining_objects():
     import importlib
 
@@ -49,5 +58,6 @@ def test_lazy_exports_resolve_to_the_defining_objects():
     assert augment.build_augmenter is build_augmenter
     assert data.make_dataset is make_dataset
     assert set(explain.__all__) >= {"gradcam", "overlay", "load_model_for_inference"}
+    assert dir(explain) == explain.__all__  # eager and lazy names alike
     with pytest.raises(AttributeError, match="cellkeras.data.*no_such_name"):
         data.no_such_name  # noqa: B018

@@ -285,18 +285,36 @@ def test_warmup_records_decode_and_replay(exported, loaded):
 
 
 def test_prediction_log_round_trip_and_official_protos():
+    from tensorflow_serving.apis import prediction_log_pb2
+
     data = prediction_log_bytes("serving_default", {"image_bytes": np.array([b"\x00abc"])})
     request = parse_prediction_log(data)
     assert request.signature_name == "serving_default"
     assert request.inputs["image_bytes"].tolist() == [b"\x00abc"]
-    # Where the official protos are installed, they must read our hand-written bytes the same way.
-    prediction_log_pb2 = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
     log = prediction_log_pb2.PredictionLog.FromString(data)
     assert log.WhichOneof("log_type") == "predict_log"
     assert log.predict_log.request.model_spec.signature_name == "serving_default"
+    assert log.predict_log.request.model_spec.name == ""  # the server fills in its model
     tensor = log.predict_log.request.inputs["image_bytes"]
     assert tf.make_ndarray(tensor).tolist() == [b"\x00abc"]
-    assert log.SerializeToString() == data
+    # The same bytes the earlier hand-written encoder produced, so older exports read back alike.
+    assert data.hex() == (
+        "32340a320a111a0f73657276696e675f64656661756c74121d0a0b696d6167655f6279746573120e08071204"
+        "12020801420400616263"
+    )
+
+
+def test_parse_prediction_log_rejects_other_logs_and_garbage():
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    classify = prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog())
+    with pytest.raises(ValueError, match="classify_log"):
+        parse_prediction_log(classify.SerializeToString())
+    with pytest.raises(ValueError, match="malformed"):
+        parse_prediction_log(b"\xff\xff")
+    # No signature name means TF Serving's default signature.
+    empty = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog())
+    assert parse_prediction_log(empty.SerializeToString()).signature_name == "serving_default"
 
 
 # --- loading and serve-check -----------------------------------------------------------------------

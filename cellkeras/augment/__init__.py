@@ -5,13 +5,13 @@
 first use, so listing the presets does not load TensorFlow.
 """
 
-from cellkeras._lazy import lazy_exports
+import lazy_loader
 
-_EXPORTS = {
-    "AUGMENTATION_PRESETS": "cellkeras.augment.preset_names",
-    "Augmenter": "cellkeras.augment.presets",
-    "FluidDistortion": "cellkeras.augment.fluid",
-    "build_augmenter": "cellkeras.augment.presets",
-    "strength_for_size": "cellkeras.augment.presets",
-}
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "fluid": ["FluidDistortion"],
+        "preset_names": ["AUGMENTATION_PRESETS"],
+        "presets": ["Augmenter", "build_augmenter", "strength_for_size"],
+    },
+)

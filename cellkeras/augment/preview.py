@@ -16,18 +16,11 @@ import tensorflow as tf
 
 from cellkeras.augment.fluid import FluidDistortion, num_control_points
 from cellkeras.augment.presets import build_augmenter
+from cellkeras.io.display import to_display_rgb
 
 _LABEL_WIDTH = 150
 _HEADER_HEIGHT = 22
 _GAP = 2
-
-
-def _to_rgb8(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) float [0, 1] -> (N, H, W, 3) uint8; grey is repeated, extra channels dropped."""
-    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    return (images[..., :3] * 255.0 + 0.5).astype(np.uint8)
 
 
 def augment_examples(
@@ -83,11 +76,14 @@ def gallery(
     for c in range(cols):
         text = "original" if c == 0 else f"#{c}"
         _put(canvas, text, _LABEL_WIDTH + c * (w + _GAP) + 4, _HEADER_HEIGHT - 7)
-    original = _to_rgb8(images[:1])[0]
+    # "range": augmented rows are shown at the absolute levels of their original.
+    original = to_display_rgb(images[:1], scaling="range")[0]
     for r, preset in enumerate(presets):
         y = _HEADER_HEIGHT + r * (h + _GAP)
-        row = _to_rgb8(augment_examples(images, labels, preset, n, strength, seed + r))
-        first = original if preset != "mix" else _to_rgb8(images[:1])[0]
+        row = to_display_rgb(
+            augment_examples(images, labels, preset, n, strength, seed + r), scaling="range"
+        )
+        first = original if preset != "mix" else to_display_rgb(images[:1], scaling="range")[0]
         tiles = [first, *row]
         for c, tile in enumerate(tiles):
             x = _LABEL_WIDTH + c * (w + _GAP)
@@ -138,7 +134,7 @@ def fluid_frames(
     identity = np.tile(np.array([[1, 0, 0, 1, 0, 0]], np.float32), (frames, 1))
     batch = np.repeat(np.asarray(image, np.float32)[None], frames, axis=0)
     out = layer.warp(batch, ctrl, identity)
-    return _to_rgb8(out.numpy())
+    return to_display_rgb(out.numpy(), scaling="range")
 
 
 def write_gallery(canvas: np.ndarray, path: str | Path) -> Path:

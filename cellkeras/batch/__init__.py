@@ -8,19 +8,23 @@ Needs the `beam` extra (`pip install "cellkeras[beam]"`); names load on first us
 `cellkeras.batch` (and `cellkeras --help`) needs neither Beam nor TensorFlow. See docs/BATCH.md.
 """
 
-from cellkeras._lazy import lazy_exports
+import lazy_loader
 
-_EXPORTS = {
-    "BatchConfig": "cellkeras.batch.pipeline",
-    "BatchResults": "cellkeras.batch.pipeline",
-    "ClassifyModelHandler": "cellkeras.batch.pipeline",
-    "DetectModelHandler": "cellkeras.batch.pipeline",
-    "Failure": "cellkeras.batch.pipeline",
-    "KerasModelHandler": "cellkeras.batch.pipeline",
-    "build_pipeline": "cellkeras.batch.pipeline",
-    "check_inputs": "cellkeras.batch.pipeline",
-    "prepare_output": "cellkeras.batch.pipeline",
-    "read_results": "cellkeras.batch.pipeline",
-    "run_batch": "cellkeras.batch.pipeline",
-}
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "pipeline": [
+            "BatchConfig",
+            "BatchResults",
+            "ClassifyModelHandler",
+            "DetectModelHandler",
+            "Failure",
+            "KerasModelHandler",
+            "build_pipeline",
+            "check_inputs",
+            "prepare_output",
+            "read_results",
+            "run_batch",
+        ],
+    },
+)

@@ -5,24 +5,32 @@ Names are imported on first use, so `cellkeras --help` and the video tools do no
 loading TensorFlow.
 """
 
-from cellkeras._lazy import lazy_exports
+import lazy_loader
 
-_EXPORTS = {
-    "BadInputError": "cellkeras.io.errors",
-    "ImageError": "cellkeras.io.errors",
-    "ImageSet": "cellkeras.data.imageset",
-    "check_images": "cellkeras.data.sources",
-    "class_weights": "cellkeras.data.pipeline",
-    "decode_image": "cellkeras.io.images",
-    "load_class_folders": "cellkeras.data.sources",
-    "load_labels_csv": "cellkeras.data.sources",
-    "load_tfrecords": "cellkeras.data.tfrecord",
-    "make_dataset": "cellkeras.data.pipeline",
-    "parse_image_size": "cellkeras.io.images",
-    "parse_channels": "cellkeras.io.images",
-    "read_image": "cellkeras.io.images",
-    "split_imageset": "cellkeras.data.splits",
-    "time_block_split": "cellkeras.data.splits",
-    "write_tfrecords": "cellkeras.data.tfrecord",
-}
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+# Plain imports: `cellkeras.io` loads no TensorFlow, and lazy_loader only reaches submodules.
+from cellkeras.io.errors import BadInputError as BadInputError
+from cellkeras.io.errors import ImageError as ImageError
+from cellkeras.io.images import decode_image as decode_image
+from cellkeras.io.images import parse_channels as parse_channels
+from cellkeras.io.images import parse_image_size as parse_image_size
+from cellkeras.io.images import read_image as read_image
+
+__getattr__, _, _lazy_names = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "imageset": ["ImageSet"],
+        "pipeline": ["class_weights", "make_dataset"],
+        "sources": ["check_images", "load_class_folders", "load_labels_csv"],
+        "splits": ["split_imageset", "time_block_split"],
+        "tfrecord": ["load_tfrecords", "write_tfrecords"],
+    },
+)
+__all__ = sorted(
+    [*_lazy_names, "BadInputError", "ImageError", "decode_image", "parse_channels",
+     "parse_image_size", "read_image"]
+)  # fmt: skip
+
+
+def __dir__() -> list[str]:
+    # lazy_loader's own lists only the lazy names.
+    return __all__

@@ -36,6 +36,7 @@ from cellkeras.data.imageset import ImageSet
 from cellkeras.data.segments import CLASS_NAME
 from cellkeras.io.errors import BadInputError
 from cellkeras.io.files import replace_folder
+from cellkeras.io.formats import sniff_format
 
 MANIFEST_NAME = "frames.csv"
 MANIFEST_COLUMNS = ("filename", "sequence", "frame")
@@ -215,13 +216,9 @@ def read_frame_manifest(root: str | os.PathLike) -> dict[str, tuple[str, float]]
 
 
 def _sniff_format(data: bytes) -> str | None:
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpg"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tif"
-    return None
+    # The file extension of the bytes' own format, so they are written under the right name.
+    kind = sniff_format(data)
+    return {"jpeg": "jpg", "tiff": "tif"}.get(kind, kind)
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from cellkeras.data.imageset import ImageSet
+from cellkeras.io.display import display_range, to_display_rgb
 from cellkeras.io.images import decode_raw
 
 # Box colours per class index (RGB, matplotlib's tab10); boxes with a negative label (the
@@ -71,11 +72,10 @@ def draw_gallery(
     shown = [np.flatnonzero(imageset.labels == k)[:per_class] for k in range(rows)]
     # One intensity range for the whole grid, so a dim background patch looks dim next to a
     # bright nucleus instead of being stretched into loud noise on its own.
-    display_range = None
+    value_range = None
     stored = imageset.images
     if stored is not None and stored.dtype != np.uint8:
-        values = stored[np.concatenate(shown)].astype(np.float32)
-        display_range = tuple(np.percentile(values[np.isfinite(values)], [0.5, 99.5]))
+        value_range = display_range(stored[np.concatenate(shown)])
     for row, name in enumerate(imageset.classes):
         indices = shown[row]
         for col in range(per_class):
@@ -86,7 +86,7 @@ def draw_gallery(
                 spine.set_visible(col < len(indices))
             if col < len(indices):
                 index = int(indices[col])
-                image = _render(imageset, index, draw_boxes, display_range)
+                image = _render(imageset, index, draw_boxes, value_range)
                 ax.imshow(image, interpolation="antialiased")
             if col == 0:
                 ax.set_ylabel(f"{name}\n(n={counts[row]})", fontsize=9)
@@ -115,54 +115,14 @@ def _load_for_display(imageset: ImageSet, index: int) -> np.ndarray:
         raise OSError(f"cannot read image {path!r}: file not found.") from None
 
 
-def _to_rgb8(image: np.ndarray, display_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Any stored pixels → uint8 RGB (H, W, 3) for display; non-uint8 pixels are mapped from
-    `display_range` when given, else from their own 0.5-99.5 percentiles."""
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 3 and image.shape[2] not in (3, 4):
-        image = image[..., 0]  # multi-channel microscopy: show the first channel
-    if image.ndim == 3:
-        image = image[..., :3]
-    if image.dtype == np.uint8:
-        out = image
-    elif display_range is not None:
-        out = _stretch(image.astype(np.float32), display_range)
-    elif image.dtype == np.uint16 or np.issubdtype(image.dtype, np.integer):
-        out = _stretch(image.astype(np.float32))
-    else:
-        values = image.astype(np.float32)
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
-            out = np.round(np.nan_to_num(values) * 255).astype(np.uint8)
-        else:
-            out = _stretch(values)
-    if out.ndim == 2:
-        out = np.stack([out] * 3, axis=-1)
-    return np.ascontiguousarray(out)
-
-
-def _stretch(values: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Maps `value_range` (default: the 0.5-99.5 percentiles) to 0-255: 16-bit microscopy
-    rarely fills 16 bits."""
-    finite = values[np.isfinite(values)]
-    if not finite.size:
-        return np.zeros(values.shape, dtype=np.uint8)
-    lo, hi = value_range if value_range is not None else np.percentile(finite, [0.5, 99.5])
-    if hi <= lo:
-        hi = lo + 1.0
-    scaled = (np.nan_to_num(values, nan=lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-
-
 def _render(
     imageset: ImageSet,
     index: int,
     with_boxes: bool,
-    display_range: tuple[float, float] | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Image `index` as uint8 RGB, enlarged if small, with its boxes drawn."""
-    image = _to_rgb8(_load_for_display(imageset, index), display_range)
+    image = to_display_rgb(_load_for_display(imageset, index), value_range=value_range)
     zoom = max(1, int(np.ceil(_MIN_DISPLAY / max(1, min(image.shape[:2])))))
     if zoom > 1:
         image = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC)
@@ -188,7 +148,7 @@ def draw_boxes(
     Returns:
         uint8 RGB (H, W, 3) with the boxes drawn.
     """
-    out = _to_rgb8(np.asarray(image)).copy()
+    out = to_display_rgb(image).copy()
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(box_labels).reshape(-1)
     # Grey boxes first, so class-coloured boxes are drawn on top of them.

@@ -56,6 +56,7 @@ import numpy as np
 from scipy import ndimage
 
 from cellkeras.data.imageset import ImageSet
+from cellkeras.io.display import to_display_rgb
 
 # Import name -> the pinned requirement the samples were checked against.
 SAMPLE_PACKAGES: dict[str, str] = {
@@ -384,11 +385,8 @@ def nuclei_overlay(
     import cv2
 
     sample = sample if sample is not None else nuclei_sample()
-    img = sample.images[frame].astype(np.float32)
-    lo, hi = np.percentile(img, [0.5, 99.8])
-    gray = np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
-    gray = np.kron(gray, np.ones((scale, scale), np.uint8))
-    rgb = np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=-1))
+    rgb = to_display_rgb(sample.images[frame])
+    rgb = np.ascontiguousarray(np.kron(rgb, np.ones((scale, scale, 1), np.uint8)))
     for x0, y0, x1, y1 in (sample.boxes(frame) * scale).astype(int):
         # cv2.rectangle's corners are inclusive, so the exclusive max is pulled in by one.
         cv2.rectangle(rgb, (x0, y0), (x1 - 1, y1 - 1), (255, 200, 0), 1)

@@ -322,14 +322,8 @@ def contact_sheet(
 
 
 def _to_rgb8(img: np.ndarray) -> np.ndarray:
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    if img.dtype != np.uint8:
-        lo, hi = np.percentile(img, [0.5, 99.8])
-        img = np.clip((img.astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
-        img = img.astype(np.uint8)
-    if img.ndim == 2:
-        return np.repeat(img[..., None], 3, axis=-1)
-    if img.shape[-1] != 3:
+    from cellkeras.io.display import to_display_rgb
+
+    if img.ndim == 3 and img.shape[-1] not in (1, 3):
         raise ValueError(f"contact_sheet takes gray or RGB images, got shape {img.shape}.")
-    return img
+    return to_display_rgb(img)

@@ -11,27 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cellkeras.io.display import to_display_rgb
+
 PRED_COLOUR = (255, 200, 0)  # amber
 TRUE_COLOUR = (0, 220, 90)  # green
-
-
-def to_display(image: np.ndarray) -> np.ndarray:
-    """Any (H, W[, C]) image as RGB uint8: contrast-stretched between its 0.5th and 99.8th
-    percentile (so 12-bit fluorescence in 16-bit files is visible), grey replicated to RGB,
-    other channel counts reduced to the first three."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    values = image.astype(np.float32)
-    if image.dtype == np.uint8:
-        scaled = values
-    else:
-        low, high = np.percentile(values, [0.5, 99.8])
-        scaled = (values - low) / max(float(high - low), 1e-6) * 255.0
-    out = np.clip(scaled, 0, 255).astype(np.uint8)
-    if out.shape[-1] == 1:
-        out = np.repeat(out, 3, axis=-1)
-    return np.ascontiguousarray(out[..., :3])
 
 
 def colour_heatmap(heat: np.ndarray) -> np.ndarray:
@@ -42,7 +25,7 @@ def colour_heatmap(heat: np.ndarray) -> np.ndarray:
 
 def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """The seed's overlay: `cv2.addWeighted(image, 0.7, heatmap, alpha, 0)` in RGB uint8."""
-    base = to_display(image)
+    base = to_display_rgb(image)
     return cv2.addWeighted(base, 0.7, colour_heatmap(heat), alpha, 0)
 
 
@@ -57,16 +40,14 @@ def draw_boxes(
     """Boxes (and scores, when given) drawn on a copy of the image.
 
     Args:
-        image: any image (`to_display` is applied unless it is already RGB uint8).
+        image: any image, shown by `cellkeras.io.display.to_display_rgb`.
         boxes: (K, 4) `[x_min, y_min, x_max, y_max]` inclusive-exclusive pixels.
         scores: optional (K,) scores written above each box.
         colour: RGB.
         thickness: line width in output pixels.
         scale: integer upscaling (nearest neighbour) first, so small boxes stay readable.
     """
-    image = np.asarray(image)
-    out = image if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3 else None
-    out = to_display(image) if out is None else out.copy()
+    out = to_display_rgb(image).copy()  # uint8 RGB comes back as it is: draw on a copy
     if scale > 1:
         out = np.ascontiguousarray(np.kron(out, np.ones((scale, scale, 1), np.uint8)))
     for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4) * scale):

@@ -28,10 +28,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from cellkeras.io.images import NORMALIZATIONS, normalize
-
-# The percentiles of `cellkeras.io.images.normalize(..., "percentile")`.
-_PERCENTILES = (1.0, 99.8)
+from cellkeras.io.images import NORMALIZATIONS, NORMALIZE_PERCENTILES, normalize
 
 
 def target_classes(classes: Sequence[str] | None, num_classes: int) -> list[int]:
@@ -54,7 +51,7 @@ def normalize_windows(windows: np.ndarray, normalization: str) -> np.ndarray:
         return normalize(windows, "range")
     values = windows.astype(np.float32)
     flat = values.reshape(len(values), -1, values.shape[-1])
-    low, high = np.percentile(flat, _PERCENTILES, axis=1)  # (B, C) each, numpy "linear"
+    low, high = np.percentile(flat, NORMALIZE_PERCENTILES, axis=1)  # (B, C) each, numpy "linear"
     low, high = low[:, None, None, :], high[:, None, None, :]
     return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
 

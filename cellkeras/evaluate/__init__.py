@@ -24,6 +24,7 @@ from cellkeras.evaluate.classification import (
 from cellkeras.evaluate.detection import (
     average_precision,
     box_iou,
+    coco_ap,
     detection_scores,
     greedy_match,
     image_f1,
@@ -39,6 +40,7 @@ __all__ = [
     "brier_score",
     "calibrate_threshold",
     "classification_summary",
+    "coco_ap",
     "compare_models",
     "confusion_matrix",
     "detection_scores",

@@ -21,11 +21,15 @@ around a contour of the thresholded map overlaps any true box by IoU >= delta; B
 fraction of localized images, maximized over thresholds, then averaged over delta in
 {0.3, 0.5, 0.7}. With many cells per image it only asks for one hit per image, so it is reported
 beside, not instead of, F1.
+
+`coco_ap` is COCO's AP@[.5:.95] (pycocotools' `COCOeval`), comparable with published detectors.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -255,3 +259,112 @@ def masks_to_boxes(label_image: np.ndarray) -> np.ndarray:
     from cellkeras.data.samples import instance_boxes
 
     return instance_boxes(label_image)[1]
+
+
+# --- COCO AP ---------------------------------------------------------------------------------------
+
+CocoDoc = dict[str, Any]
+
+
+def _coco_ground_truth(true: CocoDoc | BoxList) -> CocoDoc:
+    """A COCO ground-truth document pycocotools accepts, from a document or per-image boxes."""
+    # Here, not at the top: `cellkeras.detect` loads TensorFlow, the rest of this module does not.
+    from cellkeras.detect.coco import to_coco
+
+    if not isinstance(true, dict):
+        images = [{"file_name": f"image{i}"} for i in range(1, len(true) + 1)]
+        return to_coco(images, true, [np.ones(len(_as_boxes(b))) for b in true])
+    annotations = []
+    for index, annotation in enumerate(true.get("annotations", []), start=1):
+        # COCOeval reads `area` (its area ranges), `iscrowd` and `id`; label files often lack them.
+        x, y, w, h = annotation.get("bbox", (0, 0, 0, 0))
+        annotations.append({"id": index, "iscrowd": 0, "area": w * h, **annotation})
+    categories = true.get("categories") or [{"id": 1, "name": "cell"}]
+    return {**true, "annotations": annotations, "categories": categories}
+
+
+def _coco_results(detections: CocoDoc | Sequence, truth: CocoDoc) -> list[dict[str, Any]]:
+    """COCO result dicts with the image ids of `truth`, copied (pycocotools edits them)."""
+    if isinstance(detections, dict):
+        # A `cellkeras detect` document numbers its own images: match them by file name.
+        by_name = {image.get("file_name"): image["id"] for image in truth["images"]}
+        own = {image["id"]: by_name.get(image.get("file_name"), image["id"])
+               for image in detections.get("images", [])}  # fmt: skip
+        results = [{**a, "image_id": own.get(a["image_id"], a["image_id"])}
+                   for a in detections.get("annotations", [])]  # fmt: skip
+    elif len(detections) and isinstance(detections[0], dict):
+        results = [dict(a) for a in detections]
+    else:
+        from cellkeras.detect.coco import to_coco
+
+        if len(detections) != len(truth["images"]):
+            raise ValueError("detections need one (boxes, scores) pair per true image")
+        ids = [image["id"] for image in truth["images"]]
+        metas = [{"file_name": str(i)} for i in ids]
+        document = to_coco(metas, [b for b, _ in detections], [s for _, s in detections])
+        results = [{**a, "image_id": ids[a["image_id"] - 1]} for a in document["annotations"]]
+    known = {image["id"] for image in truth["images"]}
+    unknown = {a["image_id"] for a in results} - known
+    if unknown:
+        raise ValueError(f"detections name images the ground truth does not have: {unknown}")
+    return results
+
+
+def coco_ap(
+    true: CocoDoc | BoxList,
+    detections: CocoDoc | Sequence,
+    iou_type: str = "bbox",
+    max_detections: int | None = None,
+) -> dict[str, float]:
+    """COCO AP@[.5:.95], AP@.5 and AP@.75 through pycocotools' `COCOeval`.
+
+    Unlike `detection_scores`' AP (VOC all-point, one IoU level), this is COCO's: greedy matching
+    by score per image, 101-point interpolated precision, averaged over IoU 0.50:0.05:0.95 (and
+    over categories).
+
+    Args:
+        true: a COCO ground-truth document (`images`, `annotations` with `bbox` `[x, y, w, h]`,
+            or `segmentation` for `iou_type="segm"`; `categories`, default one "cell"), or per
+            image (T_i, 4) `[x_min, y_min, x_max, y_max]` boxes.
+        detections: a COCO document (`cellkeras detect`'s output; its images are matched to
+            `true`'s by `file_name`), a list of COCO result dicts (`image_id`, `category_id`,
+            `bbox` or `segmentation`, `score`), or per image of `true` a `(boxes, scores)` pair.
+        iou_type: "bbox", or "segm" where both sides carry masks.
+        max_detections: detections kept per image, best first; default all of them (COCO's 100
+            would drop detections in crowded fields).
+
+    Returns:
+        `{"AP": ..., "AP50": ..., "AP75": ...}` in [0, 1]; all 0.0 without true objects or
+        without detections (as `average_precision`).
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    truth = _coco_ground_truth(true)
+    results = _coco_results(detections, truth)
+    if not truth["annotations"] or not results:
+        # pycocotools cannot load an empty result list, and says -1 where there is no object.
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    # pycocotools prints its progress; the caller gets numbers.
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground = COCO()
+        ground.dataset = truth
+        ground.createIndex()
+        evaluation = COCOeval(ground, ground.loadRes(results), iou_type)
+        most = Counter(a["image_id"] for a in results).most_common(1)[0][1]
+        evaluation.params.maxDets = [max_detections or max(most, 100)]
+        evaluation.evaluate()
+        evaluation.accumulate()
+    # precision is [IoU, recall, category, area range, maxDets], -1 where a category has no true
+    # object. It is read here, not from `summarize()`, whose AP@[.5:.95] looks up maxDets=100.
+    precision = evaluation.eval["precision"][:, :, :, 0, -1]
+    levels = {"AP": slice(None), "AP50": [0], "AP75": [5]}  # of iouThrs 0.50, 0.55, ... 0.95
+
+    def mean(values: np.ndarray) -> float:
+        defined = values[values > -1]
+        return float(defined.mean()) if defined.size else 0.0
+
+    return {key: mean(precision[level]) for key, level in levels.items()}

@@ -13,7 +13,7 @@ touches matplotlib) and are imported from there. Names are imported on first use
 `explain` command's `--help` does not load TensorFlow.
 """
 
-from cellkeras._lazy import lazy_exports
+import lazy_loader
 
 # Eager on purpose: `overlay` is also this module's name, and a lazy lookup would hand back the
 # module once anything had imported `cellkeras.explain.overlay`. It needs only OpenCV.
@@ -21,34 +21,49 @@ from cellkeras.explain.overlay import colorize as colorize
 from cellkeras.explain.overlay import overlay as overlay
 from cellkeras.explain.overlay import to_rgb_uint8 as to_rgb_uint8
 
-_EXPORTS = {
-    "ENGINES": "cellkeras.explain.methods",
-    "Explanation": "cellkeras.explain.cam",
-    "GRADIENT_METHODS": "cellkeras.explain.methods",
-    "MERGED": "cellkeras.explain.methods",
-    "METHODS": "cellkeras.explain.methods",
-    "ModelInfo": "cellkeras.inference.loading",
-    "SCORE_METHODS": "cellkeras.explain.methods",
-    "average_drop": "cellkeras.explain.faithfulness",
-    "compute_explanation": "cellkeras.explain.cam",
-    "default_layer": "cellkeras.explain.targets",
-    "deletion_curve": "cellkeras.explain.faithfulness",
-    "expand_image_paths": "cellkeras.inference.loading",
-    "explain": "cellkeras.explain.cam",
-    "faster_scorecam": "cellkeras.explain.cam",
-    "feature_maps": "cellkeras.explain.cam",
-    "find_layer": "cellkeras.explain.targets",
-    "first_conv_kernels": "cellkeras.explain.cam",
-    "gradcam": "cellkeras.explain.cam",
-    "gradcam_plus_plus": "cellkeras.explain.cam",
-    "keep_region": "cellkeras.explain.faithfulness",
-    "layercam": "cellkeras.explain.cam",
-    "load_image_for_model": "cellkeras.inference.loading",
-    "load_model_for_inference": "cellkeras.inference.loading",
-    "normalize_maps": "cellkeras.explain.cam",
-    "occlusion": "cellkeras.explain.cam",
-    "predict": "cellkeras.explain.cam",
-    "scorecam": "cellkeras.explain.cam",
-}
-__getattr__, __dir__, _lazy_names = lazy_exports(__name__, _EXPORTS)
-__all__ = sorted([*_lazy_names, "colorize", "overlay", "to_rgb_uint8"])
+# Plain imports too: lazy_loader only reaches submodules, and this one loads Keras on call only.
+from cellkeras.inference.loading import ModelInfo as ModelInfo
+from cellkeras.inference.loading import expand_image_paths as expand_image_paths
+from cellkeras.inference.loading import load_image_for_model as load_image_for_model
+from cellkeras.inference.loading import load_model_for_inference as load_model_for_inference
+
+__getattr__, _, _lazy_names = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "cam": [
+            "Explanation",
+            "compute_explanation",
+            "explain",
+            "faster_scorecam",
+            "feature_maps",
+            "first_conv_kernels",
+            "gradcam",
+            "gradcam_plus_plus",
+            "layercam",
+            "normalize_maps",
+            "occlusion",
+            "predict",
+            "scorecam",
+        ],
+        "faithfulness": ["average_drop", "deletion_curve", "keep_region"],
+        "methods": ["ENGINES", "GRADIENT_METHODS", "MERGED", "METHODS", "SCORE_METHODS"],
+        "targets": ["default_layer", "find_layer"],
+    },
+)
+__all__ = sorted(
+    [
+        *_lazy_names,
+        "ModelInfo",
+        "colorize",
+        "expand_image_paths",
+        "load_image_for_model",
+        "load_model_for_inference",
+        "overlay",
+        "to_rgb_uint8",
+    ]
+)
+
+
+def __dir__() -> list[str]:
+    # lazy_loader's own lists only the lazy names.
+    return __all__

@@ -8,6 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from cellkeras.io.display import to_display_rgb
+
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET,
     "turbo": cv2.COLORMAP_TURBO,
@@ -18,23 +20,12 @@ COLORMAPS = {
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """An image as uint8 RGB (H, W, 3).
+    """A model input as uint8 RGB (H, W, 3): `to_display_rgb` with `scaling="range"`.
 
-    Floats are taken as [0, 1]; one channel is repeated; more than three channels show the
-    first one as grey (a fluorescence stack has no natural colour mapping).
+    Floats are taken as [0, 1] and integers by their type's maximum, so a map's overlay shows the
+    input at the level the model saw it; channels follow `cellkeras.io.display`.
     """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if np.issubdtype(image.dtype, np.floating):
-        image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = (image.astype(np.float64) / np.iinfo(image.dtype).max * 255.0 + 0.5).astype(
-            np.uint8
-        )
-    if image.shape[-1] == 3:
-        return image
-    return np.repeat(image[..., :1], 3, axis=-1)
+    return to_display_rgb(image, scaling="range")
 
 
 def colorize(heatmap: np.ndarray, colormap: str = "jet", vmax: float | None = None) -> np.ndarray:

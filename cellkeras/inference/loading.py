@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from cellkeras.io.formats import MODEL_FILE
 from cellkeras.io.images import (
     DEFAULT_MIN_SIDE,
     ImageError,
@@ -38,7 +39,6 @@ from cellkeras.io.images import (
     select_channels,
 )
 
-MODEL_FILE = "model.keras"
 RUN_METRICS_FILE = "metrics.json"
 
 

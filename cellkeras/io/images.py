@@ -63,6 +63,7 @@ import tifffile
 from PIL import BmpImagePlugin, GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
 from cellkeras.io.errors import ImageError
+from cellkeras.io.formats import sniff_format as sniff_format
 
 # 64 megapixels: far above any classification tile, below what would exhaust memory when a
 # pipeline decodes several images in parallel. Callers with whole-slide images raise it.
@@ -80,19 +81,13 @@ FLOAT_SLACK = 0.01
 # The package tifffile reads compressed TIFFs with, named in errors when it is missing.
 TIFF_CODECS_PACKAGE = "imagecodecs"
 
-_MAGIC = {
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"\xff\xd8\xff": "jpeg",
-    b"II*\x00": "tiff",
-    b"MM\x00*": "tiff",
-    b"II+\x00": "tiff",  # BigTIFF
-    b"MM\x00+": "tiff",
-    b"BM": "bmp",
-    b"GIF87a": "gif",
-    b"GIF89a": "gif",
-}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 NORMALIZATIONS = ("range", "percentile")
+# The low and high percentiles of the "percentile" normalization, per channel; the in-graph
+# serving decode and detection's per-window normalization use the same.
+NORMALIZE_PERCENTILES: tuple[float, float] = (1.0, 99.8)
+
+
 # Header-only readers: these plugin classes parse the header and, unlike `Image.open`, skip
 # PIL's own bomb check, whose limit is the process-wide `Image.MAX_IMAGE_PIXELS`. Lowering that
 # global around `Image.open` raced between threads (check_images and make_dataset decode in
@@ -141,14 +136,6 @@ def parse_channels(value: Channels | str) -> int | tuple[int, ...] | None:
     if not indices or not all(isinstance(i, int | np.integer) for i in indices):
         raise ValueError(f"channel indices must be integers, got {value!r}")
     return tuple(int(i) for i in indices)
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The image format from the file's first bytes, or None when it is not a known image."""
-    for magic, name in _MAGIC.items():
-        if data.startswith(magic):
-            return name
-    return None
 
 
 def read_image(
@@ -369,8 +356,7 @@ def normalize(
         raise ImageError(source, "holds NaN or infinite values")
     if normalization == "percentile":
         values = pixels.astype(np.float32)
-        low = np.percentile(values, 1.0, axis=(0, 1), keepdims=True)
-        high = np.percentile(values, 99.8, axis=(0, 1), keepdims=True)
+        low, high = np.percentile(values, NORMALIZE_PERCENTILES, axis=(0, 1), keepdims=True)
         return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
     if np.issubdtype(pixels.dtype, np.unsignedinteger):
         return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)

@@ -10,24 +10,22 @@ load TensorFlow. Loading a saved model needs its classes registered with Keras: 
 `cellkeras.models.registry` first.
 """
 
-from cellkeras._lazy import lazy_exports
+import lazy_loader
 
-_EXPORTS = {
-    "BRANCH_PRESETS": "cellkeras.models.branches",
-    "build_branch": "cellkeras.models.branches",
-    "resolve_branch": "cellkeras.models.branches",
-    "SobelEdges": "cellkeras.models.layers",
-    "WeightedAverage": "cellkeras.models.layers",
-    "MERGES": "cellkeras.models.parallel",
-    "ParallelCNN": "cellkeras.models.parallel",
-    "analysis_model": "cellkeras.models.parallel",
-    "branch_models": "cellkeras.models.parallel",
-    "branch_names": "cellkeras.models.parallel",
-    "last_conv_layer": "cellkeras.models.parallel",
-    "DEFAULT_MODEL": "cellkeras.models.names",
-    "MODEL_NAMES": "cellkeras.models.names",
-    "MODEL_PRESETS": "cellkeras.models.registry",
-    "create_model": "cellkeras.models.registry",
-    "list_models": "cellkeras.models.registry",
-}
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "branches": ["BRANCH_PRESETS", "build_branch", "resolve_branch"],
+        "layers": ["SobelEdges", "WeightedAverage"],
+        "names": ["DEFAULT_MODEL", "MODEL_NAMES"],
+        "parallel": [
+            "MERGES",
+            "ParallelCNN",
+            "analysis_model",
+            "branch_models",
+            "branch_names",
+            "last_conv_layer",
+        ],
+        "registry": ["MODEL_PRESETS", "create_model", "list_models"],
+    },
+)

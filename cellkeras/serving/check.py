@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from cellkeras.serving.export import CARD_FILE, MODEL_FILE, TMP_PREFIX, list_versions
+from cellkeras.io.formats import MODEL_FILE
+from cellkeras.serving.export import CARD_FILE, TMP_PREFIX, list_versions
 from cellkeras.serving.signatures import (
     BYTES_INPUT,
     IMAGES_INPUT,

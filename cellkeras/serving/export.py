@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 import cellkeras
+from cellkeras.io.formats import MODEL_FILE
 from cellkeras.io.images import NORMALIZATIONS, parse_image_size
 from cellkeras.serving.signatures import (
     BYTES_INPUT,
@@ -58,7 +59,6 @@ from cellkeras.serving.signatures import (
 )
 from cellkeras.serving.warmup import WARMUP_DIR, WARMUP_FILE, warmup_records, write_warmup_file
 
-MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
 EXPORT_FORMAT = "cellkeras-export/1"
 TMP_PREFIX = ".tmp-"

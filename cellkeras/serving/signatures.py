@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from cellkeras.io.images import LUMA_WEIGHTS, NORMALIZATIONS
+from cellkeras.io.formats import BMP_MAGIC, GIF_MAGICS, JPEG_MAGIC, PNG_MAGIC, TIFF_MAGICS
+from cellkeras.io.images import LUMA_WEIGHTS, NORMALIZATIONS, NORMALIZE_PERCENTILES
 
 SERVING_DEFAULT = "serving_default"
 SERVING_IMAGES = "serving_images"
@@ -37,12 +38,6 @@ BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
 OUTPUT_KEYS = ("probabilities", "class_index", "class_name")
 
-_PERCENTILES = (1.0, 99.8)
-
-_PNG = b"\x89PNG\r\n\x1a\n"
-_JPEG = b"\xff\xd8\xff"
-_TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_GIF = (b"GIF87a", b"GIF89a")
 # Offset of the bit-depth byte of a PNG: 8 signature + 4 length + 4 "IHDR" + 4 width + 4 height.
 _PNG_BIT_DEPTH_AT = 24
 
@@ -118,8 +113,8 @@ def _normalize(pixels: tf.Tensor, normalization: str) -> tf.Tensor:
         return tf.math.divide_no_nan(tf.cast(pixels, tf.float32), top)
     values = tf.cast(pixels, tf.float32)
     columns = tf.sort(tf.reshape(values, [-1, tf.shape(values)[-1]]), axis=0)
-    low = _percentile(columns, _PERCENTILES[0])
-    high = _percentile(columns, _PERCENTILES[1])
+    low = _percentile(columns, NORMALIZE_PERCENTILES[0])
+    high = _percentile(columns, NORMALIZE_PERCENTILES[1])
     return tf.clip_by_value((values - low) / tf.maximum(high - low, 1e-6), 0.0, 1.0)
 
 
@@ -137,13 +132,13 @@ def _format_index(data: tf.Tensor) -> tf.Tensor:
         hits = [tf.equal(tf.strings.substr(data, 0, len(m)), m) for m in magics]
         return tf.reduce_any(tf.stack(hits))
 
-    is_png = starts(_PNG)
+    is_png = starts(PNG_MAGIC)
     index = tf.constant(5)
     # Later assignments win, so the most specific test comes last.
     for condition, value in (
-        (starts(*_TIFF), 4),
-        (tf.logical_or(starts(b"BM"), starts(*_GIF)), 3),
-        (starts(_JPEG), 2),
+        (starts(*TIFF_MAGICS), 4),
+        (tf.logical_or(starts(BMP_MAGIC), starts(*GIF_MAGICS)), 3),
+        (starts(JPEG_MAGIC), 2),
         (is_png, 0),
         (tf.logical_and(is_png, tf.equal(depth, b"\x10")), 1),
     ):

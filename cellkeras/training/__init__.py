@@ -10,29 +10,37 @@ The trainer (`python -m trainer.task`) and scripts train through these same func
 Names are imported on first use, so parsing a schedule does not load TensorFlow.
 """
 
-from cellkeras._lazy import lazy_exports
+import lazy_loader
 
-_EXPORTS = {
-    "AliasMergedMetrics": "cellkeras.training.trainers",
-    "HEAD": "cellkeras.training.schedule",
-    "JOINT": "cellkeras.training.schedule",
-    "JOINT_HEAD": "cellkeras.training.schedule",
-    "MIN_STAGE_SIZE": "cellkeras.training.schedule",
-    "Phase": "cellkeras.training.schedule",
-    "PhaseRunner": "cellkeras.training.loop",
-    "Stage": "cellkeras.training.schedule",
-    "adam_with_cosine_decay": "cellkeras.training.loop",
-    "compile_classifier": "cellkeras.training.trainers",
-    "fit_joint": "cellkeras.training.loop",
-    "fit_stagewise": "cellkeras.training.loop",
-    "format_schedule": "cellkeras.training.schedule",
-    "joint_trainer": "cellkeras.training.trainers",
-    "keras_fit": "cellkeras.training.loop",
-    "parse_schedule": "cellkeras.training.schedule",
-    "plan_phases": "cellkeras.training.schedule",
-    "set_trainable": "cellkeras.training.trainers",
-    "stagewise_parts": "cellkeras.training.trainers",
-    "stagewise_trainer": "cellkeras.training.trainers",
-    "total_epochs": "cellkeras.training.schedule",
-}
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "loop": [
+            "PhaseRunner",
+            "adam_with_cosine_decay",
+            "fit_joint",
+            "fit_stagewise",
+            "keras_fit",
+        ],
+        "schedule": [
+            "HEAD",
+            "JOINT",
+            "JOINT_HEAD",
+            "MIN_STAGE_SIZE",
+            "Phase",
+            "Stage",
+            "format_schedule",
+            "parse_schedule",
+            "plan_phases",
+            "total_epochs",
+        ],
+        "trainers": [
+            "AliasMergedMetrics",
+            "compile_classifier",
+            "joint_trainer",
+            "set_trainable",
+            "stagewise_parts",
+            "stagewise_trainer",
+        ],
+    },
+)
