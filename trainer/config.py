@@ -26,6 +26,13 @@ class DataConfig:
     `source` is one of `cellkeras.data.sources.SOURCE_KINDS`, or "auto": chosen from the fields
     given (`data_dir` a class-folder tree, `labels_csv` a CSV, `tfrecords` TFRecord files, none
     of them the synthetic cells).
+
+    Three splits: the test set is the source's TEST split (`data_dir/TEST/...`), or the
+    `test_*` inputs (a class-folder tree with the same classes, a CSV whose files are under
+    `image_root`, TFRecords), or `test_fraction` carved from the images; it is scored once, at
+    the end. Validation (`best.keras`, the per-stage accuracies) is the source's VAL split,
+    else `eval_tfrecords`, else `val_fraction` carved from the training images
+    (`cellkeras.data.splits.three_way_split`: time blocks with guard gaps for frames).
     """
 
     source: str = "auto"
@@ -34,12 +41,16 @@ class DataConfig:
     image_root: str | None = None
     tfrecords: str | None = None
     eval_tfrecords: str | None = None
+    test_dir: str | None = None
+    test_labels_csv: str | None = None
+    test_tfrecords: str | None = None
     synthetic_images: int = 3000
     synthetic_size: int = 96
     synthetic_difficulty: float = 1.0
     channels: int | None = None
     normalization: str = "range"
     val_fraction: float = 0.2
+    test_fraction: float = 0.0
     balance: str | None = None
     skip_bad_images: bool = False
 
@@ -72,6 +83,10 @@ class TrainConfig:
     # on one machine too (to check it against fit); "fit" refuses multi_worker.
     training_loop: str = "auto"
     seed: int = 0
+    # Fixed steps per epoch (the training batches repeat as needed) and validation batches
+    # per epoch; None: one pass over the images. TFX's train_steps / eval_steps map here.
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
 
 
 @dataclasses.dataclass
@@ -87,6 +102,9 @@ class RunConfig:
     # model): default `<output_dir>/.workers/<task>-<index>`, removed when the run ends; a
     # folder given here is kept (to inspect or compare a worker's weights).
     worker_dir: str | None = None
+    # False writes the SavedModel at `export_dir` itself instead of `export_dir/<version>/`
+    # (TFX's `serving_model_dir`, which its Evaluator and Pusher read as the model).
+    export_versioned: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

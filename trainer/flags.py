@@ -40,6 +40,10 @@ _FLAG_FIELDS = {
     "labels_csv": "data.labels_csv",
     "image_root": "data.image_root",
     "tfrecords": "data.tfrecords",
+    "test_dir": "data.test_dir",
+    "test_labels_csv": "data.test_labels_csv",
+    "test_tfrecords": "data.test_tfrecords",
+    "test_fraction": "data.test_fraction",
     "source": "data.source",
     "channels": "data.channels",
     "balance": "data.balance",
@@ -71,11 +75,21 @@ def define_flags() -> None:
     flags.DEFINE_string("labels_csv", None, "CSV of filename,label rows.")
     flags.DEFINE_string("image_root", None, "Folder the CSV's filenames are relative to.")
     flags.DEFINE_string("tfrecords", None, "TFRecord files (glob, folder or comma-separated).")
+    flags.DEFINE_string(
+        "test_dir", None, "Test images root/<class>/<image>, the training classes; scored once."
+    )
+    flags.DEFINE_string("test_labels_csv", None, "Test CSV of filename,label (under image_root).")
+    flags.DEFINE_string("test_tfrecords", None, "Test TFRecord files, scored once at the end.")
+    flags.DEFINE_float(
+        "test_fraction", None, "Test share carved from the images when no test set is given."
+    )
     flags.DEFINE_string("source", None, "Data source; default: chosen from the flags given.")
     flags.DEFINE_integer("channels", None, "Image channels (1 grey, 3 RGB); default: as stored.")
     flags.DEFINE_enum("balance", None, ["oversample"], "Class balancing in tf.data.")
     flags.DEFINE_integer("synthetic_images", None, "Number of synthetic images.")
-    flags.DEFINE_float("val_fraction", None, "Validation share when the source has no split.")
+    flags.DEFINE_float(
+        "val_fraction", None, "Validation share carved from the training images (no VAL folder)."
+    )
     flags.DEFINE_string("model", None, "Registered model name (cellkeras.models.list_models()).")
     flags.DEFINE_string("augment", None, "Augmentation preset.")
     flags.DEFINE_string("schedule", None, "Progressive schedule SIZE:EPOCHS[,SIZE:EPOCHS...].")
