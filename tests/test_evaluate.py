@@ -139,3 +139,22 @@ def test_evaluate_branches_writes_json_and_png(tmp_path):
     assert len(written["pairs"]) == 3
     for name in ("confusion_matrices.png", "reliability.png"):
         assert (tmp_path / "run" / name).stat().st_size > 1000
+
+
+def test_bootstrap_accuracy_interval():
+    from cellkeras.evaluate import bootstrap_accuracy_interval
+
+    y = np.zeros(400, np.int64)
+    pred = np.where(np.arange(400) < 320, 0, 1)  # 80 % right
+    low, high = bootstrap_accuracy_interval(y, pred, seed=1)
+    # The binomial standard error is 0.02: about 0.80 +- 0.039.
+    assert low < 0.8 < high
+    assert abs(low - 0.761) < 0.012 and abs(high - 0.839) < 0.012
+    assert (low, high) == bootstrap_accuracy_interval(y, pred, seed=1)  # seeded
+    small = bootstrap_accuracy_interval(y[:40], pred[::10], seed=1)
+    assert small[1] - small[0] > 2 * (high - low)  # ten times fewer samples, wider
+    assert bootstrap_accuracy_interval(y, y) == (1.0, 1.0)
+    one_hot = np.eye(2)[pred]
+    assert bootstrap_accuracy_interval(y, one_hot, seed=1) == (low, high)
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_accuracy_interval([], [])

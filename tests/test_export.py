@@ -267,6 +267,43 @@ def test_concurrent_export_takes_the_next_version(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["1", "2"]
 
 
+def test_a_build_folder_named_like_another_containers_survives(tmp_path):
+    # In containers every process is PID 1: another container's export into the same volume
+    # builds in a folder named as ours would be. Ours must not clear it.
+    theirs = tmp_path / f".tmp-1-{os.getpid()}"
+    (theirs / "variables").mkdir(parents=True)
+    (theirs / "saved_model.pb").write_bytes(b"half-built by another process")
+    path = export_model(tiny_model(1), tmp_path, classes=CLASSES, image_size=8, channels=1)
+    assert path == tmp_path / "1" and (path / "saved_model.pb").is_file()
+    assert (theirs / "saved_model.pb").read_bytes() == b"half-built by another process"
+    assert sorted(os.listdir(tmp_path)) == [theirs.name, "1"]  # nothing else of ours left
+    probe = tmp_path.parent / f"{tmp_path.name}-probe"
+    probe.mkdir()  # as readable as any folder made here, not mkdtemp's private 0700
+    assert (path.stat().st_mode & 0o777) == (probe.stat().st_mode & 0o777)
+
+
+def test_unversioned_export_writes_the_saved_model_at_the_folder(tmp_path):
+    target = tmp_path / "serving_model_dir"
+    kw = {"classes": CLASSES, "image_size": 8, "channels": 1}
+    assert export_model(tiny_model(1), target, versioned=False, **kw) == target
+    assert (target / "saved_model.pb").is_file() and (target / "model.keras").is_file()
+    assert json.loads((target / "model_card.json").read_text())["version"] is None
+    assert list_versions(target) == []
+    tf.saved_model.load(str(target))
+    # A rerun replaces the export whole; nothing temporary stays beside it.
+    export_model(tiny_model(1, seed=1), target, versioned=False, **kw, metadata={"model": "b"})
+    assert json.loads((target / "model_card.json").read_text())["model"] == "b"
+    assert os.listdir(tmp_path) == ["serving_model_dir"]
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an export"):
+        export_model(tiny_model(1), other, versioned=False, **kw)
+    assert os.listdir(other) == ["todo.txt"]
+    with pytest.raises(ValueError, match="versioned"):
+        export_model(tiny_model(1), target, versioned=False, version=2, **kw)
+
+
 # --- warmup records --------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cellkeras.data.video import _sniff_format
+from cellkeras.data.frames import _sniff_format
 from cellkeras.io import images
 from cellkeras.io.formats import IMAGE_MAGIC, sniff_format
 

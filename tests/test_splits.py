@@ -177,3 +177,82 @@ def test_gap_counts_frame_steps_not_ranks():
         if 19 in frames[v] and not {40, 41, 42, 43} & set(frames[v])
     ]
     assert cases and all(40 in train for train in cases)
+
+
+# --- three-way splits -----------------------------------------------------------------------------
+
+
+def _paths_set(n_per_class=30, classes=3, split=None, order=None):
+    from cellkeras.data.imageset import ImageSet
+
+    labels = np.repeat(np.arange(classes), n_per_class)
+    return ImageSet(
+        classes=[f"c{k}" for k in range(classes)],
+        labels=labels,
+        paths=[f"img{i}.png" for i in range(len(labels))],
+        split=split,
+        order=order,
+    )
+
+
+def test_a_given_test_split_stays_test_and_validation_comes_from_training():
+    from cellkeras.data.splits import three_way_split
+
+    split = np.array(["train", "test"] * 45, dtype=object)
+    images = _paths_set(split=split)
+    assigned = three_way_split(images, 0.25, seed=0)
+    np.testing.assert_array_equal(assigned == "test", split == "test")  # the TEST folder, whole
+    val = np.flatnonzero(assigned == "val")
+    assert len(val) and np.all(split[val] == "train")  # carved from TRAIN, never from TEST
+    assert abs(len(val) / np.sum(split == "train") - 0.25) < 0.05
+    assert set(images.labels[val]) == {0, 1, 2}  # stratified
+    assert set(assigned) == {"train", "val", "test"}
+
+
+def test_test_fraction_carves_three_disjoint_stratified_parts():
+    from cellkeras.data.splits import three_way_split
+
+    images = _paths_set(n_per_class=40)
+    assigned = three_way_split(images, 0.2, 0.25, seed=3)
+    counts = {name: int(np.sum(assigned == name)) for name in ("train", "val", "test")}
+    assert counts == {"train": 66, "val": 24, "test": 30}  # shares of all 120 images
+    for name in counts:
+        assert set(images.labels[assigned == name]) == {0, 1, 2}
+    np.testing.assert_array_equal(assigned, three_way_split(images, 0.2, 0.25, seed=3))
+
+
+def test_frames_get_time_blocks_with_guard_gaps_between_all_three_splits():
+    from cellkeras.data.imageset import ImageSet
+    from cellkeras.data.splits import GAP, three_way_split
+
+    order, labels = video_like(counts=(120, 80))
+
+    frames = ImageSet(
+        classes=["a", "b"], labels=labels, images=np.zeros((200, 2, 2, 1)), order=order
+    )
+    assigned = three_way_split(frames, 0.2, 0.2, seed=0, gap=2)
+    assert {"train", "val", "test", GAP} <= set(assigned)
+    for cls in (0, 1):
+        rank = sorted_positions(order, labels, cls)
+        ranks = {n: np.array([rank[i] for i in np.flatnonzero((assigned == n) & (labels == cls))])
+                 for n in ("train", "val", "test")}  # fmt: skip
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            # Neighbouring frames are near-copies: at least the gap apart across splits.
+            assert np.abs(ranks[a][:, None] - ranks[b][None, :]).min() > 2, (a, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "split", "message"),
+    [
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, None, "leave no training"),
+        ({"test_fraction": 1.2}, None, "must be in"),
+        ({"test_fraction": 0.2}, ["train", "test"] * 45, "already has a test split"),
+        ({}, ["train", "holdout"] * 45, "unknown split names"),
+    ],
+)
+def test_three_way_split_refuses_what_it_cannot_do(kwargs, split, message):
+    from cellkeras.data.splits import three_way_split
+
+    images = _paths_set(split=None if split is None else np.array(split, dtype=object))
+    with pytest.raises(ValueError, match=message):
+        three_way_split(images, **kwargs)

@@ -67,6 +67,15 @@ def test_smoke_run_writes_the_run_folder(tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
     history = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
     assert len(history) == 1 + 2  # header + one row per epoch over both stages
+    # Only epochs at the final size compete for best.keras: here the second epoch.
+    assert saved["best"]["epoch"] == 2 and saved["best"]["size"] == [24, 24]
+    assert saved["best"]["val_accuracy"] == saved["stages"][1]["val_accuracy"]
+    assert "final size" in saved["best"]["rule"]
+    rows = (tmp_path / "run" / "split.csv").read_text().splitlines()
+    assert rows[0] == "path,label,split" and len(rows) == 1 + 96
+    assert rows[1].startswith("synthetic:0,") and "test_accuracy" not in saved
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "epoch 2 of 2" in page and "not comparable" in page and "no test split" in page
 
 
 def _run_task(args, tmp_path, timeout=300, **popen):
@@ -174,13 +183,26 @@ def test_run_fn_reads_tfrecords_and_exports(tmp_path):
         eval_files=evaluation,
         serving_model_dir=str(tmp_path / "serving"),
         model_run_dir=str(tmp_path / "logs"),
+        train_steps=3,
         custom_config={"preset": "smoke", "train.augment": "none"},
         hyperparameters={"train.schedule": "16:1"},
     )
     metrics = run_fn(fn_args)
     assert metrics["train_images"] == 32 and metrics["val_images"] == 16
     assert metrics["classes"] == list(cells.classes)
-    loaded = tf.saved_model.load(str(tmp_path / "serving" / "1"))
+    assert metrics["steps_per_epoch"] == 3  # train_steps, not the 2 batches of 32 images
+    # TFX's Evaluator and Pusher read the SavedModel at serving_model_dir itself.
+    assert sorted(p.name for p in (tmp_path / "serving").iterdir()) == [
+        "assets",
+        "assets.extra",
+        "fingerprint.pb",
+        "model.keras",
+        "model_card.json",
+        "saved_model.pb",
+        "variables",
+    ]
+    assert metrics["export"] == str(tmp_path / "serving")
+    loaded = tf.saved_model.load(str(tmp_path / "serving"))
     png = tf.io.encode_png(tf.constant(cells.images[0]))
     outputs = loaded.signatures["serving_default"](image_bytes=tf.stack([png]))
     assert outputs["probabilities"].shape == (1, 4)
@@ -346,3 +368,179 @@ def test_a_crash_right_after_a_stage_ends_resumes_into_the_next(tmp_path, mode):
     assert all(s["seconds"] > 0 for s in metrics["stages"])
     best = keras.saving.load_model(tmp_path / "run" / "best.keras")  # no optimizer warning
     assert best.count_params() == metrics["parameters"]
+
+
+# --- three splits, split.csv, best.keras, the TFX contract -----------------------------------------
+
+
+def _cell_tree(root, n_train=64, n_test=24, size=24):
+    """The blood-cell layout root/{TRAIN,TEST}/<class>/<n>.png of synthetic cells."""
+    from cellkeras.data.synthetic import generate_cells
+    from tests.conftest import write_png
+
+    cells = generate_cells(n_train + n_test, size, seed=2)
+    for i, (pixels, label) in enumerate(zip(cells.images, cells.labels, strict=True)):
+        split = "TRAIN" if i < n_train else "TEST"
+        write_png(root / split / cells.classes[label] / f"{i}.png", pixels)
+    return root
+
+
+def _inputs(config, tmp_path):
+    from trainer.inputs import Inputs
+    from trainer.runtime import resolve_runtime
+
+    runtime = resolve_runtime(config.train, str(tmp_path / "run"))
+    return Inputs.load(config, runtime, (16, 16))
+
+
+def test_a_test_folder_is_the_test_set_and_validation_comes_from_train(tmp_path):
+    root = _cell_tree(tmp_path / "images")
+    config = build_config("smoke", {"data.data_dir": str(root), "data.val_fraction": 0.25})
+    inputs = _inputs(config, tmp_path)
+    # Today the TEST folder silently became the validation set (and chose best.keras).
+    assert all("/TRAIN/" in p for p in inputs.val_set.paths)
+    assert len(inputs.val_set) == 16 and len(inputs.train_set) == 48
+    assert sorted(inputs.test_set.paths) == sorted(str(p) for p in root.glob("TEST/*/*.png"))
+    assert "the TEST split" in inputs.test_source
+    rows = {path: (label, split) for path, label, split in inputs.split_rows}
+    assert len(rows) == 88 and {split for _, split in rows.values()} == {"train", "val", "test"}
+    assert all((split == "test") == ("/TEST/" in path) for path, (_, split) in rows.items())
+    assert all(f"/{label}/" in path for path, (label, _) in rows.items())
+    assert "48 train / 16 val / 24 test images" in inputs.describe()
+
+
+def test_test_inputs_are_read_with_the_training_classes_and_conflicts_refused(tmp_path):
+    from cellkeras.io.errors import BadInputError
+
+    tree = _cell_tree(tmp_path / "images")
+    config = build_config(
+        "smoke",
+        {"data.data_dir": str(tree / "TRAIN"), "data.test_dir": str(tree / "TEST")},
+    )
+    inputs = _inputs(config, tmp_path)
+    assert len(inputs.test_set) == 24 and inputs.test_set.classes == inputs.images.classes
+    assert inputs.test_source == f"--test_dir {tree / 'TEST'}"
+    assert not set(inputs.test_set.paths) & set(inputs.train_set.paths + inputs.val_set.paths)
+
+    both = build_config("smoke", {"data.data_dir": str(tree), "data.test_dir": str(tree / "TEST")})
+    with pytest.raises(ValueError, match="TEST folder and a --test_\\* input"):
+        _inputs(both, tmp_path)
+    twice = build_config("smoke", {"data.data_dir": str(tree), "data.test_fraction": 0.2})
+    with pytest.raises(ValueError, match="already has a test split"):
+        _inputs(twice, tmp_path)
+    other = tmp_path / "other"
+    _cell_tree(other, n_train=4, n_test=4)
+    (other / "TEST" / "lymphocyte").rename(other / "TEST" / "platelet")
+    stranger = build_config(
+        "smoke", {"data.data_dir": str(tree / "TRAIN"), "data.test_dir": str(other / "TEST")}
+    )
+    with pytest.raises(BadInputError, match="not among the given classes"):
+        _inputs(stranger, tmp_path)
+
+
+def test_split_csv_rows_name_in_memory_images_by_index(tmp_path):
+    config = build_config("smoke", {"data.test_fraction": 0.25})
+    inputs = _inputs(config, tmp_path)
+    paths = [path for path, _, _ in inputs.split_rows]
+    assert paths == [f"synthetic:{i}" for i in range(96)]
+    splits = [split for _, _, split in inputs.split_rows]
+    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (52, 20, 24)
+    assert len(inputs.test_set) == 24 and inputs.test_source == "test_fraction 0.25 of synthetic"
+
+
+def test_fixed_steps_per_epoch_and_validation_steps(tmp_path):
+    config = build_config(
+        "smoke", {"train.steps_per_epoch": 9, "train.validation_steps": 1, "data.val_fraction": 0.4}
+    )
+    inputs = _inputs(config, tmp_path)
+    assert inputs.steps_per_epoch == 9  # 58 images make 4 batches of 16; they repeat
+    fit_val = inputs.dataset(inputs.val_set, (16, 16), training=False, for_fit=True)
+    assert len(fit_val) == 1
+    assert len(inputs.dataset(inputs.val_set, (16, 16), training=False)) == 3  # all 38 images
+    with pytest.raises(ValueError, match="steps_per_epoch must be at least 1"):
+        _inputs(build_config("smoke", {"train.steps_per_epoch": 0}), tmp_path)
+
+
+def test_config_from_fn_args_maps_steps_and_passes_custom_config(tmp_path):
+    from tests.fn_args import FnArgs
+    from trainer.tfx import config_from_fn_args
+
+    fn_args = FnArgs(
+        train_files=["a.gz", "b.gz"],
+        eval_files=["c.gz"],
+        serving_model_dir=str(tmp_path / "serving"),
+        model_run_dir=str(tmp_path / "logs"),
+        train_steps=25,
+        eval_steps=3,
+        custom_config={"preset": "smoke", "train.seed": 5, "data.test_tfrecords": "t.gz"},
+        hyperparameters={"train.schedule": "16:2,24:2"},
+    )
+    config = config_from_fn_args(fn_args)
+    assert config.train.seed == 5 and config.data.test_tfrecords == "t.gz"
+    assert config.train.steps_per_epoch == 7  # 25 steps over 4 epochs, rounded up
+    assert config.train.validation_steps == 3
+    assert config.data.tfrecords == "a.gz,b.gz" and config.data.eval_tfrecords == "c.gz"
+    assert config.export_dir == str(tmp_path / "serving") and not config.export_versioned
+    with pytest.raises(ValueError, match="unknown config field 'train.epochs'"):
+        config_from_fn_args(dataclasses_replace(fn_args, custom_config={"train.epochs": 2}))
+
+
+def dataclasses_replace(value, **changes):
+    import dataclasses
+
+    return dataclasses.replace(value, **changes)
+
+
+@pytest.mark.slow
+def test_importing_the_trainer_changes_no_environment_variable():
+    import subprocess
+    import sys
+
+    script = (
+        "import os, json\n"
+        "import keras, tensorflow\n"  # whatever they set is theirs, not the module file's
+        "before = dict(os.environ)\n"
+        "import trainer.task, trainer.tfx\n"
+        "after = dict(os.environ)\n"
+        "print(json.dumps(sorted(k for k in before.keys() | after.keys()\n"
+        "                        if before.get(k) != after.get(k))))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.slow
+def test_a_test_folder_is_scored_once_at_the_end(tmp_path):
+    import csv
+
+    from trainer.task import run
+
+    root = _cell_tree(tmp_path / "images")
+    config = build_config(
+        "smoke",
+        {"data.data_dir": str(root), "train.augment": "none", "train.schedule": "16:1,24:1"},
+    )
+    config.output_dir = str(tmp_path / "run")
+    metrics = run(config, verbose=0)
+    assert metrics["val_images"] == 13 and metrics["train_images"] == 51
+    assert metrics["test_images"] == 24 and 0 <= metrics["test_accuracy"] <= 1
+    low, high = metrics["test_accuracy_ci"]
+    assert low <= metrics["test_accuracy"] <= high and high - low > 0.05  # 24 images: wide
+    assert set(metrics["per_branch_test_accuracy"]) == {"edge", "deep_narrow"}
+    assert set(metrics["per_branch_test_accuracy_ci"]) == {"edge", "deep_narrow"}
+    out = tmp_path / "run"
+    test_report = json.loads((out / "test" / "branches.json").read_text())
+    assert test_report["num_samples"] == 24
+    assert json.loads((out / "branches.json").read_text())["num_samples"] == 13  # validation
+    with (out / "split.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["path"].split("/")[-3] for r in rows if r["split"] == "test"] == ["TEST"] * 24
+    assert metrics["splits"] == {"train": 51, "val": 13, "test": 24, "gap": 0}
+    page = (out / "report.html").read_text()
+    assert "<h2>Test</h2><p>24 images from the TEST split" in page
+    assert 'src="test/confusion_matrices.png"' in page
+    assert "scored once, at the end" in page

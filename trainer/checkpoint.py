@@ -36,6 +36,7 @@ class RunProgress(keras.callbacks.Callback):
         self.fingerprint = fingerprint
         self.epochs_done = 0
         self.best_val_accuracy = -1.0
+        self.best: dict[str, Any] = {}  # where the best weights came from: epoch, size, accuracy
         self.stages: list[dict[str, Any]] = []
         self.partial_seconds: dict[str, float] = {}
         self._stage = 0
@@ -82,6 +83,7 @@ class RunProgress(keras.callbacks.Callback):
             )
         progress.epochs_done = state["epochs_done"]
         progress.best_val_accuracy = state["best_val_accuracy"]
+        progress.best = state.get("best", {})
         progress.stages = state["stages"]
         progress.partial_seconds = state["partial_seconds"]
         return progress
@@ -140,6 +142,8 @@ class RunProgress(keras.callbacks.Callback):
         if self._watched is not None and improved:
             self.best_val_accuracy = float(val_accuracy)
             _save_weights_npz(self._watched, self.best_path)
+            size, accuracy = self._stage_record.get("size"), float(val_accuracy)
+            self.best = {"epoch": self.epochs_done, "size": size, "val_accuracy": accuracy}
         if self._whole_classifier is not None:
             _save_weights_npz(self._whole_classifier, self.classifier_path)
         write_atomically(self.weights_path, self.model.save_weights)
@@ -170,6 +174,7 @@ class RunProgress(keras.callbacks.Callback):
             "fingerprint": self.fingerprint,
             "epochs_done": self.epochs_done,
             "best_val_accuracy": self.best_val_accuracy,
+            "best": self.best,
             "stages": self.stages,
             "partial_seconds": self.partial_seconds,
         }

@@ -96,10 +96,15 @@ def check_config(config: RunConfig) -> None:
         ("data_dir", data.data_dir, "folder"),
         ("labels_csv", data.labels_csv, "file"),
         ("image_root", data.image_root, "folder"),
+        ("test_dir", data.test_dir, "folder"),
+        ("test_labels_csv", data.test_labels_csv, "file"),
     ):
         _check_path(flag, value, kind)
     _check_tfrecords("tfrecords", data.tfrecords)
     _check_tfrecords("eval_tfrecords", data.eval_tfrecords)
+    _check_tfrecords("test_tfrecords", data.test_tfrecords)
+    if not 0.0 <= data.test_fraction < 1.0:
+        raise UsageError(f"--test_fraction={data.test_fraction}: must lie in [0, 1)")
     if not 0.0 < data.val_fraction < 1.0 and not data.eval_tfrecords:
         raise UsageError(f"--val_fraction={data.val_fraction}: must lie between 0 and 1")
     try:

@@ -30,6 +30,12 @@ class DataConfig:
     Every field is also a trainer flag of the same name (`trainer.flags` generates them from
     these docs, so a field without one fails a test).
 
+    Three splits: the test set is the source's TEST split (`data_dir/TEST/...`), or the
+    `test_*` inputs, or `test_fraction` carved from the images; it is scored once, at the end.
+    Validation (`best.keras`, the per-stage accuracies) is the source's VAL split, else
+    `eval_tfrecords`, else `val_fraction` carved from the training images
+    (`cellkeras.data.splits.three_way_split`: time blocks with guard gaps for frames).
+
     Attributes:
         source: data source: auto (chosen from the fields given: data_dir a class-folder tree,
             labels_csv a CSV, tfrecords TFRecord files, none of them the synthetic cells),
@@ -39,6 +45,10 @@ class DataConfig:
         image_root: folder the CSV's filenames are relative to.
         tfrecords: TFRecord files of tf.train.Example (glob, folder or comma-separated).
         eval_tfrecords: TFRecord files for validation (instead of a split of the training data).
+        test_dir: test images root/<class>/<image> with the training classes; scored once, at
+            the end, and never used for any choice.
+        test_labels_csv: test CSV of filename,label rows (files under image_root).
+        test_tfrecords: test TFRecord files, scored once at the end.
         synthetic_images: number of synthetic images.
         synthetic_size: side of the synthetic images in pixels.
         synthetic_difficulty: how hard the synthetic classes are to tell apart (1 = default).
@@ -46,7 +56,9 @@ class DataConfig:
             multichannel image such as 0,2 (1, for one); default as stored.
         normalization: range (integers divided by their type's maximum) or percentile
             (per-image 1st-99.8th percentile stretch, for 12-bit data in 16-bit files).
-        val_fraction: validation share of the training data when the source has no split.
+        val_fraction: validation share carved from the training images (when the source has
+            no VAL split).
+        test_fraction: test share carved from the images when no test set is given (0: none).
         balance: class balancing in tf.data: oversample, or none.
         skip_bad_images: leave unreadable images out (listed in skipped.json) instead of
             stopping.
@@ -58,12 +70,16 @@ class DataConfig:
     image_root: str | None = None
     tfrecords: str | None = None
     eval_tfrecords: str | None = None
+    test_dir: str | None = None
+    test_labels_csv: str | None = None
+    test_tfrecords: str | None = None
     synthetic_images: int = 3000
     synthetic_size: int = 96
     synthetic_difficulty: float = 1.0
     channels: int | str | None = None
     normalization: str = "range"
     val_fraction: float = 0.2
+    test_fraction: float = 0.0
     balance: str | None = None
     skip_bad_images: bool = False
 
@@ -98,6 +114,9 @@ class TrainConfig:
             keras-team/keras#20585, the custom loop in trainer.custom_loop), custom (that loop
             on one machine too, to check it against fit) or fit (refuses multi_worker).
         seed: random seed (data order, split, weights, augmentation).
+        steps_per_epoch: fixed training steps per epoch (the batches repeat as needed); None
+            is one pass over the images. TFX's train_steps maps here.
+        validation_steps: validation batches per epoch; None is every validation image.
     """
 
     model: str = "parallel_small"
@@ -114,6 +133,8 @@ class TrainConfig:
     distribution: str = "auto"
     training_loop: str = "auto"
     seed: int = 0
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
 
 
 @dataclasses.dataclass
@@ -129,6 +150,9 @@ class RunConfig:
     # model): default `<output_dir>/.workers/<task>-<index>`, removed when the run ends; a
     # folder given here is kept (to inspect or compare a worker's weights).
     worker_dir: str | None = None
+    # False writes the SavedModel at `export_dir` itself instead of `export_dir/<version>/`
+    # (TFX's `serving_model_dir`, which its Evaluator and Pusher read as the model).
+    export_versioned: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,8 +1,9 @@
 """The run's inputs: the configured source read and checked, split, and turned into batches.
 
-`Inputs.load(config, runtime, first_size)` reads every image once, splits off validation,
-and fixes the steps per epoch (agreed across workers under file sharding); its `dataset`
-method is the one place the trainer calls `cellkeras.data.make_dataset`.
+`Inputs.load(config, runtime, first_size)` reads every image once, splits it into training,
+validation and test images (`trainer.heldout`), and fixes the steps per epoch (agreed across
+workers under file sharding); its `dataset` method is the one place the trainer calls
+`cellkeras.data.make_dataset`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import dataclasses
 import json
 from typing import Any
 
+import numpy as np
+
 from cellkeras.augment import build_augmenter, strength_for_size
-from cellkeras.data import load_tfrecords, make_dataset, split_imageset
+from cellkeras.data import load_tfrecords, make_dataset
 from cellkeras.data.imageset import ImageSet
 from cellkeras.data.sources import check_images, open_source
 from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
@@ -20,6 +23,7 @@ from cellkeras.io.images import parse_channels
 from cellkeras.training import Stage
 from trainer.cluster import is_multi_worker, local_replicas, role_of
 from trainer.config import RunConfig
+from trainer.heldout import assign_splits, load_test_set, split_rows
 from trainer.runtime import Runtime
 from trainer.sharding import (
     InputSharding,
@@ -139,6 +143,11 @@ class Inputs:
     # sizes (as many as every other worker's); both only under file sharding.
     agreed_steps: int | None = None
     val_batch_sizes: list[int] | None = None
+    # The images scored once at the end (None: no test split), where they came from, and
+    # `split.csv`'s rows.
+    test_set: ImageSet | None = None
+    test_source: str | None = None
+    split_rows: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def load(cls, config: RunConfig, runtime: Runtime, first_size: tuple[int, int]) -> Inputs:
@@ -147,16 +156,36 @@ class Inputs:
         Raises:
             ValueError: too few training images for one full global batch.
         """
-        data_cfg, seed = config.data, config.train.seed
+        data_cfg = config.data
+        for name in ("steps_per_epoch", "validation_steps"):
+            steps = getattr(config.train, name)
+            if steps is not None and steps < 1:
+                raise ValueError(f"train.{name} must be at least 1 (or None), got {steps}")
         images, channels, sharding = load_data(config, runtime.strategy)
+        val_given = None
         if data_cfg.eval_tfrecords:
-            val_set = load_tfrecords(data_cfg.eval_tfrecords, classes=images.classes)
-            train_set = images
-        else:
-            train_set, val_set = split_imageset(images, data_cfg.val_fraction, seed=seed)
-        skipped = [{"input": where, "reason": why} for where, why in images.skipped]
+            val_given = load_tfrecords(data_cfg.eval_tfrecords, classes=images.classes)
+        test_given, test_source = load_test_set(config, images.classes)
+        assigned, source_test = assign_splits(
+            config, images, val_given is not None, test_given is not None
+        )
+
+        def part(name: str) -> ImageSet:
+            return images.subset(np.flatnonzero(assigned == name))
+
+        train_set = part("train")
+        val_set = val_given if val_given is not None else part("val")
+        test_set = test_given if test_given is not None else part("test") if source_test else None
+        skipped = [
+            {"input": where, "reason": why}
+            for where, why in images.skipped + (test_given.skipped if test_given else [])
+        ]
         inputs = cls(config, runtime, images, train_set, val_set, channels, sharding, skipped)
-        inputs.steps_per_epoch = len(inputs.dataset(train_set, first_size, training=True))
+        inputs.test_set, inputs.test_source = test_set, test_source or source_test
+        inputs.split_rows = split_rows(config, images, assigned, val_given, test_given)
+        inputs.steps_per_epoch = len(
+            inputs.dataset(train_set, first_size, training=True, for_fit=True)
+        )
         if sharding.policy == "file":
             inputs._agree_on_steps()
         if inputs.steps_per_epoch < 1:
@@ -191,17 +220,37 @@ class Inputs:
 
     def describe(self) -> str:
         skipped = len(self.skipped)
+        test = f" / {len(self.test_set)} test" if self.test_set is not None else ""
         return (
-            f"data: {self.images.name} · {len(self.train_set)} train / {len(self.val_set)} val "
-            f"images · classes {self.images.classes} · {self.channels} channel(s)"
+            f"data: {self.images.name} · {len(self.train_set)} train / {len(self.val_set)} val"
+            f"{test} images · classes {self.images.classes} · {self.channels} channel(s)"
             + (f" · {skipped} skipped (see skipped.json)" if skipped else "")
         )
 
-    def dataset(self, subset: ImageSet, size, training: bool, strength: float = 1.0) -> Any:
+    @property
+    def test_is_per_worker(self) -> bool:
+        """Whether each worker holds its own part of the test images (cut from its share of
+        the files under file sharding), not all of them (a `--test_*` input)."""
+        data = self.config.data
+        given = data.test_dir or data.test_labels_csv or data.test_tfrecords
+        return self.sharding.policy == "file" and not given
+
+    def dataset(
+        self, subset: ImageSet, size, training: bool, strength: float = 1.0, for_fit: bool = False
+    ) -> Any:
         """Batches of `subset` at `size`, augmented at `strength` when `training`, placed for
-        the run's strategy (sharded by data, or this worker's own input under file sharding)."""
+        the run's strategy (sharded by data, or this worker's own input under file sharding).
+
+        `for_fit`: the batches of one epoch of `fit`: `train.steps_per_epoch` training batches
+        (the images repeat as needed) or `train.validation_steps` validation batches, where
+        set; the final evaluations score every image."""
         train_cfg, data_cfg, runtime = self.config.train, self.config.data, self.runtime
-        per_worker = self.sharding.policy == "file" and (training or not data_cfg.eval_tfrecords)
+        if subset is self.test_set:
+            per_worker = self.test_is_per_worker
+        else:
+            per_worker = self.sharding.policy == "file" and (
+                training or not data_cfg.eval_tfrecords
+            )
         augmenter = None
         if training and train_cfg.augment != "none":
             augmenter = build_augmenter(
@@ -231,12 +280,15 @@ class Inputs:
             # unchanged.
             drop_remainder=training and runtime.custom_loop,
         )
+        steps = train_cfg.steps_per_epoch if training else train_cfg.validation_steps
+        if for_fit and steps:
+            batches = (batches.repeat() if training else batches).take(steps)
         if per_worker:
             if training and self.agreed_steps is not None:
                 # Every worker must run the same number of steps, or the others wait forever
                 # in the next step's all-reduce: all take the smallest share's step count.
                 batches = batches.take(self.agreed_steps * local_replicas(runtime.strategy))
-            if not training and self.val_batch_sizes:
+            if not training and self.val_batch_sizes and subset is self.val_set:
                 batches = batches.rebatch(self.val_batch_sizes)
             return per_worker_input(batches)
         return shard_by_data(batches) if runtime.multi_worker else batches

@@ -11,8 +11,9 @@ evaluate → export → report. Its rooms: `trainer.flags` (flags → `RunConfig
 `trainer.checkpoint` (resume), `trainer.report` (report.html, curves), `trainer.tfx`
 (`run_fn`), and multi-worker training in `trainer.cluster`, `trainer.sharding` and
 `trainer.custom_loop` (docs/DISTRIBUTED.md). The run folder holds `config.json`,
-`metrics.json`, `history.csv`, `skipped.json`, `training_curves.png`, `model.keras` and
-TensorBoard logs.
+`metrics.json`, `history.csv`, `skipped.json`, `split.csv` (every image's train/val/test
+split, `trainer.heldout`), `training_curves.png`, `model.keras`, `best.keras`, `test/` (when
+there is a test split) and TensorBoard logs.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from cellkeras.training import (
 from trainer.checkpoint import RunProgress
 from trainer.config import LATER_STAGE_MODES, TRAINING_MODES, RunConfig
 from trainer.custom_loop import fit_stage_distributed
+from trainer.heldout import count_splits, evaluate_test, write_split_csv
 from trainer.inputs import Inputs, stage_strength
 from trainer.report import plot_curves, write_report
 from trainer.runtime import Runtime, resolve_runtime
@@ -143,10 +145,12 @@ def _train(
 
     def before(index: int, phase) -> None:
         # best.keras keeps the best classifier, so only phases that fit the whole model's
-        # output count (a stage-wise branch's accuracy is not the model's).
+        # output count (a stage-wise branch's accuracy is not the model's), and only at the
+        # final size (BEST_RULE).
         joint = phase.part in (JOINT, JOINT_HEAD)
+        competes = (joint or phase.part == HEAD) and phase.stage.size == stages[-1].size
         progress.watch(
-            runner.model if joint or phase.part == HEAD else None,
+            runner.model if competes else None,
             whole_classifier=None if joint else runner.model,
         )
         record = {
@@ -173,7 +177,7 @@ def _train(
     def data_for(phase, training: bool):
         subset = inputs.train_set if training else inputs.val_set
         strength = stage_strength(stages, phase.stage_index)
-        return inputs.dataset(subset, phase.stage.size, training, strength)
+        return inputs.dataset(subset, phase.stage.size, training, strength, for_fit=True)
 
     if not progress.epochs_done:
         (out / "history.csv").unlink(missing_ok=True)
@@ -213,6 +217,13 @@ def _evaluate(model: keras.Model, inputs: Inputs, out: Path, final_size) -> dict
     )
 
 
+# Validation accuracy at a smaller stage size measures the model on smaller images than it
+# is used at (the export and every evaluation run at the final size), so it is not comparable
+# with accuracy at the final size: a small-size epoch could win on a number that says nothing
+# about the exported size. Only epochs at the final size compete for best.keras.
+BEST_RULE = "the highest validation accuracy among epochs at the final size"
+
+
 def _metrics(config, runtime, inputs, model, analysis, progress, final_size) -> dict[str, Any]:
     train_images, val_images = len(inputs.train_set), len(inputs.val_set)
     if inputs.sharding.policy == "file":
@@ -241,7 +252,29 @@ def _metrics(config, runtime, inputs, model, analysis, progress, final_size) -> 
         "training_mode": config.train.training_mode,
         "input_sharding": inputs.sharding.to_dict(),
         "final_size": list(final_size),
+        "steps_per_epoch": inputs.steps_per_epoch,
+        "splits": count_splits(inputs.split_rows),
+        "best": {**progress.best, "rule": BEST_RULE} if progress.best else None,
     }
+
+
+def _export(model, config, runtime, inputs, out, metrics, final_size) -> str:
+    """The SavedModel: versioned under `--export_dir`, at `serving_model_dir` itself for TFX;
+    a non-chief worker writes its copy into its own folder."""
+    version_dir = export_model(
+        model,
+        config.export_dir if runtime.role.is_chief else out / "export",
+        classes=inputs.images.classes,
+        image_size=final_size,
+        channels=inputs.channels,
+        normalization=config.data.normalization,
+        metadata={
+            "metrics": metrics,
+            "schedule": format_schedule(parse_schedule(config.train.schedule)),
+        },
+        versioned=config.export_versioned,
+    )
+    return str(version_dir)
 
 
 def _finish_worker_copy(config: RunConfig, runtime: Runtime, out: Path) -> str:
@@ -282,6 +315,7 @@ def run(
     inputs = Inputs.load(config, runtime, stages[0].size)
     out = _start_run_folder(config, runtime)
     (out / "skipped.json").write_text(json.dumps(inputs.skipped, indent=2) + "\n")
+    write_split_csv(out / "split.csv", inputs.split_rows)
     print(inputs.describe())
 
     progress = RunProgress.resume_or_start(
@@ -323,28 +357,27 @@ def run(
     metrics = _metrics(config, runtime, inputs, model, analysis, progress, final_size)
     # What the last phase's step was compiled with (`--jit_compile` as Keras resolved it).
     metrics["jit_compile"] = bool(runner.fitted.jit_compile)
+    # Scored once, after every decision the run makes (best.keras, the stages) is taken.
+    tested = evaluate_test(model, inputs, out, final_size)
+    if tested:
+        metrics.update(tested[0])
     model.save(out / "model.keras")
     if config.export_dir:
-        version_dir = export_model(
-            model,
-            config.export_dir if runtime.role.is_chief else out / "export",
-            classes=inputs.images.classes,
-            image_size=final_size,
-            channels=inputs.channels,
-            normalization=config.data.normalization,
-            metadata={"metrics": metrics, "schedule": format_schedule(stages)},
-        )
-        metrics["export"] = str(version_dir)
+        metrics["export"] = _export(model, config, runtime, inputs, out, metrics, final_size)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_curves(out, phases)
-    write_report(out, config, metrics, analysis, inputs.skipped)
+    write_report(out, config, metrics, analysis, inputs.skipped, tested and tested[1])
     progress.write_best(model, out / "best.keras")
     progress.finish()
     where = _finish_worker_copy(config, runtime, out)
     accuracy = metrics["per_branch_val_accuracy"]
+    test = ""
+    if tested:
+        low, high = metrics["test_accuracy_ci"]
+        test = f" · test_accuracy {metrics['test_accuracy']:.4f} [{low:.3f}, {high:.3f}]"
     print(
         f"done: val_accuracy {metrics['val_accuracy']:.4f} "
-        f"(branches: {', '.join(f'{k} {v:.3f}' for k, v in accuracy.items())}) "
+        f"(branches: {', '.join(f'{k} {v:.3f}' for k, v in accuracy.items())}){test} "
         f"in {metrics['total_seconds']:.0f} s · {where}"
     )
     if runtime.role.is_chief:
@@ -353,5 +386,6 @@ def run(
 
 
 def run_fn(fn_args: Any) -> dict[str, Any]:
-    """TFX Trainer's module-file entry point (`trainer.tfx` says what it reads)."""
+    """TFX Trainer's module-file entry point: the SavedModel at `fn_args.serving_model_dir`
+    itself, the run folder in `model_run_dir` (`trainer.tfx` says what it reads)."""
     return run(config_from_fn_args(fn_args), verbose=2)

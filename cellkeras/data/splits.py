@@ -10,6 +10,7 @@ class folders with a frame manifest (`frames.csv`) and CSVs with a `frame` colum
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -239,3 +240,101 @@ def split_imageset(
             np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed
         )
     return imageset.subset(np.sort(train_idx)), imageset.subset(np.sort(val_idx))
+
+
+SPLIT_NAMES = ("train", "val", "test")
+GAP = "gap"  # a guard-gap frame, left out of every split
+
+
+def three_way_split(
+    imageset: ImageSet,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    *,
+    seed: int = 0,
+    gap: int = 2,
+) -> np.ndarray:
+    """Assigns every image to "train", "val" or "test" ("gap" for guard-gap frames).
+
+    The test split is what the source gives (`ImageSet.split` "test", e.g. a TEST folder), or,
+    when it gives none, `test_fraction` of the images carved off first. Validation is the
+    source's "val" images, or `val_fraction` carved from what is left for training: never
+    the source's test images. Each carve is `split_imageset`'s, so frames of a sequence
+    (`ImageSet.order`) go by contiguous time blocks with `gap` frames dropped around each
+    held-out block (marked "gap"), groups stay whole, anything else is stratified at random.
+    Both fractions are shares of the pool they are carved from (all images, or the source's
+    training images when it gives a split); `val_fraction=0` carves no validation (it comes
+    from elsewhere), `test_fraction=0` no test.
+
+    Returns:
+        (N,) array of "train" / "val" / "test" / "gap", one entry per image.
+
+    Raises:
+        ValueError: fractions out of range, a `test_fraction` for a source that already
+            gives a test split, unknown split names, or no training images left.
+    """
+    if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0:
+        raise ValueError(
+            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1)"
+        )
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction {val_fraction} + test_fraction {test_fraction} leave no training images"
+        )
+    n = len(imageset)
+    if imageset.split is None:
+        given = np.full(n, "train", dtype=object)
+    else:
+        given = np.asarray(imageset.split).astype(str).astype(object)
+        unknown = sorted(set(given) - set(SPLIT_NAMES))
+        if unknown:
+            raise ValueError(
+                f"{imageset.name}: unknown split names {unknown}; known: {SPLIT_NAMES}"
+            )
+    assigned = given.copy()
+    pool = np.flatnonzero(given == "train")
+    if test_fraction > 0:
+        if np.any(given == "test"):
+            raise ValueError(
+                f"{imageset.name} already has a test split (a TEST folder); a test_fraction "
+                "would carve a second one from the training images: set it to 0"
+            )
+        pool = _carve(imageset, pool, test_fraction, "test", assigned, seed, gap)
+    if val_fraction > 0 and not np.any(given == "val"):
+        # Carved from what the test carve left: scaled so it is `val_fraction` of the pool.
+        share = val_fraction / (1.0 - test_fraction)
+        pool = _carve(imageset, pool, share, "val", assigned, seed, gap)
+    if not len(pool):
+        raise ValueError(f"{imageset.name}: no training images left after the splits")
+    return assigned
+
+
+def _carve(
+    imageset: ImageSet,
+    pool: np.ndarray,
+    fraction: float,
+    name: str,
+    assigned: np.ndarray,
+    seed: int,
+    gap: int,
+) -> np.ndarray:
+    """Holds out `fraction` of the images at `pool` by `split_imageset`, marking them `name`
+    in `assigned` (guard-gap frames `GAP`); returns the indices left for training."""
+    if not len(pool):
+        raise ValueError(f"{imageset.name}: no training images to carve a {name} split from")
+    if imageset.images is not None:  # a split needs no pixels: do not copy them
+        imageset = dataclasses.replace(imageset, images=None, encoded=[b""] * len(imageset))
+    # split_imageset returns subsets, not indices; each image carries its position through
+    # it in a field no split reads (box_labels, of this throwaway copy only).
+    tagged = dataclasses.replace(
+        imageset.subset(pool), split=None, box_labels=[np.array([i]) for i in range(len(pool))]
+    )
+    kept, held = split_imageset(tagged, fraction, seed=seed, gap=gap)
+
+    def positions(subset: ImageSet) -> np.ndarray:
+        return np.array([int(b[0]) for b in subset.box_labels or []], dtype=np.int64)
+
+    kept_idx, held_idx = pool[positions(kept)], pool[positions(held)]
+    assigned[np.setdiff1d(pool, np.concatenate([kept_idx, held_idx]))] = GAP
+    assigned[held_idx] = name
+    return kept_idx

@@ -11,6 +11,7 @@ from cellkeras.evaluate.branches import evaluate_branches, predict_branches
 from cellkeras.evaluate.calibrate import calibrate_threshold
 from cellkeras.evaluate.classification import (
     accuracy,
+    bootstrap_accuracy_interval,
     brier_score,
     classification_summary,
     compare_models,
@@ -36,6 +37,7 @@ from cellkeras.evaluate.detection import (
 __all__ = [
     "accuracy",
     "average_precision",
+    "bootstrap_accuracy_interval",
     "box_iou",
     "brier_score",
     "calibrate_threshold",

@@ -26,6 +26,39 @@ def accuracy(y_true: Any, y_pred: Any) -> float:
     return float(skm.accuracy_score(to_labels(y_true), to_labels(y_pred)))
 
 
+def bootstrap_accuracy_interval(
+    y_true: Any, y_pred: Any, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the accuracy: `resamples` draws of N samples with
+    replacement, the (1 - level) / 2 and (1 + level) / 2 quantiles of their accuracies.
+
+    It says how far the accuracy of a small test set could move on another draw of the same
+    size; it does not cover a shift between the test images and the images a model will see.
+    The same `seed` resamples the same rows for every model scored on the same samples.
+
+    Raises:
+        ValueError: no samples, or a level outside (0, 1).
+    """
+    correct = to_labels(y_true) == to_labels(y_pred)
+    if not len(correct):
+        raise ValueError("a bootstrap interval needs at least one sample")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    # In chunks, so a large test set does not build one resamples x N index array.
+    chunk = max(1, 2**22 // len(correct))
+    means = np.concatenate(
+        [
+            correct[
+                rng.integers(0, len(correct), (min(chunk, resamples - start), len(correct)))
+            ].mean(axis=1)
+            for start in range(0, resamples, chunk)
+        ]
+    )
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     """Counts (K, K): row = true class, column = predicted class (scikit-learn's convention)."""
     return skm.confusion_matrix(to_labels(y_true), to_labels(y_pred), labels=range(num_classes))

@@ -21,10 +21,15 @@ what the server itself reads (the warmup file).
 
 Why "max + 1" versions rather than timestamps: TF Serving serves the highest integer, and small
 consecutive numbers are what its docs and users expect to type (`/versions/3`). Two processes that
-pick the same number do not clash: each builds in its own `.tmp-<version>-<pid>` folder (a
-dot-name TF Serving never takes for a version), and the final `os.rename` fails for the second,
-which then takes the next free number. The one catch: deleting the highest version and exporting
+pick the same number do not clash: each builds in its own `tempfile.mkdtemp` folder
+`.tmp-<version>-<random>` beside the version folders (a dot-name TF Serving never takes for a
+version; not named by the process id, which is 1 in every container sharing the volume), and the
+final `os.rename` fails for the second, which then takes the next free number. The one catch: deleting the highest version and exporting
 again reuses its number, which a running TF Serving that has already loaded it will not reload.
+
+`export_model(..., versioned=False)` writes the same files at `export_dir` itself, for readers
+that expect a SavedModel there (TFX's Evaluator and Pusher read `serving_model_dir`), built in
+a temporary folder beside it and renamed into place.
 
 The serving signatures and their in-graph preprocessing are in `cellkeras.serving.signatures`;
 the warmup records in `cellkeras.serving.warmup`.
@@ -32,12 +37,14 @@ the warmup records in `cellkeras.serving.warmup`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import shutil
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +132,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _model_card(
-    version: int,
+    version: int | None,
     classes: Sequence[str],
     image_size: tuple[int, int],
     channels: int,
@@ -205,12 +212,13 @@ def export_model(
     normalization: str = "range",
     metadata: Mapping[str, Any] | None = None,
     version: int | None = None,
+    versioned: bool = True,
 ) -> Path:
     """Writes `export_dir/<version>/`: SavedModel, warmup requests, `model.keras`, model card.
 
-    The folder appears whole or not at all: everything is written to
-    `export_dir/.tmp-<version>-<pid>/`, which is renamed to the version folder at the end and
-    removed on any failure.
+    The folder appears whole or not at all: everything is written to a fresh temporary folder
+    beside it (`tempfile.mkdtemp`), which is renamed into place at the end and removed on any
+    failure.
 
     Args:
         model: a single-input Keras model taking float32 (B, H, W, channels) in [0, 1] and
@@ -223,16 +231,28 @@ def export_model(
         metadata: merged into `model_card.json` (e.g. `metrics`, `schedule`, `model`, `run_dir`);
             must be JSON-serializable and may not override the keys that describe the graph.
         version: the version number; None takes the highest existing one + 1 (1 when none).
+        versioned: False writes the SavedModel at `export_dir` itself (no version folder; the
+            card's `version` is null), replacing an earlier export there.
 
     Returns:
-        The version folder.
+        The version folder (`export_dir` itself when not `versioned`).
 
     Raises:
         ValueError: for arguments that disagree with the model or each other.
-        FileExistsError: when an explicitly requested `version` already exists.
+        FileExistsError: when an explicitly requested `version` already exists, or, unversioned,
+            when `export_dir` holds files that are not an export.
     """
     size = _check_arguments(model, classes, image_size, channels, normalization)
     export_dir = Path(export_dir)
+    if not versioned:
+        if version is not None:
+            raise ValueError("version numbers a versioned export; pass versioned=True")
+        _check_replaceable(export_dir)
+        card = _model_card(None, classes, size, channels, normalization, metadata)
+        export_dir.parent.mkdir(parents=True, exist_ok=True)
+        with _build_folder(export_dir.parent, f".{export_dir.name}{TMP_PREFIX}") as tmp:
+            _write_export(model, tmp, card, list(classes), size, channels, normalization)
+            return _publish_unversioned(tmp, export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     auto_version = version is None
     version = next_version(export_dir) if auto_version else int(version)
@@ -240,19 +260,74 @@ def export_model(
         raise ValueError(f"version must be a non-negative integer, got {version}")
     if (export_dir / str(version)).exists():
         raise FileExistsError(f"{export_dir / str(version)} already exists")
-
-    tmp = export_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run of a process with our pid
-    try:
-        card = _model_card(version, classes, size, channels, normalization, metadata)
-        _write_saved_model(model, tmp, list(classes), size, channels, normalization)
-        model.save(tmp / MODEL_FILE)
-        write_warmup_file(tmp / WARMUP_DIR / WARMUP_FILE, warmup_records(size, channels))
-        _write_card(tmp / CARD_FILE, card)
+    card = _model_card(version, classes, size, channels, normalization, metadata)
+    with _build_folder(export_dir, f"{TMP_PREFIX}{version}-") as tmp:
+        _write_export(model, tmp, card, list(classes), size, channels, normalization)
         return _publish(tmp, export_dir, version, auto_version, card)
+
+
+@contextlib.contextmanager
+def _build_folder(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new, uniquely named folder in `parent` to build an export in, removed on the way out
+    (after a successful rename it no longer exists; otherwise nothing half-written stays).
+
+    `mkdtemp`, not a name from the process id: processes in different containers are all
+    PID 1, and one that cleared "its" leftover folder would delete another's build."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    # mkdtemp makes the folder private (0700); the published export must be as readable as any
+    # folder created here (TF Serving often runs as another user).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
     finally:
-        # After a successful rename tmp no longer exists; otherwise nothing half-written stays.
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_export(
+    model: keras.Model,
+    folder: Path,
+    card: dict[str, Any],
+    classes: list[str],
+    size: tuple[int, int],
+    channels: int,
+    normalization: str,
+) -> None:
+    _write_saved_model(model, folder, classes, size, channels, normalization)
+    model.save(folder / MODEL_FILE)
+    write_warmup_file(folder / WARMUP_DIR / WARMUP_FILE, warmup_records(size, channels))
+    _write_card(folder / CARD_FILE, card)
+
+
+def _check_replaceable(target: Path) -> None:
+    """An unversioned export replaces an earlier export or an empty folder, nothing else."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"{target} is a file, not a folder for a SavedModel")
+    if any(target.iterdir()) and not (target / "saved_model.pb").is_file():
+        raise FileExistsError(
+            f"{target} holds files but no saved_model.pb: not replacing a folder that is not an "
+            "export (pass an empty or new folder)"
+        )
+
+
+def _publish_unversioned(tmp: Path, target: Path) -> Path:
+    """Renames the finished folder to `target`, moving an earlier export out of the way first
+    (and back if the rename fails): readers find the old export or the new, never a mix."""
+    _check_replaceable(target)
+    if not target.exists() or not any(target.iterdir()):
+        os.replace(tmp, target)  # an empty folder is replaced, which loses nothing
+        return target
+    with _build_folder(target.parent, f".{target.name}.old-") as old:
+        os.rename(target, old / target.name)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            os.rename(old / target.name, target)
+            raise
+    return target
 
 
 def _write_card(path: Path, card: Mapping[str, Any]) -> None:
