@@ -52,8 +52,10 @@ EXTRAS_REQUIRE = {
         "simsimd==6.5.16",
     ],
     # `cellkeras batch` (Apache Beam RunInference). It moves protobuf from 7.x to 6.x and pillow
-    # to 12.x beside TensorFlow 2.21; the full test suite passes with both.
-    "beam": ["apache-beam==2.77.0"],
+    # to 12.x beside TensorFlow 2.21; the full test suite passes with both. dask and distributed
+    # are apache-beam[dask]'s (>=2024.4.2): Beam's Dask runner, which tests/test_batch_dask.py
+    # runs on a local cluster.
+    "beam": ["apache-beam==2.77.0", "dask==2026.8.0", "distributed==2026.8.0"],
 }
 
 setup(

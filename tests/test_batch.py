@@ -243,7 +243,7 @@ def test_a_crashed_run_keeps_its_finished_results_and_resumes(
     exported, images, tmp_path, monkeypatch
 ):
     from cellkeras.batch import BatchConfig, read_results, run_batch
-    from cellkeras.batch import pipeline as batch_pipeline
+    from cellkeras.batch import steps as batch_steps
     from cellkeras.inference.loading import load_model_for_inference
 
     _, info = load_model_for_inference(exported)
@@ -255,7 +255,7 @@ def test_a_crashed_run_keeps_its_finished_results_and_resumes(
         return BatchConfig(inputs, info.model_file, info, str(out), num_shards=2, **kw)
 
     # The 5th image to reach the CSV step kills the run (as a lost worker or Ctrl-C would).
-    original, seen = batch_pipeline.PredictionCsvFn.process, []
+    original, seen = batch_steps.PredictionCsvFn.process, []
 
     def crash_on_the_fifth(self, element):
         seen.append(element[0])
@@ -263,7 +263,7 @@ def test_a_crashed_run_keeps_its_finished_results_and_resumes(
             raise RuntimeError("simulated crash")
         yield from original(self, element)
 
-    monkeypatch.setattr(batch_pipeline.PredictionCsvFn, "process", crash_on_the_fifth)
+    monkeypatch.setattr(batch_steps.PredictionCsvFn, "process", crash_on_the_fifth)
     with pytest.raises(Exception, match="simulated crash"):
         run_batch(config(checkpoint_every=2), IN_MEMORY)
     assert not list(out.glob("predictions-*")) and not (out / "batch.json").exists()
@@ -275,7 +275,7 @@ def test_a_crashed_run_keeps_its_finished_results_and_resumes(
     for f in saved:
         lines = [json.loads(line) for line in f.read_text().splitlines()]
         f.write_text("".join(json.dumps([p, row + "9"]) + "\n" for p, row in lines))
-    monkeypatch.setattr(batch_pipeline.PredictionCsvFn, "process", original)
+    monkeypatch.setattr(batch_steps.PredictionCsvFn, "process", original)
     with pytest.raises(FileExistsError, match="--resume"):
         run_batch(config(), IN_MEMORY)  # neither --resume nor --overwrite
     counters = run_batch(config(resume=True), IN_MEMORY)
@@ -309,20 +309,103 @@ def test_one_image_the_model_fails_on_costs_only_itself(monkeypatch):
     assert results[1].inference == Failure("ValueError: NaN input")
 
 
-def test_resume_reruns_a_file_unless_every_task_saved_it():
-    from cellkeras.batch.pipeline import ResumeSplitFn
+def test_plan_reruns_a_file_unless_every_task_saved_it_and_batches_the_rest():
+    from apache_beam.io.filesystem import FileMetadata
 
-    split = ResumeSplitFn(["predictions", "detections"])
+    from cellkeras.batch.steps import PlanBatchesFn
+
+    plan = PlanBatchesFn(["predictions", "detections"], batch_size=2)
 
     def run(files, predictions, detections):
-        element = ("a.png", {"file": files, "predictions": predictions, "detections": detections})
-        return [(getattr(x, "tag", None), getattr(x, "value", x)) for x in split.process(element)]
+        element = (
+            0,
+            {
+                "file": [FileMetadata(f, 1) for f in files],
+                "seed": [None],
+                "predictions": predictions,
+                "detections": detections,
+            },
+        )
+        return [
+            (tag, [m.path for m in value] if tag == "run" else value)
+            for tag, value in plan.process(element)
+        ]
 
     # Saved by both tasks (twice by one: a retried bundle): taken once each, not read again.
-    assert run(["meta"], ["row", "row"], [{"boxes": []}]) == [
+    done = [("a.png", "row"), ("a.png", "row")], [("a.png", {"boxes": []})]
+    assert run(["a.png"], *done) == [
         ("predictions", ("a.png", "row")),
         ("detections", ("a.png", {"boxes": []})),
     ]
-    assert run(["meta"], ["row"], []) == [(None, "meta")]  # detection missing: run it again
-    assert run(["meta", "meta"], [], []) == [(None, "meta")]  # two patterns: one run
-    assert run([], ["row"], [{"boxes": []}]) == []  # no longer an input: dropped
+    # Detection missing: run it again (its saved row is dropped, not written twice).
+    assert run(["a.png"], [("a.png", "row")], []) == [("run", ["a.png"])]
+    assert run(["a.png", "a.png"], [], []) == [("run", ["a.png"])]  # two patterns: one run
+    assert run([], [("a.png", "row")], [("a.png", {})]) == []  # no longer an input: dropped
+    # The rest in path order, in the fewest batches of at most 2, of equal sizes.
+    assert run(["e", "c", "a", "d", "b"], [], []) == [
+        ("run", ["a", "b"]),
+        ("run", ["c", "d"]),
+        ("run", ["e"]),
+    ]
+
+
+def test_batches_are_even():
+    from cellkeras.batch.steps import batches
+
+    assert [len(b) for b in batches(list(range(33)), 32)] == [17, 16]
+    assert [len(b) for b in batches(list(range(64)), 32)] == [32, 32]
+    assert batches([], 4) == [] and batches([1], 4) == [[1]]
+
+
+def test_the_graph_keeps_to_what_the_dask_runner_runs_correctly(exported, images):
+    """Beam 2.77's Dask runner mixes the outputs of a multi-output ParDo, re-evaluates side
+    inputs at each use, drops what `finish_bundle` emits and computes only the last transform:
+    the graph must have none of the first three and end in the step every output leads to."""
+    import apache_beam as beam
+    from apache_beam.pipeline import PipelineVisitor
+
+    from cellkeras.batch import BatchConfig, build_pipeline
+    from cellkeras.detect import DetectConfig
+    from cellkeras.inference.loading import load_model_for_inference
+
+    _, info = load_model_for_inference(exported)
+    config = BatchConfig([str(images / "**")], info.model_file, info, "/nowhere", DetectConfig())
+    p = beam.Pipeline()
+    outputs = build_pipeline(p, config)
+    assert set(outputs) == {"predictions", "detections", "errors", "summary"}
+
+    leaves = []
+
+    class Leaves(PipelineVisitor):
+        def visit_transform(self, node):
+            leaves.append(node)
+
+    p.visit(Leaves())
+    assert [n.full_label for n in leaves if len(n.outputs) > 1] == []
+    assert [n.full_label for n in leaves if n.side_inputs] == []
+    labels = " ".join(n.full_label for n in leaves)
+    assert "BatchElements" not in labels and "WriteToText" not in labels
+    assert leaves[-1].full_label == "WriteSummary"
+
+
+def test_short_runner_names_and_the_summary_check(tmp_path):
+    from cellkeras.batch import runner_options
+    from cellkeras.batch.outputs import read_summary
+
+    dask = "apache_beam.runners.dask.dask_runner.DaskRunner"
+    assert runner_options(["--runner=DaskRunner", "--x=1"]) == [f"--runner={dask}", "--x=1"]
+    assert runner_options(["--runner", "dask"]) == ["--runner", dask]
+    assert runner_options(["--runner=FlinkRunner"]) == ["--runner=FlinkRunner"]
+
+    # A runner that reports success without running the last step, or without every output.
+    with pytest.raises(RuntimeError, match="last step did not run"):
+        read_summary(str(tmp_path), ["predictions"], 2)
+    (tmp_path / "_checkpoint").mkdir()
+    wrote = [str(tmp_path / "errors.csv"), str(tmp_path / "predictions-00000-of-00002.csv")]
+    summary = {"files": wrote, "counters": {"errors": 0}}
+    (tmp_path / "_checkpoint" / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(RuntimeError, match="predictions-00001-of-00002.csv"):
+        read_summary(str(tmp_path), ["predictions"], 2)
+    summary["files"].append(str(tmp_path / "predictions-00001-of-00002.csv"))
+    (tmp_path / "_checkpoint" / "summary.json").write_text(json.dumps(summary))
+    assert read_summary(str(tmp_path), ["predictions"], 2) == {"errors": 0}

@@ -144,13 +144,9 @@ def pipeline_options(args: argparse.Namespace) -> list[str]:
 
 def _run_batch(args: argparse.Namespace) -> int:
     try:
-        from cellkeras.batch.pipeline import (
-            CHECKPOINT,
-            BatchConfig,
-            check_inputs,
-            prepare_output,
-            run_batch,
-        )
+        from cellkeras.batch.checkpoint import prepare_output
+        from cellkeras.batch.config import CHECKPOINT, BatchConfig
+        from cellkeras.batch.pipeline import check_inputs, run_batch
     except ImportError as err:
         return _fail(f"{err}; cellkeras batch needs Apache Beam: pip install 'cellkeras[beam]'")
     from cellkeras.cli.detect import build_config
