@@ -29,6 +29,7 @@ def fit_stage_distributed(
     epochs: int = 1,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    steps_per_epoch: int | None = None,
 ) -> keras.callbacks.History:
     """Fits `fit_model` from `initial_epoch` to `epochs` the way `fit` does, under its strategy.
 
@@ -58,14 +59,16 @@ def fit_stage_distributed(
         epochs: epoch to stop before, as in `fit`.
         callbacks: Keras callbacks, called as `fit` calls them.
         verbose: 0 silent, 1 or "auto" a progress bar, 2 one line per epoch.
+        steps_per_epoch: `train_data` holds every epoch back to back and each epoch takes
+            this many steps from one iterator, as in `keras_fit`; None: it holds one epoch.
 
     Returns:
         The `History` (also `fit_model.history`).
     """
     strategy = fit_model.distribute_strategy
     per_worker = is_multi_worker(strategy) and is_per_worker_input(train_data)
-    steps = int(train_data.cardinality())
-    if per_worker:
+    steps = steps_per_epoch or int(train_data.cardinality())
+    if per_worker and not steps_per_epoch:
         steps //= local_replicas(strategy)  # each local replica takes one batch per step
     if steps < 1:
         raise ValueError(
@@ -121,10 +124,16 @@ def fit_stage_distributed(
     fit_model.stop_training = False
     callback_list.on_train_begin()
     epoch_logs: dict[str, float] = {}
+    iterator = iter(train_dist) if steps_per_epoch else None
     for epoch in range(initial_epoch, epochs):
         fit_model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
-        for step, batch in enumerate(train_dist):
+        # One iterator over all epochs, `steps` batches per epoch: zip asks `range` first and,
+        # not strict, stops there without taking a batch of the next epoch.
+        batches = (
+            enumerate(train_dist) if iterator is None else zip(range(steps), iterator, strict=False)
+        )
+        for step, batch in batches:
             callback_list.on_train_batch_begin(step)
             train_step(batch)
             callback_list.on_train_batch_end(step, {})

@@ -181,9 +181,13 @@ class Inputs:
             + (f" · {skipped} skipped (see skipped.json)" if skipped else "")
         )
 
-    def dataset(self, subset: ImageSet, size, training: bool, strength: float = 1.0) -> Any:
+    def dataset(
+        self, subset: ImageSet, size, training: bool, strength: float = 1.0, epochs=None
+    ) -> Any:
         """Batches of `subset` at `size`, augmented at `strength` when `training`, placed for
-        the run's strategy (sharded by data, or this worker's own input under file sharding)."""
+        the run's strategy (sharded by data, or this worker's own input under file sharding).
+        `epochs` (training): the run's epochs to make back to back, each drawn from (seed,
+        epoch) as `make_dataset` says, so that a resumed run draws what it would have."""
         train_cfg, data_cfg, runtime = self.config.train, self.config.data, self.runtime
         per_worker = self.sharding.policy == "file" and (training or not data_cfg.eval_tfrecords)
         augmenter = None
@@ -213,12 +217,14 @@ class Inputs:
             # Validation keeps every image: its metrics are sums, which empty shares leave
             # unchanged.
             drop_remainder=training and runtime.custom_loop,
+            epochs=epochs if training else None,
+            # Every worker must run the same number of steps, or the others wait forever in
+            # the next step's all-reduce: all take the smallest share's step count.
+            epoch_batches=self.agreed_steps * local_replicas(runtime.strategy)
+            if per_worker and training and self.agreed_steps is not None
+            else None,
         )
         if per_worker:
-            if training and self.agreed_steps is not None:
-                # Every worker must run the same number of steps, or the others wait forever
-                # in the next step's all-reduce: all take the smallest share's step count.
-                batches = batches.take(self.agreed_steps * local_replicas(runtime.strategy))
             if not training and self.val_batch_sizes:
                 batches = batches.rebatch(self.val_batch_sizes)
             return per_worker_input(batches)
