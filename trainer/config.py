@@ -72,6 +72,11 @@ class TrainConfig:
     # on one machine too (to check it against fit); "fit" refuses multi_worker.
     training_loop: str = "auto"
     seed: int = 0
+    # TensorFlow's op determinism for the run (trainer.runtime.op_determinism): two runs with
+    # the same seed give the same weights and metrics on one machine, at some cost in time
+    # (docs/BENCHMARKS.md); use it whenever two settings are compared on one run each.
+    # Data order and augmentation are seeded per epoch either way.
+    deterministic: bool = False
 
 
 @dataclasses.dataclass

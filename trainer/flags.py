@@ -54,6 +54,7 @@ _FLAG_FIELDS = {
     "distribution": "train.distribution",
     "training_loop": "train.training_loop",
     "seed": "train.seed",
+    "deterministic": "train.deterministic",
     "later_stages": "train.later_stages",
     "training_mode": "train.training_mode",
     "head_epochs": "train.head_epochs",
@@ -95,6 +96,9 @@ def define_flags() -> None:
         "auto: Keras fit, the custom loop under multi_worker; custom: that loop everywhere.",
     )
     flags.DEFINE_integer("seed", None, "Random seed (data, split, weights).")
+    flags.DEFINE_boolean(
+        "deterministic", None, "TensorFlow op determinism: same seed, same result (slower)."
+    )
     flags.DEFINE_enum(
         "later_stages",
         None,
