@@ -9,6 +9,10 @@ Decoding runs `cellkeras.io.images.decode_image` (OpenCV / tifffile, which relea
 inside `tf.numpy_function`, so every format and bit depth is normalized by the same code that
 checked it. Batches are `(images, labels)`: float32 (B, H, W, C) in [0, 1] and one-hot float32
 (B, K). An augmenter is called on `{"images": ..., "labels": ...}` and returns that dict.
+
+With `epochs=range(...)` (the trainer's way) one dataset holds those epochs back to back, each
+ordered and augmented from (seed, epoch) alone, so a resumed run's epochs are the ones it
+would have had.
 """
 
 from __future__ import annotations
