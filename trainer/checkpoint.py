@@ -233,9 +233,10 @@ def trim_history(path: Path, epochs_done: int) -> None:
     """Keeps the header of `history.csv` and one row (the last) for each of the first
     `epochs_done` epochs. CSVLogger writes an epoch's row before that epoch's checkpoint, so
     a kill between the two leaves a row for an epoch the resumed run trains and logs again."""
-    if not path.is_file():
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    if not lines:
         return
-    header, *rows = path.read_text().splitlines(keepends=True)
+    header, *rows = lines
     kept: dict[int, str] = {}
     for row in rows:
         epoch = row.split(",", 1)[0].strip()
