@@ -10,7 +10,8 @@ The target is the fixed run's final validation accuracy. "Time to target" is the
 training (data preparation excluded, identical for both) until the first epoch whose validation
 accuracy, measured at the final size, reaches the target; epochs of earlier, smaller stages do
 not count, because a model is used at the size it is evaluated at. Runs alternate (fixed,
-progressive, fixed, ...) so machine load falls on both alike.
+progressive, fixed, ...) so machine load falls on both alike. Every run is `--deterministic` (TensorFlow's op
+determinism; `--no-deterministic` turns it off), so a rerun gives the same accuracies.
 
     python scripts/bench_progressive.py --seeds 0 1 2                 # synthetic + embryo
     python scripts/bench_progressive.py --datasets synthetic --seeds 0  # one quick pair
@@ -91,8 +92,13 @@ def plot_runs(results: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def train(dataset: str, schedule: str, seed: int, out: Path) -> dict:
-    overrides = {**DATASETS[dataset], "train.schedule": schedule, "train.seed": seed}
+def train(dataset: str, schedule: str, seed: int, out: Path, deterministic: bool = True) -> dict:
+    overrides = {
+        **DATASETS[dataset],
+        "train.schedule": schedule,
+        "train.seed": seed,
+        "train.deterministic": deterministic,
+    }
     config = build_config("default", overrides)
     config.output_dir = str(out)
     clock = EpochClock()
@@ -130,6 +136,14 @@ def main() -> None:
     parser.add_argument(
         "--figure", type=Path, default=REPO / "docs" / "images" / "progressive_vs_fixed.png"
     )
+    # On by default: a comparison of two settings at one run each means something only when
+    # a rerun of either gives the same number (docs/BENCHMARKS.md says what it costs).
+    parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="TensorFlow op determinism in every run (--no-deterministic: off)",
+    )
     args = parser.parse_args()
 
     results = []
@@ -141,8 +155,8 @@ def main() -> None:
         )
         for seed in args.seeds:
             base = args.out / f"{dataset}-{seed}"
-            a = train(dataset, fixed, seed, base / "fixed")
-            b = train(dataset, progressive, seed, base / "progressive")
+            a = train(dataset, fixed, seed, base / "fixed", args.deterministic)
+            b = train(dataset, progressive, seed, base / "progressive", args.deterministic)
             reached = time_to(a["val_accuracy"], b)
             row = {
                 "dataset": dataset,

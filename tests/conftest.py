@@ -1,5 +1,6 @@
 """Shared fixtures: tiny image files of every kind the data layer must read."""
 
+import json
 import os
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
@@ -18,6 +19,22 @@ def write_png(path, pixels):
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     assert cv2.imwrite(str(path), pixels)
     return path
+
+
+def checkpointed_epochs(checkpoint) -> int:
+    """The epochs the newest whole checkpoint in a run's `checkpoint` folder holds (0 while
+    there is none), read while the run may be replacing it."""
+    from trainer.checkpoint import latest_checkpoint
+
+    try:
+        latest = latest_checkpoint(checkpoint)
+        return (
+            0
+            if latest is None
+            else json.loads((latest / "progress.json").read_text())["epochs_done"]
+        )
+    except (FileNotFoundError, json.JSONDecodeError):  # removed as the next epoch's came
+        return 0
 
 
 TINY_CLASSES = ["alpha", "beta", "gamma"]

@@ -117,6 +117,10 @@ class TrainConfig:
         steps_per_epoch: fixed training steps per epoch (the batches repeat as needed); None
             is one pass over the images. TFX's train_steps maps here.
         validation_steps: validation batches per epoch; None is every validation image.
+        deterministic: TensorFlow's op determinism for the run (trainer.runtime.op_determinism):
+            two runs with the same seed give the same weights and metrics on one machine, at
+            some cost in time (docs/BENCHMARKS.md); use it whenever two settings are compared
+            on one run each. Data order and augmentation are seeded per epoch either way.
     """
 
     model: str = "parallel_small"
@@ -135,6 +139,7 @@ class TrainConfig:
     seed: int = 0
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
+    deterministic: bool = False
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ def fit_stage_distributed(
     epochs: int = 1,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    steps_per_epoch: int | None = None,
 ) -> keras.callbacks.History:
     """Fits `fit_model` from `initial_epoch` to `epochs` the way `fit` does, under its strategy.
 
@@ -58,14 +59,16 @@ def fit_stage_distributed(
         epochs: epoch to stop before, as in `fit`.
         callbacks: Keras callbacks, called as `fit` calls them.
         verbose: 0 silent, 1 or "auto" a progress bar, 2 one line per epoch.
+        steps_per_epoch: `train_data` holds every epoch back to back and each epoch takes
+            this many steps from one iterator, as in `keras_fit`; None: it holds one epoch.
 
     Returns:
         The `History` (also `fit_model.history`).
     """
     strategy = fit_model.distribute_strategy
     per_worker = is_multi_worker(strategy) and is_per_worker_input(train_data)
-    steps = int(train_data.cardinality())
-    if per_worker:
+    steps = steps_per_epoch or int(train_data.cardinality())
+    if per_worker and not steps_per_epoch:
         steps //= local_replicas(strategy)  # each local replica takes one batch per step
     if steps < 1:
         raise ValueError(
@@ -79,6 +82,32 @@ def fit_stage_distributed(
         # same symbolic build before its first step).
         fit_model._symbolic_build(data_batch=train_data.element_spec)
 
+    train_step, test_step, average_non_trainable = _compiled_steps(fit_model)
+
+    verbose = 1 if verbose == "auto" else verbose
+    callback_list = keras.callbacks.CallbackList(
+        list(callbacks),
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=epochs,
+        steps=steps,
+        model=fit_model,
+    )
+    fit_model.stop_training = False
+    callback_list.on_train_begin()
+    epoch_logs = _run_epochs(
+        fit_model, train_dist, val_dist, (initial_epoch, epochs), steps, steps_per_epoch,
+        (train_step, test_step, average_non_trainable), callback_list,
+    )  # fmt: skip
+    callback_list.on_train_end(logs=epoch_logs)
+    return fit_model.history
+
+
+def _compiled_steps(fit_model: keras.Model):
+    """The compiled train and test steps under the model's strategy, and the batch-norm
+    statistics average run after every epoch's training steps."""
+    strategy = fit_model.distribute_strategy
     jit = bool(fit_model.jit_compile) and strategy.num_replicas_in_sync == 1
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
@@ -108,23 +137,27 @@ def fit_stage_distributed(
 
         strategy.run(average)
 
-    verbose = 1 if verbose == "auto" else verbose
-    callback_list = keras.callbacks.CallbackList(
-        list(callbacks),
-        add_history=True,
-        add_progbar=verbose != 0,
-        verbose=verbose,
-        epochs=epochs,
-        steps=steps,
-        model=fit_model,
-    )
-    fit_model.stop_training = False
-    callback_list.on_train_begin()
+    return train_step, test_step, (average_non_trainable if averaged else None)
+
+
+def _run_epochs(fit_model, train_dist, val_dist, span, steps, steps_per_epoch, compiled,
+                callback_list) -> dict[str, float]:  # fmt: skip
+    """The epochs `span` = (first, stop) of `fit_stage_distributed`; the last epoch's logs."""
+    initial_epoch, epochs = span
+    train_step, test_step, average_non_trainable = compiled
+    strategy = fit_model.distribute_strategy
+    averaged = average_non_trainable is not None
     epoch_logs: dict[str, float] = {}
+    iterator = iter(train_dist) if steps_per_epoch else None
     for epoch in range(initial_epoch, epochs):
         fit_model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
-        for step, batch in enumerate(train_dist):
+        # One iterator over all epochs, `steps` batches per epoch: zip asks `range` first and,
+        # not strict, stops there without taking a batch of the next epoch.
+        batches = (
+            enumerate(train_dist) if iterator is None else zip(range(steps), iterator, strict=False)
+        )
+        for step, batch in batches:
             callback_list.on_train_batch_begin(step)
             train_step(batch)
             callback_list.on_train_batch_end(step, {})
@@ -141,8 +174,7 @@ def fit_stage_distributed(
             break
     if epochs > initial_epoch:
         fit_model.optimizer.finalize_variable_values(fit_model.trainable_weights)
-    callback_list.on_train_end(logs=epoch_logs)
-    return fit_model.history
+    return epoch_logs
 
 
 def _distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):

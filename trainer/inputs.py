@@ -235,15 +235,33 @@ class Inputs:
         given = data.test_dir or data.test_labels_csv or data.test_tfrecords
         return self.sharding.policy == "file" and not given
 
+    def _epoch_batches(self, training: bool, per_worker: bool, for_fit: bool) -> int | None:
+        """Training batches per epoch when fixed: every worker must run the same number of
+        steps, or the others wait forever in the next step's all-reduce (all take the smallest
+        share's count); else `train.steps_per_epoch` for `fit`; else one pass (None)."""
+        if not training:
+            return None
+        if per_worker and self.agreed_steps is not None:
+            return self.agreed_steps * local_replicas(self.runtime.strategy)
+        return self.config.train.steps_per_epoch if for_fit else None
+
     def dataset(
-        self, subset: ImageSet, size, training: bool, strength: float = 1.0, for_fit: bool = False
+        self,
+        subset: ImageSet,
+        size,
+        training: bool,
+        strength: float = 1.0,
+        for_fit: bool = False,
+        epochs: range | None = None,
     ) -> Any:
         """Batches of `subset` at `size`, augmented at `strength` when `training`, placed for
         the run's strategy (sharded by data, or this worker's own input under file sharding).
 
         `for_fit`: the batches of one epoch of `fit`: `train.steps_per_epoch` training batches
         (the images repeat as needed) or `train.validation_steps` validation batches, where
-        set; the final evaluations score every image."""
+        set; the final evaluations score every image. `epochs` (training): the run's epochs to
+        make back to back, each drawn from (seed, epoch) as `make_dataset` says, so that a
+        resumed run draws what it would have."""
         train_cfg, data_cfg, runtime = self.config.train, self.config.data, self.runtime
         if subset is self.test_set:
             per_worker = self.test_is_per_worker
@@ -279,15 +297,12 @@ class Inputs:
             # Validation keeps every image: its metrics are sums, which empty shares leave
             # unchanged.
             drop_remainder=training and runtime.custom_loop,
+            epochs=epochs if training else None,
+            epoch_batches=self._epoch_batches(training, per_worker, for_fit),
         )
-        steps = train_cfg.steps_per_epoch if training else train_cfg.validation_steps
-        if for_fit and steps:
-            batches = (batches.repeat() if training else batches).take(steps)
+        if for_fit and not training and train_cfg.validation_steps:
+            batches = batches.take(train_cfg.validation_steps)
         if per_worker:
-            if training and self.agreed_steps is not None:
-                # Every worker must run the same number of steps, or the others wait forever
-                # in the next step's all-reduce: all take the smallest share's step count.
-                batches = batches.take(self.agreed_steps * local_replicas(runtime.strategy))
             if not training and self.val_batch_sizes and subset is self.val_set:
                 batches = batches.rebatch(self.val_batch_sizes)
             return per_worker_input(batches)

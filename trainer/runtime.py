@@ -56,6 +56,30 @@ def dtype_policy(name: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
+@contextlib.contextmanager
+def op_determinism(enabled: bool) -> Iterator[None]:
+    """`--deterministic`: TensorFlow's op determinism for the block (same inputs, same
+    outputs, for every op and for tf.data's order; ops without a deterministic kernel raise).
+
+    It is process-global: every thread of the process runs deterministically while the block
+    lasts, and a run in another thread meanwhile too. TensorFlow exports only the switch to
+    turn it on; it is turned off again afterwards (through its non-exported counterpart, when
+    the caller had not turned it on) so that later runs in the same process, tests and
+    benchmarks, run at full speed.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    was_on = tf_config.is_op_determinism_enabled()
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not was_on:
+            tf_config.disable_op_determinism()
+
+
 def make_strategy(mode: str, tf_config: str | None = None):
     """The tf.distribute strategy for `--distribution`.
 

@@ -19,13 +19,14 @@ there is a test split) and TensorBoard logs.
 from __future__ import annotations
 
 if __name__ == "__main__":
-    # The command line is checked (and --help answered) by trainer.cli before TensorFlow
-    # loads: the imports below take seconds. It imports this module again, as a library.
-    import sys
+    # `python -m trainer.task` is `python -m trainer.cli`: the command line is checked (and
+    # --help answered) there before TensorFlow loads, since the imports below take seconds;
+    # it then imports this module as a library. Run as a module, not imported, so that the
+    # command line and the library do not import each other.
+    import runpy
 
-    from trainer.cli import main
-
-    sys.exit(main())
+    runpy.run_module("trainer.cli", run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
 
 import contextlib  # noqa: E402
 import functools  # noqa: E402
@@ -51,13 +52,13 @@ from cellkeras.training import (
     plan_phases,
     stagewise_parts,
 )
-from trainer.checkpoint import RunProgress
+from trainer.checkpoint import RunProgress, trim_history
 from trainer.config import LATER_STAGE_MODES, TRAINING_MODES, RunConfig
 from trainer.custom_loop import fit_stage_distributed
 from trainer.heldout import count_splits, evaluate_test, write_split_csv
 from trainer.inputs import Inputs, stage_strength
 from trainer.report import plot_curves, write_report
-from trainer.runtime import Runtime, resolve_runtime
+from trainer.runtime import Runtime, op_determinism, resolve_runtime
 from trainer.sharding import (
     agree_across_workers,
     gather_predictions_across_workers,
@@ -174,12 +175,16 @@ def _train(
             f"val_accuracy {done['val_accuracy']:.4f}"
         )
 
-    def data_for(phase, training: bool):
+    def data_for(phase, training: bool, epochs: range):
         subset = inputs.train_set if training else inputs.val_set
         strength = stage_strength(stages, phase.stage_index)
-        return inputs.dataset(subset, phase.stage.size, training, strength, for_fit=True)
+        return inputs.dataset(
+            subset, phase.stage.size, training, strength, for_fit=True, epochs=epochs
+        )
 
-    if not progress.epochs_done:
+    if progress.epochs_done:
+        trim_history(out / "history.csv", progress.epochs_done)
+    else:
         (out / "history.csv").unlink(missing_ok=True)
         (out / "best.keras").unlink(missing_ok=True)  # an earlier run's
     runner.run(
@@ -302,7 +307,16 @@ def run(
     run folder, and each other worker writes its copy into a folder of its own (see
     `RunConfig.worker_dir`) that is removed at the end. Every worker resumes from the chief's
     checkpoint, so `output_dir` must be storage they all see.
+
+    With `train.deterministic`, TensorFlow's op determinism is on while the run lasts (for the
+    whole process; see `trainer.runtime.op_determinism`): two runs of one config then give the
+    same weights and metrics on the same machine and software.
     """
+    with op_determinism(config.train.deterministic):
+        return _run(config, verbose, callbacks)
+
+
+def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
     train_cfg = config.train
     stages = parse_schedule(train_cfg.schedule)
     if train_cfg.later_stages not in LATER_STAGE_MODES:
@@ -338,6 +352,9 @@ def run(
         branch_loss_weight=train_cfg.branch_loss_weight,
         jit_compile=runtime.jit_compile,
         scope=runtime.scope,
+        # Every epoch's batches in one dataset, each drawn from (seed, epoch): a resumed run
+        # does not replay the first epoch's shuffle and augmentation.
+        steps_per_epoch=inputs.steps_per_epoch,
     )
     start = _resume(progress, runner, runtime, config)
     print(

@@ -112,7 +112,8 @@ class FluidDistortion(VectorizedBaseImageAugmentationLayer):
         jit_compile: bool = True,
         **kwargs,
     ) -> None:
-        super().__init__(seed=None, **kwargs)
+        # keras-cv tests `if seed:` (0 takes the global generator, refused by op determinism).
+        super().__init__(seed=None if seed is None else 1, **kwargs)
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; known modes: {', '.join(MODES)}.")
         if fill_mode not in FILL_MODES:
@@ -145,7 +146,6 @@ class FluidDistortion(VectorizedBaseImageAugmentationLayer):
         self.bounding_box_format = bounding_box_format
         self.seed = seed
         self.jit_compile = bool(jit_compile)
-        # keras-cv tests `if seed:`, which sends seed=0 to the shared global generator.
         if seed is not None:
             self._random_generator = tf.random.Generator.from_seed(seed)
         self._num_ctrl = num_control_points(mode, self.grid, self.smoothness)

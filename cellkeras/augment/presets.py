@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from cellkeras.augment.fluid import FluidDistortion
 from cellkeras.augment.preset_names import AUGMENTATION_PRESETS
+from cellkeras.augment.seeding import drawing_from
 
 # The seed's settings, i.e. strength 1.
 _ROTATION_DEG = 15.0
@@ -67,7 +68,10 @@ class Augmenter(keras.layers.Layer):
         self.needs_labels = needs_labels
         self.rgb_only = rgb_only
 
-    def call(self, inputs, training: bool | None = True):
+    def call(self, inputs, training: bool | None = True, seed=None):
+        """`seed`: an int (2,) tensor the batch's `FluidDistortion` draws are a function of
+        (stateless; `cellkeras.data.make_dataset` passes one per batch); None draws from the
+        layers' seeded generators. keras-cv layers always draw from their generators."""
         if training is False or not self.augmentation_layers:
             return inputs
         is_dict = isinstance(inputs, dict)
@@ -88,8 +92,12 @@ class Augmenter(keras.layers.Layer):
         grey = self.rgb_only and channels == 1
         if grey:
             data["images"] = tf.image.grayscale_to_rgb(data["images"])
-        for layer in self.augmentation_layers:
-            data = layer(data)
+        for index, layer in enumerate(self.augmentation_layers):
+            if seed is None or not isinstance(layer, FluidDistortion):
+                data = layer(data)
+                continue
+            with drawing_from(layer, tf.random.experimental.stateless_fold_in(seed, index)):
+                data = layer(data)
         data = dict(data)
         if grey:
             data["images"] = tf.reduce_mean(data["images"], axis=-1, keepdims=True)
@@ -184,6 +192,10 @@ def build_augmenter(
         )
         return Augmenter(layers=[FluidDistortion(**{**args, **kw})], **common)
     import keras_cv  # imported here: keras-cv's full layer set is slow to import
+
+    # keras-cv's vectorized layers test `if seed:`, so seed 0 would draw from TensorFlow's
+    # unseeded global generator (which op determinism refuses): shift every seed off 0.
+    seed = None if seed is None else seed + 1
 
     if preset == "randaugment":
         args = dict(

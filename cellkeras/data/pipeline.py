@@ -9,10 +9,16 @@ Decoding runs `cellkeras.io.images.decode_image` (OpenCV / tifffile, which relea
 inside `tf.numpy_function`, so every format and bit depth is normalized by the same code that
 checked it. Batches are `(images, labels)`: float32 (B, H, W, C) in [0, 1] and one-hot float32
 (B, K). An augmenter is called on `{"images": ..., "labels": ...}` and returns that dict.
+
+With `epochs=range(...)` (the trainer's way) one dataset holds those epochs back to back, each
+ordered and augmented from (seed, epoch) alone, so a resumed run's epochs are the ones it
+would have had.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -98,14 +104,16 @@ def _pixels(
 
 
 def _oversample(
-    examples: tf.data.Dataset, imageset: ImageSet, seed: int | None
+    examples: tf.data.Dataset, imageset: ImageSet, seed: int | None, reshuffle: bool = True
 ) -> tuple[tf.data.Dataset, int]:
     """Every class `largest class` times per epoch, in a class order drawn anew each epoch.
 
     Each class is a stream of its images, reshuffled at every pass, repeated. The order in which
     classes take turns is a shuffle of `largest * [each present class]`, redrawn every time the
     dataset is iterated (each epoch): a fixed-seed random choice would repeat the same order
-    every epoch, and independent draws would balance the classes only on average.
+    every epoch, and independent draws would balance the classes only on average. With
+    `reshuffle` False the order is the seed's alone (each epoch of `make_dataset(epochs=...)`
+    then has a seed of its own).
     """
     counts = imageset.class_counts()
     present = [c for c in range(imageset.num_classes) if counts[c]]
@@ -118,7 +126,7 @@ def _oversample(
     ]
     turns = np.repeat(np.arange(len(present), dtype=np.int64), largest)
     choice = tf.data.Dataset.from_tensor_slices(turns).shuffle(
-        len(turns), seed=seed, reshuffle_each_iteration=True
+        len(turns), seed=seed, reshuffle_each_iteration=reshuffle
     )
     return tf.data.Dataset.choose_from_datasets(per_class, choice), len(turns)
 
@@ -135,6 +143,8 @@ def make_dataset(
     seed: int | None = 0,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     drop_remainder: bool = False,
+    epochs: range | None = None,
+    epoch_batches: int | None = None,
 ) -> tf.data.Dataset:
     """Builds the tf.data pipeline of (images, one-hot labels) batches at `image_size`.
 
@@ -158,6 +168,15 @@ def make_dataset(
             every batch splits evenly across the replicas of a tf.distribute strategy (the
             multi-worker loop); training batches are reshuffled every epoch, so a different
             remainder is left out each time.
+        epochs: training only: the (run's) epochs to make, back to back in one dataset, to be
+            iterated once with `steps_per_epoch` (a resumed run asks for the epochs it has
+            left). Epoch e's order is drawn from `epoch_seed(seed, e)` alone, and an augmenter
+            whose `call` takes a `seed` gets `(epoch_seed(seed, e), batch index)` for each
+            batch, so epoch e holds the same batches whether or not the run was interrupted
+            before it. None: one epoch, reshuffled (and augmented afresh) on every iteration.
+        epoch_batches: exactly this many batches in every epoch: the epoch's batches repeat
+            when it has fewer, the rest is cut when it has more (workers whose shares differ in
+            size must all take the same number of steps; `--steps_per_epoch` fixes it).
 
     Returns:
         A dataset of `(float32 (B, H, W, C), float32 (B, K))` with known cardinality.
@@ -180,27 +199,91 @@ def make_dataset(
     if len(imageset) * size[0] * size[1] * out_channels * 4 <= cache_bytes:
         examples = examples.cache()
 
-    if training and balance == "oversample":
-        examples, epoch_size = _oversample(examples, imageset, seed)
-    else:
+    if not training:
         epoch_size = len(imageset)
-        if training:
-            examples = examples.shuffle(len(imageset), seed=seed, reshuffle_each_iteration=True)
-
-    batches = examples.map(lambda image, label: (image, tf.one_hot(label, num_classes)))
-    batches = batches.batch(batch_size, drop_remainder=drop_remainder)
+        pieces = [_one_hot_batches(examples, num_classes, batch_size, drop_remainder)]
+    else:
+        tagged = epochs is not None and seed is not None and _takes_seed(augment)
+        pieces = []
+        for epoch_drawn in [seed] if epochs is None else [_seed_of(seed, e) for e in epochs]:
+            ordered, epoch_size = _epoch_order(
+                examples, imageset, balance, epoch_drawn, reshuffle=epochs is None
+            )
+            piece = _one_hot_batches(ordered, num_classes, batch_size, drop_remainder)
+            # Exactly `epoch_batches`: fewer images repeat the epoch's batches, more are cut.
+            piece = piece if epoch_batches is None else piece.repeat().take(epoch_batches)
+            pieces.append(_with_batch_seeds(piece, epoch_drawn) if tagged else piece)
+    if not pieces:
+        raise ValueError("epochs is empty: pass the range of epochs to make batches for")
+    batches = functools.reduce(tf.data.Dataset.concatenate, pieces)
     if training and augment is not None:
 
-        def apply(images, one_hot):
-            out = augment({"images": images, "labels": one_hot})
+        def apply(images, one_hot, batch_seed=None):
+            data = {"images": images, "labels": one_hot}
+            out = augment(data) if batch_seed is None else augment(data, seed=batch_seed)
             return out["images"], out["labels"]
 
         batches = batches.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
-    batches = batches.apply(
-        tf.data.experimental.assert_cardinality(
-            epoch_size // batch_size if drop_remainder else math.ceil(epoch_size / batch_size)
-        )
-    )
+    steps = epoch_size // batch_size if drop_remainder else math.ceil(epoch_size / batch_size)
+    steps = steps if epoch_batches is None else epoch_batches
+    batches = batches.apply(tf.data.experimental.assert_cardinality(steps * len(pieces)))
     options = tf.data.Options()
     options.deterministic = seed is not None
     return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s data order and augmentation in a run seeded `seed`.
+
+    Hashed, not `seed + epoch`: that would give seed 0's epoch 1 the order of seed 1's epoch 0,
+    so two "independent" seeds would train on shifted copies of one sequence."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch]).generate_state(1)[0])
+
+
+def _seed_of(seed: int | None, epoch: int) -> int | None:
+    return None if seed is None else epoch_seed(seed, epoch)
+
+
+def _takes_seed(augment: Callable | None) -> bool:
+    """Whether `augment` draws from a seed it is given (`cellkeras.augment.Augmenter` does)."""
+    if augment is None:
+        return False
+    try:
+        return "seed" in inspect.signature(getattr(augment, "call", augment)).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return False
+
+
+def _with_batch_seeds(batches: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """Adds to every batch its augmentation seed `(seed, batch index)`, a stateless random
+    ops' seed: a batch's draws then depend on the seed alone, not on the batches before it nor
+    on which of the parallel map's threads got there first."""
+
+    def tag(step, batch):
+        return (*batch, tf.stack([tf.constant(seed, tf.int64), step]))
+
+    return batches.enumerate().map(tag)
+
+
+def _one_hot_batches(
+    examples: tf.data.Dataset, num_classes: int, batch_size: int, drop_remainder: bool
+) -> tf.data.Dataset:
+    batches = examples.map(lambda image, label: (image, tf.one_hot(label, num_classes)))
+    return batches.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def _epoch_order(
+    examples: tf.data.Dataset,
+    imageset: ImageSet,
+    balance: str | None,
+    seed: int | None,
+    reshuffle: bool,
+) -> tuple[tf.data.Dataset, int]:
+    """One epoch of training examples in an order drawn from `seed` (a new one on every
+    iteration when `reshuffle`), and the epoch's size."""
+    if balance == "oversample":
+        return _oversample(examples, imageset, seed, reshuffle)
+    else:
+        epoch_size = len(imageset)
+        examples = examples.shuffle(len(imageset), seed=seed, reshuffle_each_iteration=reshuffle)
+    return examples, epoch_size

@@ -98,6 +98,15 @@ def probe_video(path: str | os.PathLike, fps: float | None = None) -> VideoInfo:
         cap.release()
 
 
+def _check_reading_options(channels: int | None, frame_step: int, max_side: int | None) -> None:
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels}.")
+    if frame_step < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}.")
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be >= 1 or None, got {max_side}.")
+
+
 def load_video_segments(
     path: str | os.PathLike,
     segments: str | Mapping | Sequence[Segment],
@@ -133,12 +142,7 @@ def load_video_segments(
             fps is unknown, a segment reaches past the video's end (the message gives the video's
             length in seconds and frames), segments overlap, or a segment holds no frame.
     """
-    if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be None, 1 or 3, got {channels}.")
-    if frame_step < 1:
-        raise ValueError(f"frame_step must be >= 1, got {frame_step}.")
-    if max_side is not None and max_side < 1:
-        raise ValueError(f"max_side must be >= 1 or None, got {max_side}.")
+    _check_reading_options(channels, frame_step, max_side)
     segs = parse_segments(segments, unit=unit)
     info = probe_video(path, fps=fps)
     path = info.path

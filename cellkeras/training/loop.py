@@ -36,7 +36,8 @@ from cellkeras.training.trainers import (
 
 # Returns a new optimizer whose schedule spans `epochs` epochs.
 OptimizerFactory = Callable[[int], keras.optimizers.Optimizer]
-DataFor = Callable[[Phase, bool], Any]
+# (phase, training, the run's epochs the phase fits now) -> its training or validation data.
+DataFor = Callable[[Phase, bool, range], Any]
 
 
 def adam_with_cosine_decay(learning_rate: float, steps_per_epoch: int) -> OptimizerFactory:
@@ -59,8 +60,12 @@ def keras_fit(
     epochs: int,
     callbacks: Sequence[keras.callbacks.Callback],
     verbose: int | str,
+    steps_per_epoch: int | None = None,
 ) -> keras.callbacks.History:
-    """One phase through Keras' `fit`; the trainer's `fit_stage_distributed` takes the same."""
+    """One phase through Keras' `fit`; the trainer's `fit_stage_distributed` takes the same.
+
+    `steps_per_epoch`: `train_data` holds every epoch back to back, and `fit` reads this many
+    batches of one iterator per epoch (None: it holds one epoch, iterated afresh each time)."""
     inputs = {"x": train_data[0], "y": train_data[1]} if isinstance(train_data, tuple) else {}
     return fit_model.fit(
         **(inputs or {"x": train_data}),
@@ -69,6 +74,7 @@ def keras_fit(
         epochs=epochs,
         callbacks=list(callbacks),
         verbose=verbose,
+        steps_per_epoch=steps_per_epoch,
         shuffle=False,  # make_dataset already reshuffles every epoch
     )
 
@@ -90,6 +96,10 @@ class PhaseRunner:
         branch_loss_weight: each branch's auxiliary loss in joint training.
         jit_compile: passed to `compile`.
         scope: where optimizers and compiled models are built (a strategy's scope).
+        steps_per_epoch: set when `data_for`'s training data holds all the epochs it is asked
+            for back to back (`make_dataset(epochs=...)`, whose epochs are drawn from the run's
+            seed and the epoch, so a resumed run draws what it would have), this many batches
+            each; None when it holds one epoch, iterated once per epoch.
     """
 
     model: keras.Model
@@ -98,6 +108,7 @@ class PhaseRunner:
     branch_loss_weight: float = 0.3
     jit_compile: bool | str = "auto"
     scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    steps_per_epoch: int | None = None
     # The compiled model the last phase fitted (None until a phase has run).
     fitted: keras.Model | None = dataclasses.field(default=None, init=False)
 
@@ -150,7 +161,8 @@ class PhaseRunner:
     ) -> list[tuple[Phase, keras.callbacks.History]]:
         """Fits every phase not finished after `epochs_done` epochs, in order.
 
-        `data_for(phase, training)` gives the phase's training or validation data. `start` is
+        `data_for(phase, training, epochs)` gives the phase's training or validation data,
+        for the run's `epochs` (a range) that the phase fits now. `start` is
         `(phase, fit_model, to_labels)` when the caller already built (and restored) the first
         compiled model; `before_phase` and `after_phase` are called with each phase's index.
         Callbacks see the merged output's metrics under their plain names.
@@ -168,14 +180,16 @@ class PhaseRunner:
                 built = phase
             if before_phase:
                 before_phase(index, phase)
+            epochs = range(max(epochs_done, end - phase.stage.epochs), end)
             history = fit(
                 fit_model,
-                to_labels(data_for(phase, True)),
-                to_labels(data_for(phase, False)),
-                initial_epoch=max(epochs_done, end - phase.stage.epochs),
+                to_labels(data_for(phase, True, epochs)),
+                to_labels(data_for(phase, False, epochs)),
+                initial_epoch=epochs.start,
                 epochs=end,
                 callbacks=callbacks,
                 verbose=verbose,
+                steps_per_epoch=self.steps_per_epoch,
             )
             histories.append((phase, history))
             self.fitted = fit_model
@@ -238,7 +252,7 @@ def fit_joint(
         optimizer_factory=lambda _: optimizer,
         branch_loss_weight=branch_loss_weight,
     )
-    [(_, history)] = runner.run(lambda _, training: train_ds if training else val_ds,
+    [(_, history)] = runner.run(lambda _, training, __: train_ds if training else val_ds,
                                 callbacks=callbacks, verbose=verbose)  # fmt: skip
     return {k: v for k, v in history.history.items() if "merged_" not in k}
 
@@ -281,7 +295,9 @@ def fit_stagewise(
     )
     runner = PhaseRunner(model, phases, optimizer_factory=lambda _: optimizer_factory())
     histories = runner.run(
-        lambda _, training: train_ds if training else val_ds, callbacks=callbacks, verbose=verbose
+        lambda _, training, __: train_ds if training else val_ds,
+        callbacks=callbacks,
+        verbose=verbose,
     )
     runner.finish()
     return {
