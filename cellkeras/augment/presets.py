@@ -194,8 +194,12 @@ def build_augmenter(
     import keras_cv  # imported here: keras-cv's full layer set is slow to import
 
     # keras-cv's vectorized layers test `if seed:`, so seed 0 would draw from TensorFlow's
-    # unseeded global generator (which op determinism refuses): shift every seed off 0.
-    seed = None if seed is None else seed + 1
+    # unseeded global generator (which op determinism refuses): shift every seed off 0. Some
+    # layers RandAugment makes take no seed at all and keep the global generator, so it is
+    # replaced by one of `seed` (process-wide: a later unseeded user of it draws from it too).
+    if seed is not None:
+        seed += 1
+        tf.random.set_global_generator(tf.random.Generator.from_seed(seed))
 
     if preset == "randaugment":
         args = dict(
