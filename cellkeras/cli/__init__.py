@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "cellkeras.cli.augment",
     "cellkeras.cli.explain",
     "cellkeras.cli.detect",
+    "cellkeras.cli.calibrate",
     "cellkeras.cli.serving",
     "cellkeras.cli.batch",
 ]

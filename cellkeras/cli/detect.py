@@ -9,6 +9,11 @@ the model's classes unless `--workflow` names one: ["background", "nucleus"] is 
 preset's model, ["background", "white_cell"] the synthetic centred-cell model; any other model
 with a "background" class gets the sliding window over its training size, and a classifier
 without one gets Grad-CAM (every class but "background" is a target).
+
+Thresholds travel with the model: when `cellkeras calibrate` has frozen a `detection` section
+into the model's card (or the `<stem>.detection.json` sidecar of a `.keras` file), its
+threshold and workflow are used; explicit flags still win. `detections.json`'s `info` says
+which: `threshold_source` is "--threshold", "model card" or "workflow default".
 """
 
 from __future__ import annotations
@@ -82,7 +87,10 @@ def build_config(args: argparse.Namespace, info):
     from cellkeras.detect.boxes import area_limits_px
     from cellkeras.detect.pipeline import DetectConfig, choose_workflow
 
+    card = getattr(info, "detection", None) or {}
     name = choose_workflow(info.classes) if args.workflow == "auto" else args.workflow
+    if args.workflow == "auto" and "workflow" in card:
+        name = None if card["workflow"] == GENERIC else card["workflow"]
     overrides: dict = {"normalization": info.normalization, "cell_diameter": args.cell_diameter}
     if info.image_size is not None:
         overrides["window"] = int(min(info.image_size))
@@ -95,8 +103,9 @@ def build_config(args: argparse.Namespace, info):
     for key in ("method", "stride", "gate", "border", "train_diameter"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    if args.threshold is not None:
-        overrides.update(threshold="fixed", value=args.threshold, min_peak=args.threshold)
+    threshold = args.threshold if args.threshold is not None else card.get("threshold")
+    if threshold is not None:
+        overrides.update(threshold="fixed", value=float(threshold), min_peak=float(threshold))
     if args.min_area is not None or args.max_area is not None:
         low, high = area_limits_px(args.min_area, args.max_area, args.pixel_size)
         if args.min_area is not None:
@@ -110,6 +119,18 @@ def build_config(args: argparse.Namespace, info):
         box_args = {k: overrides.pop(k) for k in list(overrides) if k in box_keys}
         return None, DetectConfig(**overrides, boxes=BoxParams(**box_args))
     return name, DetectConfig.for_workflow(name, **overrides)
+
+
+GENERIC = "generic"  # the workflow name written when no named workflow fits the classes
+
+
+def threshold_source(args: argparse.Namespace, info) -> str:
+    """Where `build_config`'s threshold came from, for the output and the COCO `info`."""
+    if args.threshold is not None:
+        return "--threshold"
+    if (getattr(info, "detection", None) or {}).get("threshold") is not None:
+        return "model card"
+    return "workflow default"
 
 
 NO_BACKGROUND_WARNING = (
@@ -145,6 +166,10 @@ def _run_detect(args: argparse.Namespace) -> int:
     if workflow is None and "background" not in [c.lower() for c in info.classes or []]:
         print(NO_BACKGROUND_WARNING.format(classes=", ".join(info.classes or ["unknown"])),
               file=sys.stderr)  # fmt: skip
+    source = threshold_source(args, info)
+    boxes = config.boxes
+    level = boxes.value if boxes.threshold == "fixed" else f"{boxes.threshold} {boxes.value}"
+    print(f"threshold {level} ({source})")
     paths = expand_image_paths(args.images)
     if not paths:
         return _fail("no images found in " + ", ".join(args.images))
@@ -184,9 +209,11 @@ def _run_detect(args: argparse.Namespace) -> int:
     document = to_coco(metas, all_boxes, all_scores, category=category)
     document["info"] = {
         "model": str(info.source),
-        "workflow": workflow or "generic",
+        "workflow": workflow or GENERIC,
         "method": config.method,
         "cell_diameter": args.cell_diameter,
+        "threshold": level,
+        "threshold_source": source,
     }
     target = out / "detections.json"
     target.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")

@@ -210,33 +210,26 @@ def _to_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
         raise DetectError(str(err)) from None
 
 
-def detect(
+def scaled_heatmap(
     model,
     image: np.ndarray,
-    config: DetectConfig | None = None,
+    config: DetectConfig,
     channels: int | None = None,
     class_names: Sequence[str] | None = None,
-) -> Detections:
-    """Finds cells in one image with a classifier trained on image (or patch) labels.
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The heatmap `detect` turns into boxes, at the rescaled image's size.
 
-    Args:
-        model: a Keras CNN classifier (float32 (B, h, w, C) in [0, 1] → probabilities).
-        image: (H, W) or (H, W, C) pixels as stored (uint8, uint16 or float in [0, 1]);
-            normalized here as `config.normalization` says.
-        config: a `DetectConfig` (default: the "nuclei" workflow's).
-        channels: the model's input channels (default: read from the model); grey/RGB images
-            are converted, other counts raise.
-        class_names: the model's class names; the target classes (unless `config.classes` says)
-            are all but "background". Without names: all but output 0.
+    Shared with `cellkeras calibrate`, so thresholds are swept on exactly the maps (and the
+    rescaled images, for `extent="image"`) that detection later thresholds.
 
     Returns:
-        `Detections` in the input image's pixels.
+        `(heat, scaled, scale, probability)`: float32 (h, w) heat in [0, 1], the image as the
+        model saw it (channels converted, rescaled by `scale`), and the heat's maximum (what
+        `config.gate` is compared with).
 
     Raises:
-        DetectError: a model without convolutions, an image whose channels the model does not
-            take, or an image smaller than the model's window after rescaling.
+        DetectError: as `detect`.
     """
-    config = config or DetectConfig.for_workflow("nuclei")
     if channels is None:
         channels = model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None
     check_model(model)
@@ -268,7 +261,6 @@ def detect(
             config.normalization,
             config.batch_size,
         )
-        probability = float(heat.max()) if heat.size else 0.0
     else:
         from cellkeras.io.images import normalize
 
@@ -285,8 +277,39 @@ def detect(
             layer_name=config.layer_name,
             branch=branch,
         )
-        probability = float(heat.max()) if heat.size else 0.0
+    probability = float(heat.max()) if heat.size else 0.0
+    return heat, scaled, scale, probability
 
+
+def detect(
+    model,
+    image: np.ndarray,
+    config: DetectConfig | None = None,
+    channels: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Detections:
+    """Finds cells in one image with a classifier trained on image (or patch) labels.
+
+    Args:
+        model: a Keras CNN classifier (float32 (B, h, w, C) in [0, 1] → probabilities).
+        image: (H, W) or (H, W, C) pixels as stored (uint8, uint16 or float in [0, 1]);
+            normalized here as `config.normalization` says.
+        config: a `DetectConfig` (default: the "nuclei" workflow's).
+        channels: the model's input channels (default: read from the model); grey/RGB images
+            are converted, other counts raise.
+        class_names: the model's class names; the target classes (unless `config.classes` says)
+            are all but "background". Without names: all but output 0.
+
+    Returns:
+        `Detections` in the input image's pixels.
+
+    Raises:
+        DetectError: a model without convolutions, an image whose channels the model does not
+            take, or an image smaller than the model's window after rescaling.
+    """
+    config = config or DetectConfig.for_workflow("nuclei")
+    heat, scaled, scale, probability = scaled_heatmap(model, image, config, channels, class_names)
+    height, width = np.asarray(image).shape[:2]
     if probability < config.gate:
         boxes, scores = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     else:

@@ -15,6 +15,10 @@ What `info` knows depends on what the path holds:
 * a bare `.keras` file: channels from the model only. Classes are then unknown (printed as
   indices unless `classes=` is given) and images keep their own size unless `image_size=` is
   given.
+
+`info.detection` is the calibrated detection section `cellkeras calibrate` froze: the card's
+`detection` key for an export, or `<stem>.detection.json` beside a `.keras` file (a run
+folder's or a bare one); None when the model was never calibrated.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class ModelInfo:
             downsampling of its last feature map (at least `DEFAULT_MIN_SIDE`).
         source: the file or folder the model came from.
         model_file: the `.keras` file that was loaded.
+        detection: the calibrated detection parameters (`threshold`, `workflow`,
+            `calibrated_on`, ...) from the card or the `.detection.json` sidecar, or None.
     """
 
     classes: list[str] | None
@@ -67,6 +73,7 @@ class ModelInfo:
     min_side: int = DEFAULT_MIN_SIDE
     source: str = ""
     model_file: str = ""
+    detection: dict[str, Any] | None = None
 
     def class_names(self) -> list[str]:
         """Class names, or the output indices as strings when the names are unknown."""
@@ -101,6 +108,20 @@ def _locate(path: Path) -> tuple[Path, dict[str, Any]]:
         raise FileNotFoundError(f"{version_dir} has no {MODEL_FILE} to explain or classify with")
     card = _read_json(version_dir / CARD_FILE)
     return model_file, card
+
+
+def _detection_section(model_file: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The sidecar beside the `.keras` file wins (it is what calibrating that file wrote),
+    then the card's `detection` key (also a card beside a `.keras` file in a version folder)."""
+    from cellkeras.serving.export import CARD_FILE, detection_sidecar
+
+    sidecar = detection_sidecar(model_file)
+    if sidecar.is_file():
+        section = _read_json(sidecar)
+        return section.get("detection", section)
+    if "detection" in meta:
+        return meta["detection"]
+    return _read_json(model_file.parent / CARD_FILE).get("detection")
 
 
 def feature_layers(model: Any) -> list[Any]:
@@ -198,6 +219,7 @@ def load_model_for_inference(
         min_side=model_min_side(model),
         source=str(path),
         model_file=str(model_file),
+        detection=_detection_section(model_file, meta),
     )
     return model, info
 

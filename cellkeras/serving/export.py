@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 import cellkeras
+from cellkeras.io.files import write_atomically
 from cellkeras.io.formats import MODEL_FILE
 from cellkeras.io.images import NORMALIZATIONS, parse_image_size
 from cellkeras.serving.signatures import (
@@ -384,3 +385,47 @@ def _write_saved_model(
         ],
     )
     archive.write_out(str(path), verbose=False)
+
+
+# --- Calibrated detection parameters -----------------------------------------------------------
+
+# A bare `.keras` file has no card: its calibrated detection section lives in
+# `<stem>.detection.json` beside it (`cells.keras` -> `cells.detection.json`).
+DETECTION_SIDECAR_SUFFIX = ".detection.json"
+
+
+def detection_sidecar(model_file: str | Path) -> Path:
+    """The sidecar file holding a bare `.keras` file's calibrated `detection` section."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.stem + DETECTION_SIDECAR_SUFFIX)
+
+
+def update_card(version_dir: str | Path, **sections: Any) -> dict[str, Any]:
+    """Sets top-level `sections` (e.g. `detection={...}`) of a version folder's model card.
+
+    The card is rewritten atomically (a temporary file renamed over it), so a reader (TF
+    Serving's sidecar tooling, a concurrent `cellkeras detect`) never sees half a card. The
+    keys that describe the exported graph may not be changed.
+
+    Returns:
+        The new card.
+
+    Raises:
+        FileNotFoundError: when `version_dir` has no model card.
+        ValueError: for a reserved key.
+    """
+    path = Path(version_dir) / CARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not an export version folder")
+    clash = sorted(_RESERVED_CARD_KEYS & set(sections))
+    if clash:
+        raise ValueError(f"{path}: {clash} describe the exported graph and cannot be updated")
+    card = {**json.loads(path.read_text(encoding="utf-8")), **sections}
+    write_json_atomic(path, card)
+    return card
+
+
+def write_json_atomic(path: str | Path, document: Mapping[str, Any]) -> None:
+    """Writes `document` as JSON to `path` atomically (`cellkeras.io.files.write_atomically`)."""
+    text = json.dumps(document, indent=2, default=_json_default) + "\n"
+    write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
