@@ -7,12 +7,11 @@ be imported at all, and configures the GPU (memory growth) before anything here 
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,16 +31,11 @@ def _sync(tensor: Any) -> None:
     np.asarray(tensor[(slice(0, 1),) * len(tensor.shape)])
 
 
-@contextlib.contextmanager
-def dtype_policy(name: str) -> Iterator[None]:
-    import keras
+def dtype_policy(name: str):
+    """The trainer's own policy switch (imported late: the host sections run without Keras)."""
+    from trainer.runtime import dtype_policy as trainer_dtype_policy
 
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
+    return trainer_dtype_policy(name)
 
 
 def _fresh_session() -> None:

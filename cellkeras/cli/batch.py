@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cellkeras.cli.common import fail
+
 
 def _int_at_least(minimum: int, meaning: str = ""):
     """An argparse type: a whole number of at least `minimum` (`meaning` explains the
@@ -126,8 +128,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _fail(err: Exception | str) -> int:
-    print(f"cellkeras batch: error: {err}", file=sys.stderr)
-    return 1
+    return fail("batch", err)
 
 
 def pipeline_options(args: argparse.Namespace) -> list[str]:

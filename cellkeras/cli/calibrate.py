@@ -26,10 +26,11 @@ import argparse
 import datetime as _dt
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from cellkeras.cli.common import fail
 
 LABEL_SUFFIXES = ("", "_masks", "_mask", "_labels", "_label")
 TABLE_ROWS = 5  # thresholds printed on each side of the chosen one
@@ -214,8 +215,7 @@ def _target(args: argparse.Namespace, info) -> tuple[str, Path]:
 
 
 def _fail(err: Exception | str) -> int:
-    print(f"cellkeras calibrate: error: {err}", file=sys.stderr)
-    return 1
+    return fail("calibrate", err)
 
 
 def _heatmaps(model, info, config, pixels, truths):

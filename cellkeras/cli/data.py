@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cellkeras.cli.common import fail as _fail
+
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Registers the data commands on the `cellkeras` command's sub-parsers."""
@@ -63,11 +65,6 @@ def open_source_from_args(args: argparse.Namespace):
         seed=args.seed,
         skip_bad_images=args.skip_bad_images,
     )
-
-
-def _fail(command: str, err: Exception) -> int:
-    print(f"cellkeras {command}: error: {err}", file=sys.stderr)
-    return 1
 
 
 # --- gallery --------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+from cellkeras.cli.common import fail
+
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Registers `detect` on the `cellkeras` command's sub-parsers."""
@@ -144,8 +146,7 @@ NO_BACKGROUND_WARNING = (
 
 
 def _fail(err: Exception | str) -> int:
-    print(f"cellkeras detect: error: {err}", file=sys.stderr)
-    return 1
+    return fail("detect", err)
 
 
 def _run_detect(args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cellkeras.cli.common import fail as _fail
+
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Registers `classify` and `explain` on the `cellkeras` command's sub-parsers."""
@@ -69,11 +71,6 @@ def _read_all(paths: list[Path], info: Any, progress: bool) -> tuple[list, list]
 def _report_errors(command: str, bad: list) -> None:
     for path, reason in bad:
         print(f"cellkeras {command}: error: {path}: {reason}", file=sys.stderr)
-
-
-def _fail(command: str, err: Exception) -> int:
-    print(f"cellkeras {command}: error: {err}", file=sys.stderr)
-    return 1
 
 
 # --- classify -------------------------------------------------------------------------------
