@@ -115,6 +115,8 @@ def row(
         result["startup_seconds"] = round(t - n / steady, 1)
         result["steady_images_per_second"] = round(steady, 1)
         result["steady_vs_plain"] = round(steady / steady_baseline, 2) if steady_baseline else 1.0
+    # The 1-minute load average when the row is done: how shared the machine was meanwhile.
+    result["load_average"] = round(os.getloadavg()[0], 1)
     print(json.dumps(result), flush=True)
     return result
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -409,3 +410,25 @@ def test_short_runner_names_and_the_summary_check(tmp_path):
     summary["files"].append(str(tmp_path / "predictions-00001-of-00002.csv"))
     (tmp_path / "_checkpoint" / "summary.json").write_text(json.dumps(summary))
     assert read_summary(str(tmp_path), ["predictions"], 2) == {"errors": 0}
+
+
+def test_a_dask_runner_that_cannot_start_fails_before_anything_is_written(
+    exported, images, tmp_path, monkeypatch, capsys
+):
+    import socket
+
+    pytest.importorskip("distributed")
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "o"
+    argv = ["batch", "--input", str(images / "*.png"), "--model", str(exported), "--out", str(out)]
+    dask = ["--", "--runner=DaskRunner", f"--dask_client_address=tcp://127.0.0.1:{port}"]
+    assert cli.main([*argv, *dask, "--dask_connection_timeout=1"]) == 1
+    assert f"--dask_client_address=tcp://127.0.0.1:{port}: no Dask scheduler" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed
+    assert cli.main([*argv, *dask]) == 1
+    assert "pip install 'cellkeras[beam]'" in capsys.readouterr().err
+    assert not out.exists()

@@ -62,12 +62,15 @@ def cluster():
         yield local.scheduler_address, client
 
 
+def scheduler_tasks(client) -> int:
+    return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+
+
 def idle(client) -> bool:
     """No task left on the scheduler and none running on a worker (a task the scheduler gave
     up on keeps its thread until it ends)."""
     running = client.run(lambda dask_worker: len(dask_worker.state.all_running_tasks))
-    tasks = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
-    return tasks == 0 and not any(running.values())
+    return scheduler_tasks(client) == 0 and not any(running.values())
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +211,9 @@ def test_a_killed_dask_run_resumes_to_the_direct_runners_outputs(cluster, data, 
                 launcher.send_signal(signal.SIGKILL)  # as a closed terminal or a dead laptop
                 launcher.wait(30)
         assert launcher.returncode == -signal.SIGKILL, (tmp_path / "launcher.log").read_text()
+        # Only once the scheduler has dropped the run (its client is gone) may the stalled
+        # tasks go on: released earlier, the workers would start the tasks queued behind them.
+        wait_for(lambda: scheduler_tasks(client) == 0, 60, "the scheduler to drop the run")
     finally:
         (markers / "release").touch()
         wait_for(lambda: idle(client), 60, "the killed run's last tasks to end")

@@ -122,6 +122,40 @@ def runner_options(pipeline_args: Sequence[str]) -> list[str]:
     return args
 
 
+def check_runner(pipeline_args: Sequence[str]) -> None:
+    """Fails before anything is written when the Dask runner is named but cannot start.
+
+    Raises:
+        ValueError: naming what to do: dask and distributed are not installed, or no scheduler
+            answers at `--dask_client_address` within `--dask_connection_timeout` (default 10 s).
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = PipelineOptions(runner_options(pipeline_args))
+    if options.view_as(StandardOptions).runner != DASK_RUNNER:
+        return
+    try:
+        import distributed
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+    except ImportError as err:
+        raise ValueError(
+            f"--runner=DaskRunner needs dask and distributed ({err}); they come with the beam "
+            "extra: pip install 'cellkeras[beam]'"
+        ) from None
+    dask = options.view_as(DaskOptions)
+    if dask.address is None:
+        return  # Beam starts a LocalCluster for the run
+    timeout = dask.timeout if isinstance(dask.timeout, int) else 10
+    try:
+        with distributed.Client(dask.address, timeout=timeout):
+            pass
+    except (OSError, TimeoutError) as err:
+        raise ValueError(
+            f"--dask_client_address={dask.address}: no Dask scheduler answered within "
+            f"{timeout} s ({err}); start one (dask scheduler) or fix the address"
+        ) from None
+
+
 def _has_scheme(path: str) -> bool:
     return "://" in path
 
@@ -413,14 +447,15 @@ def run_batch(
         (whether or not it reports Beam metrics).
 
     Raises:
-        FileExistsError, FileNotFoundError, ValueError: from `check_inputs` and
-            `prepare_output`, before the pipeline starts.
+        FileExistsError, FileNotFoundError, ValueError: from `check_inputs`, `check_runner`
+            and `prepare_output`, before the pipeline starts.
         RuntimeError: the runner reported success without writing every output.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
     num_files = check_inputs(config.inputs)
-    if not output_checked:
+    if not output_checked:  # the command checks the runner itself, before preparing OUT
+        check_runner(pipeline_args)
         prepare_output(config)
     started = time.time()
     p = beam.Pipeline(options=PipelineOptions(runner_options(pipeline_args)))

@@ -7,14 +7,14 @@ extra.
 ```
 cellkeras batch --input 'plates/**.png' --model exports/cells --out results/ \
     [--detect --save_heatmaps] [--direct_num_workers 2] [--resume | --overwrite] \
-    [-- --runner=DataflowRunner ...]
+    [-- --runner=DaskRunner --dask_client_address=tcp://HOST:8786 ...]
 ```
 
 The model is loaded once here, in the launcher: a bad `--model` fails before any worker starts,
 an export folder is pinned to its highest version at launch, and the model card (classes,
 size, normalization) travels to the workers inside the pipeline. Every argument after `--` is
-a Beam pipeline option for the runner (docs/BATCH.md lists the ones for Dataflow, Flink and
-Spark).
+a Beam pipeline option for the runner (docs/BATCH.md gives the Dask runner's, tested, and those
+for Dataflow, Flink and Spark, not run).
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
             "OUT/errors.csv (path,stage,reason for every file that failed; the run goes on) and "
             "OUT/batch.json (the manifest of a finished run). Finished results are also saved "
             "to OUT/_checkpoint/ as the run goes, so --resume continues a run that crashed. "
-            "Runs on Beam's DirectRunner unless options after '--' name another runner. "
+            "Runs on Beam's DirectRunner unless options after '--' name another runner, e.g. "
+            "-- --runner=DaskRunner --dask_client_address=tcp://HOST:8786 (a dask.distributed "
+            "cluster). "
             "Needs the beam extra: pip install 'cellkeras[beam]'."
         ),
     )
@@ -122,7 +124,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "pipeline_args",
         nargs=argparse.REMAINDER,
-        help="after --: Beam pipeline options, e.g. -- --runner=FlinkRunner --flink_master=...",
+        help="after --: Beam pipeline options, e.g. -- --runner=DaskRunner "
+        "--dask_client_address=tcp://HOST:8786 --dask_npartitions=8",
     )
     p.set_defaults(func=_run_batch)
 
@@ -147,7 +150,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     try:
         from cellkeras.batch.checkpoint import prepare_output
         from cellkeras.batch.config import CHECKPOINT, BatchConfig
-        from cellkeras.batch.pipeline import check_inputs, run_batch
+        from cellkeras.batch.pipeline import check_inputs, check_runner, run_batch
     except ImportError as err:
         return _fail(f"{err}; cellkeras batch needs Apache Beam: pip install 'cellkeras[beam]'")
     from cellkeras.cli.detect import build_config
@@ -188,6 +191,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
         )
+        check_runner(pipeline_options(args))
         prepare_output(config)
     except (OSError, ValueError) as err:
         return _fail(err)
