@@ -320,7 +320,7 @@ def test_video_to_folders_then_training_splits_by_time(video, tmp_path):
     if split_csv.is_file():  # written by the trainer where it records its split
         rows = read_labels_csv(split_csv)
         at = {name: i for i, name in enumerate(rows[0])}
-        sides = {_frame_of(r[at["filename"]]): r[at["split"]] for r in rows[1:]}
+        sides = {_frame_of(r[at["path"]]): r[at["split"]] for r in rows[1:]}
         train = {f for f, side in sides.items() if side == "train"}
         val = {f for f, side in sides.items() if side in ("val", "validation")}
     else:  # the trainer's own split, from the same function and arguments
