@@ -96,20 +96,11 @@ def measure(
 
 
 def _synthetic_uint8(n: int, size: int, seed: int):
-    """Smooth random blobs (as scripts/bench_augment.py's), uint8 RGB: never zeros."""
+    """scripts/bench_augment.py's smooth blob images, as uint8 RGB."""
     import numpy as np
+    from bench_augment import _images
 
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    out = np.zeros((n, size, size, 3), np.float32)
-    for i in range(n):
-        for _ in range(6):
-            cx, cy, r = rng.random(3) * [1, 1, 0.15] + [0, 0, 0.05]
-            out[i] += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[
-                ..., None
-            ] * rng.random(3)
-    out += rng.normal(0, 0.03, out.shape)
-    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+    return (_images(n, size, seed) * 255).round().astype(np.uint8)
 
 
 def _version(package: str) -> str:
