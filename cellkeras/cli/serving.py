@@ -82,6 +82,14 @@ def _run_export_bioimageio(args: argparse.Namespace) -> int:
     from cellkeras.io.images import ImageError, decode_raw, read_image_bytes, select_channels
     from cellkeras.serving.bioimageio import BioimageioError, export_bioimageio
 
+    try:
+        import bioimageio.spec  # noqa: F401  fail before loading anything when it is missing
+    except ImportError:
+        return fail(
+            "export-bioimageio",
+            "bioimageio.spec is not installed: pip install 'cellkeras[bioimageio]' "
+            "(or bioimageio.spec==0.5.14.3)",
+        )
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     try:
         model, info = load_model_for_inference(

@@ -112,11 +112,13 @@ def _write_weights(model: keras.Model, folder: Path, channels: int) -> tf.Module
     saved = Path(tempfile.mkdtemp(prefix="saved-model-", dir=folder))
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serving_default",
+    # A plain graph function: autograph has nothing to convert here and costs a second.
+    serve = tf.function(
         lambda images: {"output": model(images, training=False)},
         input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name="input")],
+        autograph=False,
     )
+    archive.add_endpoint("serving_default", serve)
     archive.write_out(str(saved), verbose=False)
     with zipfile.ZipFile(folder / WEIGHTS_ZIP, "w", zipfile.ZIP_DEFLATED) as bundle:
         for file in sorted(saved.rglob("*")):
@@ -267,6 +269,36 @@ def _content(folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _write_tensors(
+    model: keras.Model, folder: Path, raw: np.ndarray, normalization: str, classes: Sequence[str]
+) -> None:
+    """Weights, test and sample tensors and the cover; the test output comes from the SavedModel.
+
+    Raises:
+        BioimageioError: the SavedModel and the Keras model disagree on the test input.
+    """
+    channels = raw.shape[-1]
+    model_input = raw if normalization == "range" else normalize(raw[0], "percentile")[None]
+    model_input = model_input.astype(np.float32)
+    saved = _write_weights(model, folder, channels)
+    output = saved.signatures["serving_default"](input=tf.constant(model_input))["output"]
+    output = output.numpy().astype(np.float32)
+    expected = np.asarray(model(model_input, training=False), np.float32)
+    if not np.allclose(output, expected, atol=TOLERANCE):
+        raise BioimageioError(
+            f"the SavedModel's output differs from the Keras model's by "
+            f"{np.abs(output - expected).max():.2e} (> {TOLERANCE})"
+        )
+    np.save(folder / "test_input.npy", raw)
+    np.save(folder / "test_output.npy", output)
+    # Sample tensors are for people (imageio reads them; .npy it does not).
+    tifffile.imwrite(folder / "sample_input.tif", raw[0].squeeze(-1) if channels == 1 else raw[0])
+    tifffile.imwrite(folder / "sample_output.tif", output)
+    cover = cv2.cvtColor(_cover(raw, output[0], classes), cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(folder / "cover.png"), cover):
+        raise OSError(f"could not write {folder / 'cover.png'}")
+
+
 def validate_package(path: str | Path):
     """Validates a package folder's rdf.yaml (or the file itself) with bioimageio.spec.
 
@@ -347,26 +379,7 @@ def export_bioimageio(
         raw = _test_input(image, image_size, normalization)
         if raw.shape[-1] != channels:
             raise BioimageioError(f"the test image has {raw.shape[-1]} channels, not {channels}")
-        model_input = raw if normalization == "range" else normalize(raw[0], "percentile")[None]
-        model_input = model_input.astype(np.float32)
-        saved = _write_weights(model, folder, channels)
-        output = saved.signatures["serving_default"](input=tf.constant(model_input))["output"]
-        output = output.numpy().astype(np.float32)
-        expected = np.asarray(model(model_input, training=False), np.float32)
-        if not np.allclose(output, expected, atol=TOLERANCE):
-            raise BioimageioError(
-                f"the SavedModel's output differs from the Keras model's by "
-                f"{np.abs(output - expected).max():.2e} (> {TOLERANCE})"
-            )
-        np.save(folder / "test_input.npy", raw)
-        np.save(folder / "test_output.npy", output)
-        # Sample tensors are for people (imageio reads them; .npy it does not).
-        tifffile.imwrite(
-            folder / "sample_input.tif", raw[0].squeeze(-1) if channels == 1 else raw[0]
-        )
-        tifffile.imwrite(folder / "sample_output.tif", output)
-        cv2.imwrite(str(folder / "cover.png"), cv2.cvtColor(_cover(raw, output[0], classes),
-                                                            cv2.COLOR_RGB2BGR))  # fmt: skip
+        _write_tensors(model, folder, raw, normalization, classes)
         targets = [c for c in classes if c.lower() != "background"]
         spec = {
             "name": name or f"cellkeras {' '.join(targets or classes)} classifier"[:128],
