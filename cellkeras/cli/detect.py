@@ -243,13 +243,16 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 def _pixel_size(flag: float | None, path: Path) -> tuple[float | None, str | None]:
     """(µm per pixel, where it came from): the flag, else the file's metadata, else unknown."""
-    from cellkeras.io.metadata import pixel_size
+    from cellkeras.io.metadata import MetadataError, pixel_size
 
     if flag is not None:
         if not flag > 0:
             raise ValueError(f"--pixel_size must be > 0, got {flag}")
         return float(flag), "--pixel_size"
-    found = pixel_size(path)
+    try:
+        found = pixel_size(path)
+    except MetadataError as err:
+        raise ValueError(f"{err} (--pixel_size MICRONS overrides the file's)") from None
     return (None, None) if found is None else (found.um, found.source)
 
 
