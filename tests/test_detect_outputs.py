@@ -171,3 +171,15 @@ def test_resize_labels_keeps_every_label():
     assert small.shape == (10, 10) and set(np.unique(small)) == {0, 1, 2}
     big = resize_labels(small, (30, 30))
     assert big.shape == (30, 30) and set(np.unique(big)) == {0, 1, 2}
+
+
+def test_a_broken_calibration_header_fails_naming_the_file_and_the_flag(
+    run_folder, tmp_path, capsys
+):
+    path = tmp_path / "broken.ome.tif"
+    tifffile.imwrite(path, scene(), ome=True,
+                     metadata={"PhysicalSizeX": 1.0, "PhysicalSizeXUnit": "furlong"})  # fmt: skip
+    rc = run_detect([str(path), "--model", str(run_folder), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "broken.ome.tif" in err and "--pixel_size" in err
+    assert not (tmp_path / "out").exists()

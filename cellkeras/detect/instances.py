@@ -102,16 +102,31 @@ def coco_rles(labels: np.ndarray, count: int) -> list[dict[str, Any]]:
     return out
 
 
-def outlines(labels: np.ndarray, count: int, tolerance: float = 0.1) -> list[list[np.ndarray]]:
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """A closed ring without its collinear vertices (exact: the outline does not move).
+
+    skimage's `approximate_polygon` does the same with a tolerance, but point by point in Python:
+    12 s for 324 cells of a 512x512 image on the 2-core VM, against milliseconds here.
+    """
+    points = ring[:-1]
+    if len(points) < 4:
+        return ring
+    before = points - np.roll(points, 1, axis=0)
+    after = np.roll(points, -1, axis=0) - points
+    turn = np.abs(before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]) > 1e-9
+    kept = points[turn]
+    return np.vstack([kept, kept[:1]])
+
+
+def outlines(labels: np.ndarray, count: int) -> list[list[np.ndarray]]:
     """Outer boundary rings of labels 1..`count`, as (N, 2) float [x, y] closed rings.
 
     Each label's mask (holes filled: a cell's outline has none) is traced by marching squares
     (`skimage.measure.find_contours` at level 0.5 on the zero-padded mask, 8-connected), which
-    runs through the midpoints of pixel edges; collinear points are dropped
-    (`approximate_polygon`, `tolerance` pixels). A label in several pieces gives one ring per
-    piece (a MultiPolygon); an absent label gives none.
+    runs through the midpoints of pixel edges; collinear vertices are dropped. A label in
+    several pieces gives one ring per piece (a MultiPolygon); an absent label gives none.
     """
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     labels = np.asarray(labels)
     result: list[list[np.ndarray]] = []
@@ -123,12 +138,11 @@ def outlines(labels: np.ndarray, count: int, tolerance: float = 0.1) -> list[lis
         padded = np.pad(mask, 1).astype(np.float32)
         rings = []
         for contour in find_contours(padded, 0.5, fully_connected="high"):
-            contour = approximate_polygon(contour, tolerance)
             # (row, col) in the padded window, centres at integers -> QuPath's corner origin.
             xy = contour[:, ::-1] + (window[1].start - 1 + 0.5, window[0].start - 1 + 0.5)
             if not np.array_equal(xy[0], xy[-1]):
                 xy = np.vstack([xy, xy[:1]])
-            rings.append(xy)
+            rings.append(_drop_collinear(xy))
         result.append(rings)
     return result
 
