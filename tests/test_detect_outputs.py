@@ -10,8 +10,9 @@ import pytest
 import tifffile
 from pycocotools import mask as mask_utils
 
-from cellkeras.detect import BoxParams, heatmap_to_boxes, heatmap_to_instances
+from cellkeras.detect import BoxParams, heatmap_to_boxes, heatmap_to_instances, to_coco
 from cellkeras.detect.instances import resize_labels
+from cellkeras.evaluate.detection import coco_ap, masks_to_boxes
 from cellkeras.io.metadata import MetadataError, pixel_size
 from tests.test_commands_detect import run_detect, tiny_model
 
@@ -82,6 +83,14 @@ def test_every_output_counts_the_same_cells(run_folder, tmp_path):
         x, y, w, h = annotation["bbox"]  # the box holds its mask (to a pixel of rescaling)
         rows, cols = np.nonzero(mask)
         assert x - 1 <= cols.min() and cols.max() < x + w + 1 and y - 1 <= rows.min()
+
+    # COCOeval reads the masks: every drawn disc is found at mask IoU 0.75.
+    truth = np.zeros((48, 64), np.int32)
+    for i, (x, y, r) in enumerate(DISCS, start=1):
+        cv2.circle(truth, (x, y), r, i, -1)
+    meta = {"file_name": str(path), "width": 64, "height": 48}
+    gt = to_coco([meta], [masks_to_boxes(truth)], [np.ones(len(DISCS))], labels=[truth])
+    assert coco_ap(gt, document, iou_type="segm")["AP75"] == 1.0
 
     features = json.loads((out / "scene.ome.geojson").read_text())["features"]
     assert len(features) == len(DISCS)

@@ -221,7 +221,10 @@ def _run_detect(args: argparse.Namespace) -> int:
         all_boxes.append(found.boxes)
         all_scores.append(found.scores)
         all_labels.append(found.labels)
-        cells.extend(_write_instances(out, path, image, found, pixel_size, category))
+        try:
+            cells.extend(_write_instances(out, path, image, found, pixel_size, category))
+        except OSError as err:
+            return _fail(f"{out}: cannot write the outputs of {path} ({err})")
         print(f"{path}: {len(found.boxes)} {category}(s) -> {png}")
     document = to_coco(metas, all_boxes, all_scores, category=category, labels=all_labels)
     document["info"] = {
