@@ -192,3 +192,13 @@ def test_a_broken_calibration_header_fails_naming_the_file_and_the_flag(
     err = capsys.readouterr().err
     assert rc == 1 and "broken.ome.tif" in err and "--pixel_size" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_more_labels_than_uint16_holds_are_written_as_uint32(tmp_path):
+    from cellkeras.detect.exports import write_label_tiff
+
+    labels = np.arange(1, 300 * 300 + 1, dtype=np.int32).reshape(300, 300)
+    write_label_tiff(tmp_path / "many.tif", labels, pixel_size_um=0.25)
+    back = tifffile.imread(tmp_path / "many.tif")
+    assert back.dtype == np.uint32 and np.array_equal(back, labels)
+    assert pixel_size(tmp_path / "many.tif").um == pytest.approx(0.25)
