@@ -12,7 +12,7 @@ SAMPLE_PACKAGES := devolearn==0.3.0 ndev-sampledata==0.0.3
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,beam]"
+	$(BIN)/pip install -q -e ".[test,beam,bioimageio]"
 	$(BIN)/pip install -q --no-deps $(SAMPLE_PACKAGES)
 	touch $@
 

@@ -44,8 +44,9 @@ EXTRAS_REQUIRE = {
         "albumentations==2.0.8",
         "albucore==0.0.24",
         "Augmentor==0.2.12",
-        "pydantic==2.14.3",
-        "pydantic-core==2.50.4",
+        # The versions bioimageio.spec (the "bioimageio" extra) brings, so the two extras agree.
+        "pydantic==2.14.4",
+        "pydantic-core==2.50.5",
         "annotated-types==0.8.0",
         "typing-inspection==0.4.5",
         "stringzilla==5.3.2",
@@ -56,6 +57,11 @@ EXTRAS_REQUIRE = {
     # are apache-beam[dask]'s (>=2024.4.2): Beam's Dask runner, which tests/test_batch_dask.py
     # runs on a local cluster.
     "beam": ["apache-beam==2.77.0", "dask==2026.8.0", "distributed==2026.8.0"],
+    # `cellkeras export-bioimageio` builds and validates the bioimage.io description with it.
+    # An extra, not a requirement: it brings pydantic, httpx, rich and a dozen more packages
+    # that nothing else in cellkeras needs (the command says which extra to install when it is
+    # missing); `make test` installs it, since tests/test_bioimageio.py runs the validation.
+    "bioimageio": ["bioimageio.spec==0.5.14.3"],
 }
 
 setup(

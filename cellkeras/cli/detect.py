@@ -1,8 +1,12 @@
-"""`cellkeras detect IMAGE... --model M --out DIR`: boxes around cells, as COCO JSON + PNGs.
+"""`cellkeras detect IMAGE... --model M --out DIR`: cells as COCO JSON, masks, outlines, tables.
 
 Writes `DIR/detections.json` (COCO style: `images`, `annotations` with `bbox` = [x, y, w, h],
-`score`, `category_id`, `image_id`; `categories`) and `DIR/<image stem>_detections.png` with the
-boxes drawn (plus `<stem>_heatmap.png` with `--save_heatmaps`).
+`score`, `category_id`, `image_id`, `segmentation` (the mask as RLE) and `area` (mask pixels);
+`categories`) and `DIR/<image stem>_detections.png` with the boxes drawn (plus
+`<stem>_heatmap.png` with `--save_heatmaps`); for other tools (`cellkeras.detect.exports`)
+`<stem>_labels.tif` (label image: napari, Fiji), `<stem>.geojson` (QuPath detections) and one
+`cells.csv` of measurements for the run. The pixel size, for µm² areas, is read from OME-TIFF or
+ImageJ metadata (`cellkeras.io.metadata`); `--pixel_size` overrides it.
 
 The workflow (heatmap method, window, thresholds: `cellkeras.detect.WORKFLOWS`) is chosen from
 the model's classes unless `--workflow` names one: ["background", "nucleus"] is the nuclei
@@ -74,7 +78,13 @@ def add_detection_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate", type=float, default=None, help="min class probability per image")
     p.add_argument("--min_area", type=float, default=None, help="smallest cell, px (or um^2)")
     p.add_argument("--max_area", type=float, default=None, help="largest cell, px (or um^2)")
-    p.add_argument("--pixel_size", type=float, default=None, help="um per pixel: areas in um^2")
+    p.add_argument(
+        "--pixel_size",
+        type=float,
+        default=None,
+        help="um per pixel: --min_area/--max_area in um^2; for detect also the cells.csv um "
+        "columns, overriding the pixel size read from OME-TIFF/ImageJ metadata",
+    )
     p.add_argument("--border", choices=("keep", "drop"), default=None, help="cells cut by the edge")
 
 
@@ -154,6 +164,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     import cellkeras.models.registry  # noqa: F401  registers the model classes for loading
     from cellkeras.detect.coco import category_name, to_coco
     from cellkeras.detect.draw import colour_heatmap, draw_boxes, save_rgb
+    from cellkeras.detect.exports import write_cells_csv
     from cellkeras.detect.pipeline import DetectError, check_model, detect
     from cellkeras.inference.loading import expand_image_paths, load_model_for_inference
     from cellkeras.io.images import ImageError, decode_raw
@@ -177,7 +188,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     # Read every image before running the model, so a bad file fails fast and nothing is written.
     try:
         pixels = [decode_raw(Path(p).read_bytes(), source=str(p)) for p in paths]
-    except ImageError as err:
+        sizes = [_pixel_size(args.pixel_size, p) for p in paths]
+    except (ImageError, ValueError) as err:
         return _fail(err)
     except OSError as err:
         return _fail(f"{err.filename}: cannot be read ({err.strerror})")
@@ -185,8 +197,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     category = category_name(info.classes)
-    metas, all_boxes, all_scores = [], [], []
-    for path, image in zip(paths, pixels, strict=True):
+    metas, all_boxes, all_scores, all_labels, cells = [], [], [], [], []
+    for path, image, (pixel_size, size_source) in zip(paths, pixels, sizes, strict=True):
         try:
             found = detect(model, image, config, channels=info.channels, class_names=info.classes)
         except DetectError as err:
@@ -202,12 +214,19 @@ def _run_detect(args: argparse.Namespace) -> int:
                 "height": int(image.shape[0]),
                 "annotated": png.name,
                 "probability": round(found.probability, 4),
+                "pixel_size_um": pixel_size,
+                "pixel_size_source": size_source,
             }
         )
         all_boxes.append(found.boxes)
         all_scores.append(found.scores)
+        all_labels.append(found.labels)
+        try:
+            cells.extend(_write_instances(out, path, image, found, pixel_size, category))
+        except OSError as err:
+            return _fail(f"{out}: cannot write the outputs of {path} ({err})")
         print(f"{path}: {len(found.boxes)} {category}(s) -> {png}")
-    document = to_coco(metas, all_boxes, all_scores, category=category)
+    document = to_coco(metas, all_boxes, all_scores, category=category, labels=all_labels)
     document["info"] = {
         "model": str(info.source),
         "workflow": workflow or GENERIC,
@@ -218,5 +237,35 @@ def _run_detect(args: argparse.Namespace) -> int:
     }
     target = out / "detections.json"
     target.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    print(f"{len(document['annotations'])} detections in {len(paths)} image(s) -> {target}")
+    table = write_cells_csv(out / "cells.csv", cells)
+    print(
+        f"{len(document['annotations'])} detections in {len(paths)} image(s) -> {target}, {table}"
+    )
     return 0
+
+
+def _pixel_size(flag: float | None, path: Path) -> tuple[float | None, str | None]:
+    """(µm per pixel, where it came from): the flag, else the file's metadata, else unknown."""
+    from cellkeras.io.metadata import MetadataError, pixel_size
+
+    if flag is not None:
+        if not flag > 0:
+            raise ValueError(f"--pixel_size must be > 0, got {flag}")
+        return float(flag), "--pixel_size"
+    try:
+        found = pixel_size(path)
+    except MetadataError as err:
+        raise ValueError(f"{err} (--pixel_size MICRONS overrides the file's)") from None
+    return (None, None) if found is None else (found.um, found.source)
+
+
+def _write_instances(out: Path, path: Path, image, found, pixel_size, category) -> list[dict]:
+    """`<stem>_labels.tif` and `<stem>.geojson` for one image; returns its `cells.csv` rows."""
+    from cellkeras.detect.exports import write_geojson, write_label_tiff
+    from cellkeras.detect.instances import cell_rows
+
+    stem = Path(path).stem
+    rows = cell_rows(found.labels, image, found.scores, pixel_size, image_name=str(path))
+    write_label_tiff(out / f"{stem}_labels.tif", found.labels, pixel_size)
+    write_geojson(out / f"{stem}.geojson", found.labels, rows, category=category)
+    return rows

@@ -350,6 +350,20 @@ def heatmap_to_boxes(
         `(boxes, scores)`: float32 (K, 4) `[x_min, y_min, x_max, y_max]` in pixels and float32
         (K,), sorted by decreasing score. An image with nothing above `min_peak` gives K = 0.
     """
+    boxes, scores, _ = heatmap_to_instances(heat, params, image)
+    return boxes, scores
+
+
+def heatmap_to_instances(
+    heat: np.ndarray, params: BoxParams | None = None, image: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`heatmap_to_boxes` with the instance label image the boxes were cut from.
+
+    Returns:
+        `(boxes, scores, labels)`: as `heatmap_to_boxes`, and int32 (H, W) labels where pixel
+        value `i + 1` is the region of `boxes[i]` and 0 is background; regions the area, peak
+        or border filters or NMS dropped are background, so the label count equals K.
+    """
     params = params or BoxParams()
     heat = np.nan_to_num(np.asarray(heat, np.float32), nan=0.0)
     if heat.ndim != 2:
@@ -384,9 +398,13 @@ def heatmap_to_boxes(
     if params.border == "drop":
         h, w = heat.shape
         keep &= (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h)
-    boxes, scores = boxes[keep], scores[keep]
+    # label_boxes skips empty labels, so map its rows back to their label values.
+    ids = np.array([i + 1 for i, sl in enumerate(ndimage.find_objects(labels)) if sl], np.int64)
+    boxes, scores, ids = boxes[keep], scores[keep], ids[keep]
     order = non_max_suppression(boxes, scores, params.nms_iou)
-    return boxes[order], scores[order]
+    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int32)
+    lut[ids[order]] = np.arange(1, len(order) + 1, dtype=np.int32)
+    return boxes[order], scores[order], lut[labels]
 
 
 def heatmaps_to_boxes(

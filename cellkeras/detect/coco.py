@@ -9,6 +9,10 @@
 
 `bbox` is COCO's `[x, y, width, height]` in pixels, from the internal
 `[x_min, y_min, x_max, y_max]` (inclusive-exclusive, so width = x_max - x_min).
+
+With instance label images (`labels=`, `Detections.labels`), every annotation also carries
+`segmentation`, the cell's mask as COCO compressed RLE (`{"size": [H, W], "counts": str}`,
+`pycocotools.mask.decode` reads it), and `area` is the mask's pixel count instead of w * h.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def to_coco(
     boxes: Sequence[np.ndarray],
     scores: Sequence[np.ndarray],
     category: str = "cell",
+    labels: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """A COCO results document for one category.
 
@@ -45,35 +50,59 @@ def to_coco(
         boxes: per image (K, 4) `[x_min, y_min, x_max, y_max]`.
         scores: per image (K,).
         category: the category's name (id 1).
+        labels: per image the instance label image (label `i + 1` is box `i`) or None; where
+            given, annotations get `segmentation` (RLE) and the mask's `area`.
 
     Returns:
         A JSON-serialisable dict with `images`, `annotations` and `categories`.
     """
     if not len(images) == len(boxes) == len(scores):
         raise ValueError("images, boxes and scores need one entry per image")
+    labels = [None] * len(images) if labels is None else labels
+    if len(labels) != len(images):
+        raise ValueError("labels needs one entry (a label image or None) per image")
     out_images, annotations = [], []
-    for image_id, (meta, image_boxes, image_scores) in enumerate(
-        zip(images, boxes, scores, strict=True), start=1
+    for image_id, (meta, image_boxes, image_scores, image_labels) in enumerate(
+        zip(images, boxes, scores, labels, strict=True), start=1
     ):
         out_images.append({"id": image_id, **meta})
-        for xywh, score in zip(xyxy_to_xywh(image_boxes), np.asarray(image_scores), strict=True):
+        masks = _masks(image_labels, len(image_scores))
+        for k, (xywh, score) in enumerate(
+            zip(xyxy_to_xywh(image_boxes), np.asarray(image_scores), strict=True)
+        ):
             x, y, w, h = (round(float(v), 2) for v in xywh)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "bbox": [x, y, w, h],
-                    "area": round(w * h, 2),
-                    "score": round(float(score), 4),
-                    "iscrowd": 0,
-                }
-            )
+            annotation = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": 1,
+                "bbox": [x, y, w, h],
+                "area": round(w * h, 2),
+                "score": round(float(score), 4),
+                "iscrowd": 0,
+            }
+            if masks is not None:
+                annotation["segmentation"], annotation["area"] = masks[k]
+            annotations.append(annotation)
     return {
         "images": out_images,
         "annotations": annotations,
         "categories": [{"id": 1, "name": category}],
     }
+
+
+def _masks(labels: np.ndarray | None, count: int) -> list[tuple[dict, int]] | None:
+    """(RLE, pixel count) per label 1..`count`, or None without a label image."""
+    if labels is None:
+        return None
+    from pycocotools import mask as mask_utils
+
+    from cellkeras.detect.instances import coco_rles
+
+    rles = coco_rles(labels, count)
+    if not rles:
+        return []
+    areas = [int(a) for a in mask_utils.area([{**r, "counts": r["counts"].encode()} for r in rles])]
+    return list(zip(rles, areas, strict=True))
 
 
 def merge_coco(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:

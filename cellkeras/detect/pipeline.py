@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cellkeras.detect.boxes import BoxParams, heatmap_to_boxes
+from cellkeras.detect.boxes import BoxParams, heatmap_to_instances
 from cellkeras.detect.heatmaps import (
     gradcam_heatmap,
     rescale_for_diameter,
@@ -158,6 +158,9 @@ class Detections:
         heatmap: float32 (H, W) in [0, 1] at the input image's size.
         probability: the image's highest target-class probability (what `gate` compared).
         scale: the factor the image was resized by before the model (1.0: not resized).
+        labels: int32 (H, W) instance labels at the input image's size: 0 background, `i + 1`
+            the cell of `boxes[i]` (`cellkeras.detect.instances` turns it into masks,
+            outlines and measurements); None only where a caller built `Detections` itself.
     """
 
     boxes: np.ndarray
@@ -165,6 +168,7 @@ class Detections:
     heatmap: np.ndarray
     probability: float
     scale: float = 1.0
+    labels: np.ndarray | None = None
 
 
 def has_conv_layers(model) -> bool:
@@ -312,15 +316,19 @@ def detect(
     height, width = np.asarray(image).shape[:2]
     if probability < config.gate:
         boxes, scores = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        labels = np.zeros(heat.shape, np.int32)
     else:
         extent_image = scaled if config.boxes.extent == "image" else None
-        boxes, scores = heatmap_to_boxes(heat, config.boxes, extent_image)
+        boxes, scores, labels = heatmap_to_instances(heat, config.boxes, extent_image)
     if scale != 1.0:
+        from cellkeras.detect.instances import resize_labels
+
         boxes = boxes / np.float32(scale)
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
         heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
-    return Detections(boxes.astype(np.float32), scores, heat, probability, scale)
+        labels = resize_labels(labels, (height, width))
+    return Detections(boxes.astype(np.float32), scores, heat, probability, scale, labels)
 
 
 def choose_workflow(classes: list[str] | None) -> str | None:
