@@ -197,12 +197,15 @@ def dense_classifier(model, window: int, stride: int) -> DenseClassifier:
 
 
 def window_percentiles(
-    image: np.ndarray, window: int, stride: int, chunk: int = 4096
+    image: np.ndarray, window: int, stride: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The 1st and 99.8th percentiles of every window of the window path's grid, per channel.
 
     The same windows (mirror padding and grid) and numpy's "linear" percentiles as
-    `normalize_windows`, computed with a partial sort of `chunk` windows at a time.
+    `normalize_windows`. Exact and shared between overlapping windows: a window is
+    `window / stride` strips `stride` px wide, and a window's k smallest (largest) values are
+    among its strips' k smallest (largest), so each strip is partially sorted once, for every
+    window it belongs to, and each window only sorts its strips' candidates.
 
     Returns:
         `(low, high)`: float32 (ny, nx, C) each.
@@ -211,23 +214,34 @@ def window_percentiles(
     ny, nx, first = window_grid(height, width, window, stride)
     pad = window + stride
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    padded = padded.reshape(*padded.shape[:2], channels)
-    views = np.lib.stride_tricks.sliding_window_view(padded, (window, window), axis=(0, 1))
-    tops = first + pad + stride * np.arange(ny)
-    lefts = first + pad + stride * np.arange(nx)
+    padded = padded.reshape(*padded.shape[:2], channels).astype(np.float32)
     n = window * window
-    ranks = [(n - 1) * p / 100.0 for p in NORMALIZE_PERCENTILES]
-    kth = sorted({k for r in ranks for k in (math.floor(r), min(math.floor(r) + 1, n - 1))})
-    out = np.empty((2, ny, nx, channels), np.float32)
-    rows_per_chunk = max(1, chunk // nx)
-    for y0 in range(0, ny, rows_per_chunk):
-        rows = tops[y0 : y0 + rows_per_chunk]
-        flat = views[rows][:, lefts].reshape(-1, n).astype(np.float32)
-        flat.partition(kth, axis=1)
-        for i, r in enumerate(ranks):
-            lo, frac = math.floor(r), r - math.floor(r)
-            value = flat[:, lo] + frac * (flat[:, min(lo + 1, n - 1)] - flat[:, lo])
-            out[i, y0 : y0 + len(rows)] = value.reshape(len(rows), nx, channels)
+    # Strips `stride` wide when they tile the window, else each window is its own strip.
+    per_window, strip = (window // stride, stride) if window % stride == 0 else (1, window)
+    rows = (first + pad + stride * np.arange(ny))[:, None] + np.arange(window)
+    starts = first + pad + stride * np.arange(nx + per_window - 1)
+    cols = starts[:, None] + np.arange(strip)
+    # (ny, strips, C, window * width_strip)
+    strips = padded[rows[:, None, :, None], cols[None, :, None, :]]
+    strips = np.moveaxis(strips, -1, 2).reshape(ny, len(starts), channels, -1)
+    out = []
+    for p in NORMALIZE_PERCENTILES:
+        rank = (n - 1) * p / 100.0
+        i0, frac = math.floor(rank), rank - math.floor(rank)
+        i1 = min(i0 + 1, n - 1)
+        # Order statistics i0 and i1 counted from the nearer end (negated values for the top).
+        top = i0 > (n - 1) / 2
+        sign = -1.0 if top else 1.0
+        d0, d1 = (n - 1 - i0, n - 1 - i1) if top else (i0, i1)
+        k = max(d0, d1) + 1
+        values = sign * strips
+        if k < values.shape[-1]:
+            values = np.partition(values, k - 1, axis=-1)[..., :k]
+        windows = np.lib.stride_tricks.sliding_window_view(values, per_window, axis=1)
+        windows = windows.reshape(ny, nx, channels, -1)
+        windows = np.partition(windows, sorted({d0, d1}), axis=-1)
+        a0, a1 = sign * windows[..., d0], sign * windows[..., d1]
+        out.append((a0 + frac * (a1 - a0)).astype(np.float32))
     return out[0], out[1]
 
 
