@@ -118,18 +118,43 @@ def interleaved(model, images: list[np.ndarray], rounds: int) -> dict:
     }
 
 
+def real_frames(model, frames: list[int]) -> None:
+    """F1@IoU0.5 and heat differences of both paths on labelled ndev frames (`--model`)."""
+    from cellkeras.data.samples import instance_boxes, nuclei_sample
+    from cellkeras.detect import DetectConfig, detect
+    from cellkeras.evaluate.detection import image_f1
+
+    sample = nuclei_sample()
+    for frame in frames:
+        image, truth = sample.images[frame], instance_boxes(sample.labels[frame])[1]
+        found = {
+            heat: detect(model, image, DetectConfig.for_workflow("nuclei", heat=heat))
+            for heat in ("window", "dense")
+        }
+        diff = np.abs(found["window"].heatmap - found["dense"].heatmap)
+        corr = np.corrcoef(found["window"].heatmap.ravel(), found["dense"].heatmap.ravel())[0, 1]
+        f1 = {heat: round(image_f1(f.boxes, truth), 3) for heat, f in found.items()}
+        print(json.dumps({"frame": frame, "f1": f1, "boxes": {k: len(v.boxes) for k, v in
+                          found.items()}, "max_abs_diff": round(float(diff.max()), 3),
+                          "mean_abs_diff": round(float(diff.mean()), 3),
+                          "correlation": round(float(corr), 3)}), flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=2, help="512x512 images per round")
     parser.add_argument("--model", default=None, help="a trained model (default: random weights)")
     parser.add_argument("--sizes", default="1024,4096", help="large image sides, comma-separated")
+    parser.add_argument("--frames", default="", help="with --model: ndev frames to score, 7,8,9")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         large_image_child(args.child, args.model)
         return
     model = load(args.model)
+    if args.frames:
+        real_frames(model, [int(f) for f in args.frames.split(",")])
     images = [nuclei_like(512, seed) for seed in range(args.images)]
     result = interleaved(model, images, args.rounds)
     best, median = result["best"], result["median"]
