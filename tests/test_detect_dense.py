@@ -64,9 +64,10 @@ def test_dense_heat_equals_window_heat_without_padding(pointwise, stride):
 
 def test_the_split_of_a_parallel_model_is_the_model():
     # prefix -> suffix (the window-sized average pool is the GAP) -> head, on whole windows, for
-    # the trainer's kinds of branch (edge map, plain convs, strided residual) and merge.
+    # the trainer's kinds of branch (edge map + plain convs + max-pools, strided residual) and
+    # merge (pooled features and logits).
     sepres = {"preset": "sepres", "stem_filters": 8, "widths": [8, 8], "head_filters": 8}
-    model = create_model("parallel_large", 2, channels=1, branches=["edge", "deep_narrow", sepres])
+    model = create_model("parallel_large", 2, channels=1, branches=["edge", sepres])
     window = 32
     dense = dense_classifier(model, window, 4)
     x = np.random.default_rng(0).uniform(size=(2, window, window, 1)).astype(np.float32)

@@ -8,7 +8,9 @@ Two ways to get a map of "where the cells are" from a model trained with image l
   window is normalized the way the training patches were ("percentile": its own 1st-99.8th
   percentile stretch; "range": the dtype's range). The values are probabilities, so the map
   means the same on every image and an empty image stays cold. The natural fit for a
-  centred-patch classifier (the nuclei preset).
+  centred-patch classifier (the nuclei preset). `cellkeras.detect.dense` computes the same map
+  from one conv-trunk pass per image (what `detect` uses when the model allows); this function
+  stays the reference.
 * `gradcam_heatmap`: Grad-CAM (from `cellkeras.explain`) of the most probable target class over
   the whole image or over overlapping tiles of it, each map scaled to its own maximum and then
   multiplied by the tile's target-class probability, so a tile with nothing in it stays cold.
