@@ -73,6 +73,14 @@ def add_detection_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("sliding_window", "gradcam"), default=None)
     p.add_argument("--stride", type=int, default=None, help="sliding-window step in pixels")
     p.add_argument(
+        "--heat",
+        choices=("auto", "dense", "window"),
+        default=None,
+        help="sliding-window heat: dense (the conv trunk once per image), window (every window "
+        "through the model), auto (default: dense when the model converts and matches the "
+        "window heat on a check crop, else window with a warning)",
+    )
+    p.add_argument(
         "--threshold", type=float, default=None, help="fixed heat threshold in [0, 1] for boxes"
     )
     p.add_argument("--gate", type=float, default=None, help="min class probability per image")
@@ -112,7 +120,7 @@ def build_config(args: argparse.Namespace, info):
         if info.image_size is not None:
             # Grad-CAM tiles of the training size see cells at the context they were taught in.
             overrides.update(tile=int(min(info.image_size)), overlap=int(min(info.image_size)) // 2)
-    for key in ("method", "stride", "gate", "border", "train_diameter"):
+    for key in ("method", "stride", "heat", "gate", "border", "train_diameter"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     threshold = args.threshold if args.threshold is not None else card.get("threshold")

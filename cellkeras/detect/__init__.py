@@ -9,7 +9,8 @@ boxes, scores = heatmap_to_boxes(heat, BoxParams(threshold="otsu", split="distan
 ```
 
 `boxes` holds the pure heatmap → boxes steps, `heatmaps` the ways to get a heatmap from a model
-(sliding window, Grad-CAM, tiling, rescaling), `pipeline` the two put together, `draw` and `coco` the outputs. Scoring and the calibration of
+(sliding window, Grad-CAM, tiling, rescaling), `dense` the sliding window's heat from one conv-trunk
+pass per image, `pipeline` the two put together, `draw` and `coco` the outputs. Scoring and the calibration of
 frozen thresholds against labels live in `cellkeras.evaluate`; the `cellkeras detect` command in
 `cellkeras.cli.detect`.
 """
@@ -28,6 +29,13 @@ from cellkeras.detect.boxes import (
     threshold_heatmap,
 )
 from cellkeras.detect.coco import merge_coco, to_coco, xywh_to_xyxy, xyxy_to_xywh
+from cellkeras.detect.dense import (
+    HEAT_PATHS,
+    NotConvertible,
+    classifier_heatmap,
+    dense_classifier,
+    dense_heatmap,
+)
 from cellkeras.detect.heatmaps import (
     gradcam_heatmap,
     normalize_windows,
@@ -48,6 +56,11 @@ from cellkeras.detect.pipeline import (
 
 __all__ = [
     "HEATMAP_METHODS",
+    "HEAT_PATHS",
+    "NotConvertible",
+    "classifier_heatmap",
+    "dense_classifier",
+    "dense_heatmap",
     "WORKFLOWS",
     "BoxParams",
     "DetectConfig",

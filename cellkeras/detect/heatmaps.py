@@ -8,7 +8,9 @@ Two ways to get a map of "where the cells are" from a model trained with image l
   window is normalized the way the training patches were ("percentile": its own 1st-99.8th
   percentile stretch; "range": the dtype's range). The values are probabilities, so the map
   means the same on every image and an empty image stays cold. The natural fit for a
-  centred-patch classifier (the nuclei preset).
+  centred-patch classifier (the nuclei preset). `cellkeras.detect.dense` computes the same map
+  from one conv-trunk pass per image (what `detect` uses when the model allows); this function
+  stays the reference.
 * `gradcam_heatmap`: Grad-CAM (from `cellkeras.explain`) of the most probable target class over
   the whole image or over overlapping tiles of it, each map scaled to its own maximum and then
   multiplied by the tile's target-class probability, so a tile with nothing in it stays cold.
@@ -112,12 +114,8 @@ def sliding_window_heatmap(
     padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
     if padded.ndim == 2:
         padded = padded[..., None]
-    # One grid point beyond each side, so border pixels are interpolated between real windows
-    # rather than clamped (which also makes a tiled map equal the whole-image one).
-    ny, nx = math.ceil(height / stride) + 2, math.ceil(width / stride) + 2
-    # Top-left corner (in padded coordinates) of the window centred on grid point i (i = 0 is
-    # the point one stride before the first pixel's).
-    first = pad + (stride - window) // 2 - stride
+    ny, nx, first = window_grid(height, width, window, stride)
+    first += pad  # in padded coordinates
     tops = first + stride * np.arange(ny)
     lefts = first + stride * np.arange(nx)
     views = np.lib.stride_tricks.sliding_window_view(padded, (window, window), axis=(0, 1))
@@ -140,10 +138,27 @@ def sliding_window_heatmap(
             ).reshape(len(batch), input_size, input_size, channels)
         probs = _predict(model, batch)
         heat[start : start + len(batch)] = probs[:, index].sum(axis=1)
-    grid = heat.reshape(ny, nx)
+    return np.clip(grid_to_pixels(heat.reshape(ny, nx), stride, height, width), 0.0, 1.0)
+
+
+def window_grid(height: int, width: int, window: int, stride: int) -> tuple[int, int, int]:
+    """`(ny, nx, first)`: the window grid of an image, shared by the window and dense paths.
+
+    One grid point beyond each side, so border pixels are interpolated between real windows
+    rather than clamped (which also makes a tiled map equal the whole-image one). `first` is
+    the top (and left) of grid point 0's window relative to the image's first pixel; point i's
+    window starts `i * stride` px later, centred on pixel `(i - 1) * stride + (stride - 1) / 2`.
+    """
+    ny, nx = math.ceil(height / stride) + 2, math.ceil(width / stride) + 2
+    return ny, nx, (stride - window) // 2 - stride
+
+
+def grid_to_pixels(grid: np.ndarray, stride: int, height: int, width: int) -> np.ndarray:
+    """Bilinear interpolation of values on a `window_grid` to every pixel, (height, width, ...)."""
+    ny, nx = grid.shape[:2]
     # cv2.resize puts source sample i at destination (i + 0.5) * stride - 0.5: the grid centres.
     full = cv2.resize(grid, (nx * stride, ny * stride), interpolation=cv2.INTER_LINEAR)
-    return np.clip(full[stride : stride + height, stride : stride + width], 0.0, 1.0)
+    return full[stride : stride + height, stride : stride + width]
 
 
 def tiled_heatmap(
@@ -152,6 +167,7 @@ def tiled_heatmap(
     tile: int,
     overlap: int,
     align: int = 1,
+    batch: int | None = None,
 ) -> np.ndarray:
     """Runs `heatmap_fn` on overlapping tiles of `image` and stitches their centres.
 
@@ -167,6 +183,8 @@ def tiled_heatmap(
             stitch), < tile.
         align: tile origins are multiples of this (a sliding window's stride, so its grid of
             centres is the same in every tile).
+        batch: tiles per `heatmap_fn` call (None: all in one); memory then grows with the
+            batch, not with the image, beyond the image and the stitched map themselves.
 
     Returns:
         float32 (H, W).
@@ -196,8 +214,6 @@ def tiled_heatmap(
         )
         if padded.ndim == 2:
             padded = padded[..., None]
-    tiles = np.stack([padded[y : y + tile, x : x + tile] for y in ys for x in xs])
-    maps = np.asarray(heatmap_fn(tiles), np.float32).reshape(len(ys), len(xs), tile, tile)
 
     def cuts(origins: list[int]) -> list[int]:
         # Tile k owns [cut_k, cut_{k+1}): the middle of its overlaps with its neighbours.
@@ -205,11 +221,17 @@ def tiled_heatmap(
 
     out = np.zeros((full_h, full_w), np.float32)
     cy, cx = cuts(ys), cuts(xs)
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
+    origins = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    batch = batch or len(origins)
+    for start in range(0, len(origins), batch):
+        chunk = origins[start : start + batch]
+        tiles = np.stack([padded[ys[i] : ys[i] + tile, xs[j] : xs[j] + tile] for i, j in chunk])
+        maps = np.asarray(heatmap_fn(tiles), np.float32).reshape(len(chunk), tile, tile)
+        for (i, j), heat in zip(chunk, maps, strict=True):
+            y, x = ys[i], xs[j]
             y0, y1 = cy[i], min(cy[i + 1], y + tile)
             x0, x1 = cx[j], min(cx[j + 1], x + tile)
-            out[y0:y1, x0:x1] = maps[i, j, y0 - y : y1 - y, x0 - x : x1 - x]
+            out[y0:y1, x0:x1] = heat[y0 - y : y1 - y, x0 - x : x1 - x]
     return out[:height, :width]
 
 

@@ -20,12 +20,8 @@ import cv2
 import numpy as np
 
 from cellkeras.detect.boxes import BoxParams, heatmap_to_instances
-from cellkeras.detect.heatmaps import (
-    gradcam_heatmap,
-    rescale_for_diameter,
-    sliding_window_heatmap,
-    target_classes,
-)
+from cellkeras.detect.dense import DENSE_TOLERANCE, HEAT_PATHS, classifier_heatmap
+from cellkeras.detect.heatmaps import gradcam_heatmap, rescale_for_diameter, target_classes
 
 HEATMAP_METHODS = ("sliding_window", "gradcam")
 
@@ -56,6 +52,13 @@ class DetectConfig:
         cell_diameter: cell diameter in this image, pixels (None: no rescaling).
         boxes: `BoxParams` for heatmap → boxes (thresholds apply to the [0, 1] heatmap).
         batch_size: windows per model call.
+        heat: how the sliding-window heat is computed: "auto" (default) the dense path (the
+            conv trunk once per image, `cellkeras.detect.dense`) when the model converts and its
+            heat matches the window path's within `dense_tolerance` on a check crop of the
+            first image, else the window path with a warning; "dense" skips the check;
+            "window" classifies every window (the reference).
+        dense_tolerance: largest max |dense - window| heat on the check crop for "auto".
+        dense_tile: the dense path does larger images in overlapping tiles of this side.
     """
 
     method: str = "sliding_window"
@@ -72,10 +75,15 @@ class DetectConfig:
     cell_diameter: float | None = None
     boxes: BoxParams = dataclasses.field(default_factory=BoxParams)
     batch_size: int = 1024
+    heat: str = "auto"
+    dense_tolerance: float = DENSE_TOLERANCE
+    dense_tile: int = 1024
 
     def __post_init__(self) -> None:
         if self.method not in HEATMAP_METHODS:
             raise ValueError(f"unknown heatmap method {self.method!r}; known: {HEATMAP_METHODS}")
+        if self.heat not in HEAT_PATHS:
+            raise ValueError(f"unknown heat path {self.heat!r}; known: {HEAT_PATHS}")
 
     @classmethod
     def for_workflow(cls, name: str, **overrides: Any) -> DetectConfig:
@@ -256,7 +264,7 @@ def scaled_heatmap(
         classes = list(range(1, num_classes)) or [0]
 
     if config.method == "sliding_window":
-        heat = sliding_window_heatmap(
+        heat = classifier_heatmap(
             model,
             scaled,
             config.window,
@@ -264,6 +272,9 @@ def scaled_heatmap(
             classes,
             config.normalization,
             config.batch_size,
+            heat=config.heat,
+            tolerance=config.dense_tolerance,
+            tile=config.dense_tile,
         )
     else:
         from cellkeras.io.images import normalize
