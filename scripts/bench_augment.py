@@ -3,6 +3,7 @@
 Command (the numbers in docs/BENCHMARKS.md, "## Augmentation"):
 
     PYTHONPATH=. python scripts/bench_augment.py --sizes 64 128 256 --rounds 3 --seconds 2
+    PYTHONPATH=. python scripts/bench_augment.py --profile   # where the kernel's time goes
 
 Machine: the project's 2-core CPU VM (no GPU), TensorFlow 2.21 CPU build, Python 3.11.
 Peers are benchmark-only (`pip install --no-deps -e .[bench]`): albumentations 2.0.8 (OpenCV
@@ -222,6 +223,79 @@ def print_goal(results: dict[int, dict]) -> None:
     print(f"load average at the end: {os.getloadavg()}")
 
 
+def profile(sizes: list[int], batch: int, repeats: int = 4) -> None:
+    """Where the fused kernel's time goes: CPU milliseconds per batch on one thread (CPU time,
+    which other jobs on a shared machine disturb far less than wall time), best of `repeats`."""
+    import cv2
+    import tensorflow as tf
+
+    from cellkeras.augment import warp as W
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    cv2.setNumThreads(1)
+
+    def cpu_ms(fn: Callable, n: int = 6) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.process_time()
+            for _ in range(n):
+                out = fn()
+            if hasattr(out, "numpy"):
+                out.numpy()
+            best = min(best, (time.process_time() - t0) / n)
+        return best * 1e3
+
+    mag, fill = tf.constant(0.03), tf.constant(0.0)
+
+    @tf.function(jit_compile=True)
+    def coordinates(images, ctrl, affine):
+        shape = tf.shape(images)
+        sx, sy = W._source_coordinates(shape, ctrl, affine, mag, "mesh", 0.15)
+        return W._fold(sx, shape[2], "reflect"), W._fold(sy, shape[1], "reflect")
+
+    print("\n== profile: CPU ms per batch of", batch, "on one thread")
+    for size in sizes:
+        for name, fn in _profile_rows(size, batch, coordinates, mag, fill).items():
+            ms = cpu_ms(fn)
+            print(f"  {size:4d} px  {name:44s} {ms:8.2f} ms  {batch / ms * 1e3:8,.0f} img/CPU-s")
+
+
+def _profile_rows(size: int, batch: int, coordinates, mag, fill) -> dict[str, Callable]:
+    import cv2
+    import tensorflow as tf
+
+    from cellkeras.augment import FluidDistortion
+    from cellkeras.augment import warp as W
+
+    x = tf.constant(_images(batch, size))
+    layer = FluidDistortion(mode="mesh", flip_horizontal=True, flip_vertical=True, rotation=15.0)
+    t = layer.get_random_transformation_batch(batch)
+    ctrl, affine = t["ctrl"], t["affine"]
+    full = W.compiled_warp("mesh", 0.15, "reflect", "bilinear", True)
+    nearest = W.compiled_warp("mesh", 0.15, "reflect", "nearest", True)
+    identity = tf.tile(tf.constant([[1.0, 0, 0, 1, 0, 0]]), [batch, 1])
+    sx, sy = (v.numpy() for v in coordinates(x, ctrl, affine))
+    xn = x.numpy()
+
+    def remap():
+        for i in range(batch):
+            cv2.remap(xn[i], sx[i], sy[i], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+    graph_layer = tf.function(lambda a: layer(a))
+    rows = {
+        "layer in a tf.function (draws + kernel)": lambda: graph_layer(x),
+        "kernel: field + affine + 4 gathers + blend": lambda: full(x, ctrl, affine, mag, fill),
+        "  coordinates only (field, affine, mirror)": lambda: coordinates(x, ctrl, affine)[0],
+        "  same, identity affine (no rotation/flip)": lambda: full(x, ctrl, identity, mag, fill),
+        "  same, nearest (1 gather instead of 4)": lambda: nearest(x, ctrl, affine, mag, fill),
+        "  same, 1 channel instead of 3": lambda: full(x[..., :1], ctrl, affine, mag, fill),
+        "cv2.remap float32 on the same coordinates": remap,
+    }
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
@@ -230,7 +304,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--n_images", type=int, default=256)
     parser.add_argument("--all", action="store_true", help="also Augmentor and Keras' elastic")
+    parser.add_argument("--profile", action="store_true", help="only the kernel's breakdown")
     args = parser.parse_args()
+    if args.profile:
+        profile(args.sizes, args.batch)
+        return
     print(f"CPU cores: {os.cpu_count()}, load average at the start: {os.getloadavg()}")
     results = {}
     for size in args.sizes:

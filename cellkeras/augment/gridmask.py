@@ -76,8 +76,11 @@ class SeededGridMask(GridMask):
         if self._batch_seed is None:
             return super()._batch_augment(inputs)
         seed = self._batch_seed
-        images = inputs["images"]
-        index = tf.range(tf.shape(images)[0])
+        # GridMask passes labels, boxes and masks through unchanged, so only the images need
+        # the per-image map (and boxes' ragged structure stays out of its signature).
+        rest = {key: value for key, value in inputs.items() if key != "images"}
+        inputs = {"images": inputs["images"]}
+        index = tf.range(tf.shape(inputs["images"])[0])
 
         def one(args):
             data, i = args
@@ -93,8 +96,9 @@ class SeededGridMask(GridMask):
             finally:
                 self._random_generator, rotate._random_generator = generators
 
-        signature = {key: tf.TensorSpec(v.shape[1:], v.dtype) for key, v in inputs.items()}
-        return tf.map_fn(one, (inputs, index), fn_output_signature=signature)
+        images = inputs["images"]
+        signature = {"images": tf.TensorSpec(images.shape[1:], images.dtype)}
+        return {**rest, **tf.map_fn(one, (inputs, index), fn_output_signature=signature)}
 
     def get_config(self) -> dict:
         config = super().get_config()
