@@ -5,7 +5,8 @@ Command (the numbers in docs/BENCHMARKS.md, "## Augmentation"):
     PYTHONPATH=. python scripts/bench_augment.py --sizes 64 128 256 --rounds 3 --seconds 2
     PYTHONPATH=. python scripts/bench_augment.py --profile   # where the kernel's time goes
 
-Machine: the project's 2-core CPU VM (no GPU), TensorFlow 2.21 CPU build, Python 3.11.
+Machine: the project's 2-core CPU VM (no GPU; for issue 18 an Intel Xeon @ 2.80 GHz shared with
+other jobs, load 20-33), TensorFlow 2.21 CPU build, Python 3.11; about 8-10 minutes there.
 Peers are benchmark-only (`pip install --no-deps -e .[bench]`): albumentations 2.0.8 (OpenCV
 `remap`); Augmentor 0.2.12 and Keras 3's `RandomElasticTransform` with `--all`.
 
