@@ -209,3 +209,45 @@ def plot_feature_maps(
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def plot_maps_under_images(
+    images: np.ndarray,
+    maps: np.ndarray,
+    titles: Sequence[str],
+    colormap: str = "jet",
+    colorbar_label: str = "heat (1 = the map's peak)",
+    title: str | None = None,
+    tile_inches: float = 1.9,
+) -> Figure:
+    """A few images in a row, each with its heatmap overlay under it and a title over it, and
+    one colour bar for the maps' 0-1 scale.
+
+    Args:
+        images: (N, H, W, C) in [0, 1].
+        maps: (N, H, W) in [0, 1].
+        titles: one per image (e.g. "true neutrophil\\npredicted neutrophil 0.98").
+        colormap: an OpenCV colormap name (see `cellkeras.explain.overlay.COLORMAPS`).
+        colorbar_label: what the colour bar's scale means.
+        title: figure title.
+    """
+    n = len(images)
+    if not (len(maps) == len(titles) == n):
+        raise ValueError(f"{n} images, {len(maps)} maps and {len(titles)} titles")
+    fig = _figure(tile_inches * max(n, 1) + 1.0, 2 * tile_inches + 0.8)
+    axes = fig.subplots(2, max(n, 1), squeeze=False)
+    for k in range(n):
+        top, bottom = axes[0, k], axes[1, k]
+        top.imshow(to_rgb_uint8(images[k]), interpolation="bicubic")
+        bottom.imshow(overlay(images[k], maps[k], colormap=colormap), interpolation="bicubic")
+        top.set_title(titles[k], fontsize=8, linespacing=1.15)
+        for ax in (top, bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("image", fontsize=9)
+    axes[1, 0].set_ylabel("map over the image", fontsize=9)
+    scale = ScalarMappable(Normalize(0.0, 1.0), colormap_for_colorbar(colormap))
+    fig.colorbar(scale, ax=axes.ravel().tolist(), shrink=0.6, label=colorbar_label)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
