@@ -155,7 +155,9 @@ def collect_examples(
         figure = plot_image_gallery(
             [found[int(i)] for i in mistakes],
             captions,
-            title=f"{mistakes.size} of the {examples.mistakes} misclassified validation images",
+            title=f"{mistakes.size} of the {examples.mistakes} misclassified validation images"
+            if mistakes.size < examples.mistakes
+            else f"The {mistakes.size} misclassified validation images",
         )
         save_figure(figure, out / MISTAKES_PNG)
         examples.shown_mistakes = int(mistakes.size)

@@ -135,7 +135,7 @@ def per_class_table(summary: dict[str, Any], classes: Sequence[str], where: str)
         "<b>Recall</b>: of the images of this class, the share it found. <b>F1</b> combines "
         "the two; <b>support</b> is how many images of the class were scored. "
         f"The class found least often is <b>{html.escape(weakest)}</b> "
-        f"(recall {recall:.3f}: {recall * 100:.0f} of every 100 of its images)."
+        f"(recall {recall:.3f}: it finds {recall * 100:.1f} % of its images)."
     )
 
 
