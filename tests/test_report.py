@@ -146,6 +146,7 @@ def test_report_galleries_show_mistakes_and_gradcam(run_folder):
     assert examples.images == N_VAL and examples.mistakes == wrong > 12
     assert examples.shown_mistakes == 12
     assert examples.samples == TINY_CLASSES  # one per class
+    assert not __import__("tensorflow").config.functions_run_eagerly()  # put back
     page = (out / "report.html").read_text()
     assert f'src="{MISTAKES_PNG}"' in page and f'src="{GRADCAM_PNG}"' in page
     assert f"of {wrong} wrong in {N_VAL}" in page

@@ -159,7 +159,14 @@ def split_counts_table(path: Path, classes: Sequence[str]) -> str:
     rows = [[name, *(counts.get(name, Counter())[s] for s in used),
              sum(counts.get(name, Counter())[s] for s in used)] for name in names]  # fmt: skip
     rows.append(["all", *(sum(r[k + 1] for r in rows) for k in range(len(used) + 1))])
-    smallest = min(classes, key=lambda name: (counts.get(name, Counter())["train"], name))
+    training = {name: counts.get(name, Counter())["train"] for name in classes}
+    smallest = min(classes, key=lambda name: (training[name], name))
+    fewest = (
+        f"Every class has {training[smallest]} training images"
+        if len(set(training.values())) == 1
+        else f"The class with the fewest training images is {html.escape(smallest)} "
+        f"({training[smallest]})"
+    )
     return table(["class", *(SPLIT_NAMES[s] for s in used), "total"], rows) + caption(
         "How many images of each class went where (every image is listed in "
         "<code>split.csv</code>). The model learnt from the training images only; the "
@@ -171,8 +178,7 @@ def split_counts_table(path: Path, classes: Sequence[str]) -> str:
             if "gap" in used
             else ""
         )
-        + f". The class with the fewest training images is {html.escape(smallest)}; a "
-        "class with few images is learnt, and measured, less reliably."
+        + f". {fewest}; a class with few images is learnt, and measured, less reliably."
     )
 
 
