@@ -72,17 +72,74 @@ def test_classify_keras_file_with_and_without_classes(exported, images, capsys):
     assert "3 outputs but 2 classes" in capsys.readouterr().err
 
 
-def test_explain_writes_overlays(exported, images, tmp_path):
+def test_explain_writes_overlays(exported, images, tmp_path, capsys):
+    from cellkeras.explain.plots import overlay_row_size
     from cellkeras.io.images import read_image
 
     out = tmp_path / "maps"
     assert run("explain", images / "a.png", images / "sub", "--model", exported, "--out", out) == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == ["a_gradcam.png", "b_gradcam.png", "c_gradcam.png"]
-    assert read_image(out / "a_gradcam.png").shape == (16, 16 * 2 + 4, 3)  # image | overlay
+    # The files are 24x20 px and the model runs at 16x16: the panels keep the files' aspect,
+    # enlarged to 256 px on the short side (307x256), the image, its overlay and a colour bar.
+    png = read_image(out / "a_gradcam.png")
+    assert png.shape[:2] == overlay_row_size((24, 20), panels=2)
+    assert png.shape[0] >= 256 + 40 and png.shape[1] > 2 * 256 + 60
+    assert "model: " in capsys.readouterr().out
     assert run("explain", images / "a.png", "--model", exported, "--out", out,
                "--method", "occlusion") == 0  # fmt: skip
     assert (out / "a_occlusion.png").is_file()
+
+
+def test_explain_panels_titled_with_class_probability_and_colour_bar(tmp_path, monkeypatch):
+    """--branches on a parallel model: one panel per branch and the merged model, each named,
+    with its class and probability, and a colour bar; the figure is checked before it is
+    saved. The maps are stand-ins (each target its own class and probability): the real
+    computation is `test_explain_writes_overlays`' and test_explain.py's."""
+    from cellkeras.cli import explain as command
+    from cellkeras.evaluate import plots
+    from cellkeras.explain import cam
+    from cellkeras.explain.overlay import COLORMAPS
+    from cellkeras.models import ParallelCNN
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "parallel.keras"
+    branches = [
+        {"preset": "wide_shallow", "filters": [4], "pool_sizes": [0], "dense_units": []},
+        {"preset": "deep_narrow", "filters": [4, 4], "pool_sizes": [2, 0], "dense_units": []},
+    ]
+    ParallelCNN(3, channels=3, branches=branches, head_units=4).save(path)
+    answers = {"wide_shallow": (0, 0.25), "deep_narrow": (1, 0.5), "merged": (2, 0.875)}
+
+    def stand_in(model, images, method, class_index, layer, branch, **options):
+        k, probability = answers[branch]
+        maps = np.broadcast_to(np.linspace(0, 1, images.shape[2], dtype="float32"),
+                               images.shape[:3])  # fmt: skip
+        return cam.Explanation(maps, np.array([k]), np.array([probability]),
+                               np.eye(3)[[k]], method, [])  # fmt: skip
+
+    monkeypatch.setattr(cam, "compute_explanation", stand_in)
+    figures = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure",
+                        lambda fig, *a, **k: figures.append(fig) or save(fig, *a, **k))  # fmt: skip
+    pixels = np.random.default_rng(1).integers(0, 255, (16, 32, 3), dtype=np.uint8)
+    write_png(tmp_path / "wide.png", pixels)
+    out = tmp_path / "maps"
+    assert run("explain", tmp_path / "wide.png", "--model", path, "--classes", "x,y,z",
+               "--out", out, "--branches", "--image_size", "16") == 0  # fmt: skip
+    [figure] = figures
+    *panels, bar = figure.axes
+    assert [ax.get_title() for ax in panels] == [
+        "wide.png\n32x16 px",
+        "wide_shallow branch\nx  p = 0.25",
+        "deep_narrow branch\ny  p = 0.50",
+        "merged model\nz  p = 0.88",
+    ]
+    assert "Grad-CAM heat" in bar.get_ylabel() and bar.get_ylim() == (0.0, 1.0)
+    for ax in panels:  # 2:1 like the file, though the model saw a 16x16 square
+        assert ax.get_images()[0].get_array().shape[:2] == (256, 512)
+    assert tuple(COLORMAPS) == command.COLORMAP_CHOICES
 
 
 def test_explain_refuses_a_model_without_conv_layers(tmp_path, images, capsys):

@@ -359,6 +359,32 @@ def test_faithfulness_prefers_the_true_region():
     assert curve_good["mean_auc"] < curve_bad["mean_auc"]
 
 
+def test_display_size_keeps_the_aspect_within_bounds():
+    from cellkeras.explain.overlay import display_size
+
+    assert display_size(16, 32) == (256, 512)  # small: enlarged to 256 px on the short side
+    assert display_size(24, 20) == (307, 256)
+    assert display_size(512, 752) == (512, 752)  # large enough: as it is
+    assert display_size(3000, 4000) == (768, 1024)  # too large: the long side capped
+    assert display_size(8, 400) == (20, 1024)  # the cap wins over the short side
+    with pytest.raises(ValueError, match="positive size"):
+        display_size(0, 5)
+
+
+def test_resize_smooth_interpolates_within_the_input_range():
+    from cellkeras.explain.overlay import resize_smooth
+
+    step = np.zeros((8, 8), np.float32)
+    step[:, 4:] = 1.0
+    big = resize_smooth(step, (64, 64))
+    assert big.shape == (64, 64) and big.dtype == np.float32
+    assert big.min() == 0.0 and big.max() == 1.0  # bicubic overshoot clipped
+    assert np.sum((big > 0.05) & (big < 0.95)) >= 64 * 2  # a ramp, not a hard block edge
+    rgb = resize_smooth(np.full((16, 16, 3), 200, np.uint8), (32, 48))
+    assert rgb.shape == (32, 48, 3) and rgb.dtype == np.uint8 and np.all(rgb == 200)
+    assert resize_smooth(np.ones((6, 6, 1), np.float32), (3, 3)).shape == (3, 3, 1)
+
+
 def test_overlay_and_colorize():
     heat = np.zeros((10, 12), np.float32)
     heat[5, 6] = 1.0

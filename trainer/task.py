@@ -58,6 +58,7 @@ from trainer.custom_loop import fit_stage_distributed
 from trainer.heldout import count_splits, evaluate_test, write_split_csv
 from trainer.inputs import Inputs, stage_strength
 from trainer.report import plot_curves, write_report
+from trainer.report_examples import examples_for_run
 from trainer.runtime import Runtime, op_determinism, resolve_runtime
 from trainer.sharding import (
     agree_across_workers,
@@ -205,21 +206,31 @@ def _train(
     runner.finish()
 
 
-def _evaluate(model: keras.Model, inputs: Inputs, out: Path, final_size) -> dict[str, Any]:
+def _evaluate(model: keras.Model, inputs: Inputs, out: Path, final_size) -> tuple[dict, tuple]:
     """Every branch and the merge on the validation images at the final size; under file
-    sharding each worker holds its own part of the data, so all of them are scored."""
-    combine = None
+    sharding each worker holds its own part of the data, so all of them are scored. Returns
+    the analysis and the scores `(labels, merged probabilities)`, which the report reuses."""
+    gather = None
     if inputs.sharding.policy == "file" and not inputs.config.data.eval_tfrecords:
-        combine = functools.partial(gather_predictions_across_workers, inputs.runtime.strategy)
+        gather = functools.partial(gather_predictions_across_workers, inputs.runtime.strategy)
+    scored: list = []
+
+    def keep(labels, probs):
+        if gather is not None:
+            labels, probs = gather(labels, probs)
+        scored[:] = [labels, probs["merged"]]
+        return labels, probs
+
     height, width = final_size
-    return evaluate_branches(
+    analysis = evaluate_branches(
         model,
         inputs.dataset(inputs.val_set, final_size, training=False),
         inputs.images.classes,
         out,
         title=f"validation at {height if height == width else f'{height}x{width}'} px",
-        combine=combine,
+        combine=keep,
     )
+    return analysis, tuple(scored)
 
 
 # Validation accuracy at a smaller stage size measures the model on smaller images than it
@@ -370,7 +381,7 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
     _train(runner, inputs, progress, runtime, out, list(callbacks or []), verbose, start)
 
     final_size = stages[-1].size
-    analysis = _evaluate(model, inputs, out, final_size)
+    analysis, scored = _evaluate(model, inputs, out, final_size)
     metrics = _metrics(config, runtime, inputs, model, analysis, progress, final_size)
     # What the last phase's step was compiled with (`--jit_compile` as Keras resolved it).
     metrics["jit_compile"] = bool(runner.fitted.jit_compile)
@@ -383,7 +394,8 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
         metrics["export"] = _export(model, config, runtime, inputs, out, metrics, final_size)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_curves(out, phases)
-    write_report(out, config, metrics, analysis, inputs.skipped, tested and tested[1])
+    examples = examples_for_run(model, inputs, final_size, scored, out)
+    write_report(out, config, metrics, analysis, inputs.skipped, tested and tested[1], examples)
     progress.write_best(model, out / "best.keras")
     progress.finish()
     where = _finish_worker_copy(config, runtime, out)

@@ -145,30 +145,84 @@ def _add_explain(subparsers: argparse._SubParsersAction) -> None:
         "explain",
         help="write heatmap overlay PNGs (Grad-CAM family or occlusion) for images",
         description=(
-            "For each image writes OUT/<name>_<method>.png: the image (at the model's input "
-            "size) and the heatmap overlay for the predicted class (or --class_index), side by "
-            "side; with --branches one overlay per branch and the merged model."
+            "For each image writes OUT/<name>_<method>.png: the image and its heatmap overlay "
+            "for the predicted class (or --class_index), each panel titled with the class and "
+            "its probability, and a colour bar of the map's scale. Panels keep the image's "
+            "own aspect and are at least 256 px on the short side (small images are enlarged "
+            "smoothly, image and map alike); with --branches one overlay per branch and one "
+            "for the merged model, each named."
         ),
     )
     p.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders")
     _add_model_arguments(p)
-    p.add_argument("--method", default="gradcam", choices=METHODS)
+    p.add_argument(
+        "--method",
+        default="gradcam",
+        choices=METHODS,
+        help="explanation method (default: %(default)s)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--layer", default=None, help="layer to explain (default: the last conv)")
     p.add_argument("--branch", default=None, help="a branch name, or 'merged'")
     p.add_argument("--branches", action="store_true", help="one overlay per branch + merged")
     p.add_argument("--class_index", type=int, default=None, help="class to explain")
-    p.add_argument("--colormap", default="jet")
+    p.add_argument(
+        "--colormap",
+        default="jet",
+        choices=COLORMAP_CHOICES,
+        help="colours of the heatmap (default: %(default)s)",
+    )
     p.set_defaults(func=_run_explain)
 
 
+# `cellkeras.explain.overlay.COLORMAPS`' names, spelt out: that module imports OpenCV, which
+# every `cellkeras` command would then load just to build its parser (a test keeps them equal).
+COLORMAP_CHOICES = ("jet", "turbo", "inferno", "viridis", "hot")
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "layercam": "LayerCAM",
+    "scorecam": "Score-CAM",
+    "faster-scorecam": "Faster Score-CAM",
+    "occlusion": "occlusion",
+}
+
+
+def _panel_name(target: str | None, merged: str) -> str:
+    if target is None:
+        return "model"
+    return "merged model" if target == merged else f"{target} branch"
+
+
+def _read_for_explain(paths: list[Path], info: Any) -> tuple[list, list]:
+    """Each image as the model takes it and as it is shown (its own size, so the figure keeps
+    its aspect); returns ([(path, model pixels, shown pixels)], [(path, error)])."""
+    import dataclasses
+
+    from cellkeras.inference.loading import prepare_image_for_model
+    from cellkeras.io.images import ImageError, decode_raw, read_image_bytes
+
+    own_size = dataclasses.replace(info, image_size=None)
+    good, bad = [], []
+    for path in paths:
+        try:
+            raw = decode_raw(read_image_bytes(path), source=str(path))
+            good.append(
+                (path, prepare_image_for_model(raw, info, str(path)),
+                 prepare_image_for_model(raw, own_size, str(path)))
+            )  # fmt: skip
+        except ImageError as err:
+            bad.append((path, err.reason))
+    return good, bad
+
+
 def _run_explain(args: argparse.Namespace) -> int:
-    import cv2
     import numpy as np
 
+    from cellkeras.evaluate.plots import save_figure
     from cellkeras.explain.cam import compute_explanation
     from cellkeras.explain.methods import MERGED
-    from cellkeras.explain.overlay import overlay, side_by_side
+    from cellkeras.explain.plots import ROW_DPI, plot_overlay_row
     from cellkeras.explain.targets import branch_names
     from cellkeras.inference.loading import expand_image_paths
 
@@ -188,24 +242,33 @@ def _run_explain(args: argparse.Namespace) -> int:
             compute_explanation(model, probe, args.method, 0, args.layer, target, batch_size=1)
     except (ValueError, FileNotFoundError, OSError) as err:
         return _fail("explain", err)
-    good, bad = _read_all(paths, info, progress=len(paths) > 20)
+    good, bad = _read_for_explain(paths, info)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = info.class_names()
+    method = METHOD_NAMES.get(args.method, args.method)
     written = []
-    for path, pixels in good:
-        panels = [pixels]
-        labels = []
+    for path, pixels, shown in good:
+        maps, titles, labels = [], [], []
         for target in targets:
             result = compute_explanation(
                 model, pixels[None], args.method, args.class_index, args.layer, target,
                 batch_size=args.batch_size,
             )  # fmt: skip
-            panels.append(overlay(pixels, result.maps[0], colormap=args.colormap))
-            k = int(result.class_index[0])
-            labels.append(f"{target or 'model'}: {names[k]} {result.probability[0]:.2f}")
+            k, probability = int(result.class_index[0]), float(result.probability[0])
+            maps.append(result.maps[0])
+            titles.append(f"{_panel_name(target, MERGED)}\n{names[k]}  p = {probability:.2f}")
+            labels.append(f"{target or 'model'}: {names[k]} {probability:.2f}")
+        figure = plot_overlay_row(
+            shown,
+            maps,
+            titles,
+            image_title=f"{path.name}\n{shown.shape[1]}x{shown.shape[0]} px",
+            colormap=args.colormap,
+            colorbar_label=f"{method} heat (1 = the map's peak)",
+        )
         target_file = out / f"{path.stem}_{args.method}.png"
-        cv2.imwrite(str(target_file), cv2.cvtColor(side_by_side(panels), cv2.COLOR_RGB2BGR))
+        save_figure(figure, target_file, dpi=ROW_DPI)
         written.append(target_file)
         print(f"{path} -> {target_file} ({'; '.join(labels)})")
     print(f"{len(written)} overlays written to {out}, {len(bad)} failed")

@@ -75,29 +75,84 @@ def plot_confusion_matrices(
 def plot_reliability(
     bins_by_model: Mapping[str, Mapping[str, Any]], title: str | None = None
 ) -> Figure:
-    """Reliability diagram: accuracy against mean confidence per bin, one line per model.
+    """Reliability diagram: accuracy against mean confidence per bin, one line per model, over
+    a bar chart of how many images fall in each bin (a point made of 3 images says little).
+
+    The last model's counts (the merged model's, in `evaluate_branches`' order) are written
+    on its bars.
 
     Args:
         bins_by_model: name -> `cellkeras.evaluate.classification.reliability_bins(...)` output.
         title: figure title.
     """
-    fig = _figure(4.6, 4.2)
-    ax = fig.subplots()
+    fig = _figure(4.8, 5.6)
+    ax, counts_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.25))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
-    for name, bins in bins_by_model.items():
-        filled = np.asarray(bins["count"]) > 0
-        ax.plot(
-            np.asarray(bins["confidence"])[filled],
-            np.asarray(bins["accuracy"])[filled],
-            marker="o",
-            label=name,
-        )
+    names = list(bins_by_model)
+    edges = np.asarray(next(iter(bins_by_model.values()))["edges"]) if names else np.zeros(2)
+    width = (edges[1] - edges[0]) * 0.8 / max(len(names), 1)
+    for k, (name, bins) in enumerate(bins_by_model.items()):
+        count = np.asarray(bins["count"])
+        filled = count > 0
+        xs = np.asarray(bins["confidence"])[filled]
+        ys = np.asarray(bins["accuracy"])[filled]
+        (line,) = ax.plot(xs, ys, marker="o", label=name)
+        centres = (edges[:-1] + edges[1:]) / 2 + (k - (len(names) - 1) / 2) * width
+        bars = counts_ax.bar(centres, count, width, color=line.get_color())
+        if k == len(names) - 1:
+            counts_ax.bar_label(bars, [str(c) if c else "" for c in count], fontsize=6)
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("confidence (top class)")
+    ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title or "reliability")
+    highest = max((int(np.max(b["count"])) for b in bins_by_model.values()), default=1)
+    counts_ax.set_ylim(0, max(highest, 1) * 1.3)  # room for the numbers on the bars
+    counts_ax.set_ylabel("images", fontsize=8)
+    counts_ax.set_xlabel("confidence (top class)")
+    counts_ax.tick_params(labelsize=7)
+    return fig
+
+
+def plot_image_gallery(
+    images: Sequence[np.ndarray] | np.ndarray,
+    captions: Sequence[str],
+    title: str | None = None,
+    columns: int = 6,
+    tile_inches: float = 1.45,
+) -> Figure:
+    """Images in a grid, each with a caption under it (e.g. the true and predicted class).
+
+    Args:
+        images: (H, W[, C]) images, shown by `cellkeras.io.display.to_display_rgb`'s rules.
+        captions: one per image; "\n" breaks lines.
+        title: figure title.
+        columns: tiles per row at most.
+        tile_inches: a tile's side.
+    """
+    from cellkeras.io.display import to_display_rgb
+
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    count = max(len(images), 1)
+    columns = min(columns, count)
+    rows = int(np.ceil(count / columns))
+    lines = max((c.count("\n") + 1 for c in captions), default=1)
+    fig = _figure(tile_inches * columns + 0.3, (tile_inches + 0.14 * lines) * rows + 0.5)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(images):
+            ax.set_axis_off()
+            continue
+        ax.imshow(to_display_rgb(np.asarray(images[k])), interpolation="bicubic")
+        # An x label, not a title moved down: the layout then keeps it clear of the image.
+        ax.set_xlabel(captions[k], fontsize=7, linespacing=1.15)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
