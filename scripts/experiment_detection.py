@@ -29,6 +29,11 @@ threshold's F1 and, labelled, the per-image optimum (each image its own best thr
 Command (the numbers in docs/BENCHMARKS.md, about 15 min):
     python scripts/experiment_detection.py
 
+Leave-one-source-out nuclei detection (ndev, laptrack; synthetic nuclei always in training;
+`scripts/_detection_loso.py` says how), results in `--out`/results.json ("loso") and
+loso_table.md, figures `--out`/loso_<source>.png:
+    python scripts/experiment_detection.py --parts loso
+
 Machine: 2-core x86-64 CPU, no GPU, TensorFlow 2.21 / Keras 3.15.1, float32, shared with other
 jobs. Outputs: `--out` (default runs/experiment_detection)/results.json and table.md, and the
 figures docs/images/detect_nuclei.png and docs/images/detect_synthetic.png.
@@ -561,6 +566,10 @@ def main() -> None:
     parser.add_argument("--test_scenes", type=int, default=5)
     parser.add_argument("--gradcam", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--gradcam_per_class", type=int, default=300)
+    parser.add_argument("--loso_held_out", nargs="+", default=["ndev", "laptrack"])
+    parser.add_argument("--loso_seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--loso_epochs", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--loso_synthetic", type=int, default=16, help="synthetic fields")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -572,6 +581,15 @@ def main() -> None:
         results["nuclei"] = nuclei_experiment(args, out)
     if "synthetic" in args.parts:
         results["synthetic"] = synthetic_experiment(args, out)
+    if "loso" in args.parts:
+        from _detection_loso import loso_experiment, loso_table
+
+        results["loso"] = loso_experiment(args, out, train, score)
+        (out / "loso_table.md").write_text(loso_table(results["loso"]) + "\n")
+        print(loso_table(results["loso"]))
+        if args.parts == ["loso"]:
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            return
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "table.md").write_text(table(results) + "\n")
     print(table(results))

@@ -53,7 +53,8 @@ def add_detection_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="typical cell diameter in these images, pixels: the image is rescaled so cells "
-        "match the training scale (as Cellpose's diameter)",
+        "match the training scale (as Cellpose's diameter); default: the nuclei workflow "
+        "measures it on each image",
     )
     p.add_argument(
         "--train_diameter",
@@ -202,17 +203,23 @@ def _run_detect(args: argparse.Namespace) -> int:
                 "height": int(image.shape[0]),
                 "annotated": png.name,
                 "probability": round(found.probability, 4),
+                "cell_diameter": found.cell_diameter,
             }
         )
         all_boxes.append(found.boxes)
         all_scores.append(found.scores)
-        print(f"{path}: {len(found.boxes)} {category}(s) -> {png}")
+        size = ""
+        if found.cell_diameter is not None:
+            how = "estimated" if found.diameter_estimated else "given"
+            size = f" (cell diameter {found.cell_diameter:.1f} px, {how})"
+        print(f"{path}: {len(found.boxes)} {category}(s){size} -> {png}")
     document = to_coco(metas, all_boxes, all_scores, category=category)
     document["info"] = {
         "model": str(info.source),
         "workflow": workflow or GENERIC,
         "method": config.method,
         "cell_diameter": args.cell_diameter,
+        "cell_diameter_estimated": args.cell_diameter is None and config.estimate_diameter,
         "threshold": level,
         "threshold_source": source,
     }

@@ -53,7 +53,10 @@ class DetectConfig:
             for the sliding window; probability times normalized CAM for Grad-CAM) is below this.
         train_diameter: cell diameter in pixels the model was trained on; with `cell_diameter`
             the image is rescaled so the two match.
-        cell_diameter: cell diameter in this image, pixels (None: no rescaling).
+        cell_diameter: cell diameter in this image, pixels (None: estimated from the image
+            when `estimate_diameter`, else no rescaling).
+        estimate_diameter: without `cell_diameter`, measure it on the image
+            (`cellkeras.detect.size.estimate_diameter`) and rescale by that.
         boxes: `BoxParams` for heatmap → boxes (thresholds apply to the [0, 1] heatmap).
         batch_size: windows per model call.
     """
@@ -70,6 +73,7 @@ class DetectConfig:
     gate: float = 0.5
     train_diameter: float | None = None
     cell_diameter: float | None = None
+    estimate_diameter: bool = False
     boxes: BoxParams = dataclasses.field(default_factory=BoxParams)
     batch_size: int = 1024
 
@@ -110,6 +114,7 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
         "normalization": "percentile",
         "gate": 0.5,
         "train_diameter": 12.0,
+        "estimate_diameter": True,
         "boxes": {
             "threshold": "fixed",
             "value": 0.95,
@@ -158,6 +163,8 @@ class Detections:
         heatmap: float32 (H, W) in [0, 1] at the input image's size.
         probability: the image's highest target-class probability (what `gate` compared).
         scale: the factor the image was resized by before the model (1.0: not resized).
+        cell_diameter: the cell diameter (pixels) the rescaling used: given, or estimated.
+        diameter_estimated: whether `cell_diameter` was measured on the image.
     """
 
     boxes: np.ndarray
@@ -165,6 +172,26 @@ class Detections:
     heatmap: np.ndarray
     probability: float
     scale: float = 1.0
+    cell_diameter: float | None = None
+    diameter_estimated: bool = False
+
+
+def resolve_diameter(image: np.ndarray, config: DetectConfig) -> tuple[DetectConfig, bool]:
+    """`config` with `cell_diameter` measured on `image` when it is unset and to be estimated.
+
+    Returns:
+        `(config, estimated)`; an image without measurable foreground keeps None (no rescaling).
+    """
+    if config.cell_diameter is not None or not config.estimate_diameter:
+        return config, False
+    if config.train_diameter is None:
+        return config, False
+    from cellkeras.detect.size import estimate_diameter
+
+    diameter = estimate_diameter(np.asarray(image))
+    if diameter is None:
+        return config, False
+    return dataclasses.replace(config, cell_diameter=round(diameter, 2)), True
 
 
 def has_conv_layers(model) -> bool:
@@ -234,6 +261,7 @@ def scaled_heatmap(
         channels = model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None
     check_model(model)
     image = _to_channels(np.asarray(image), channels)
+    config, _ = resolve_diameter(image, config)
     height, width = image.shape[:2]
     scaled, scale = rescale_for_diameter(image, config.cell_diameter, config.train_diameter)
     min_side = config.window if config.method == "sliding_window" else 8
@@ -308,6 +336,7 @@ def detect(
             take, or an image smaller than the model's window after rescaling.
     """
     config = config or DetectConfig.for_workflow("nuclei")
+    config, estimated = resolve_diameter(image, config)
     heat, scaled, scale, probability = scaled_heatmap(model, image, config, channels, class_names)
     height, width = np.asarray(image).shape[:2]
     if probability < config.gate:
@@ -320,7 +349,9 @@ def detect(
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
         heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
-    return Detections(boxes.astype(np.float32), scores, heat, probability, scale)
+    return Detections(
+        boxes.astype(np.float32), scores, heat, probability, scale, config.cell_diameter, estimated
+    )
 
 
 def choose_workflow(classes: list[str] | None) -> str | None:
