@@ -124,3 +124,19 @@ def test_detect_measures_the_diameter_when_not_given():
     given, estimated = resolve_diameter(sample.images[0], DetectConfig.for_workflow(
         "nuclei", cell_diameter=9.0))  # fmt: skip
     assert not estimated and given.cell_diameter == 9.0
+
+
+def test_local_foreground_keeps_dim_nuclei_whole():
+    from cellkeras.detect.boxes import BoxParams, image_foreground
+
+    image = np.full((64, 96), 100.0, np.float32)
+    yy, xx = np.mgrid[:64, :96]
+    for cx, level in ((16, 4000.0), (48, 4000.0), (80, 1400.0)):  # two bright, one dim
+        image[(yy - 32) ** 2 + (xx - cx) ** 2 <= 36] = level
+    image += np.random.default_rng(0).normal(0, 20, image.shape)
+    dim = (yy - 32) ** 2 + (xx - 80) ** 2 <= 36
+    global_fg, local_fg = image_foreground(image), image_foreground(image, mode="local")
+    assert global_fg[dim].mean() < 0.5 and local_fg[dim].mean() > 0.8
+    assert local_fg[:, :4].sum() == 0  # plain background stays background
+    with pytest.raises(ValueError, match="foreground"):
+        BoxParams(foreground="adaptive")

@@ -104,6 +104,15 @@ def rescale_sample(sample: NucleiSample, scale: float) -> NucleiSample:
     return dataclasses.replace(sample, images=images, labels=labels, pixel_size_um=pixel)
 
 
+def _cap_background(patches: ImageSet, ratio: float, seed: int) -> ImageSet:
+    background = np.flatnonzero(patches.labels == 0)
+    limit = int(ratio * max(1, int((patches.labels == 1).sum())))
+    if len(background) <= limit:
+        return patches
+    drop = np.random.default_rng(seed).choice(background, len(background) - limit, replace=False)
+    return patches.subset(np.setdiff1d(np.arange(len(patches)), drop))
+
+
 def multi_source_patches(
     sources: str | Sequence[str] = NUCLEI_SOURCES,
     patch_size: int = 32,
@@ -111,6 +120,7 @@ def multi_source_patches(
     frames: Mapping[str, Sequence[int]] | None = None,
     train_diameter: float = TRAIN_DIAMETER,
     loaded: Mapping[str, NucleiSample] | None = None,
+    max_background_ratio: float | None = 2.0,
 ) -> ImageSet:
     """Nucleus/background patches (`nuclei_patches` rules) pooled over sources at one scale.
 
@@ -122,6 +132,10 @@ def multi_source_patches(
             calibrating detection on the training sources.
         train_diameter: the nucleus diameter every source is resized to.
         loaded: already loaded samples by name (instead of `load_source`).
+        max_background_ratio: per source, background patches beyond this many per nucleus
+            patch are dropped at random (sparse fields such as the ndev scratch assay give
+            five times more background than nuclei; the extra ones teach little and cost
+            training time); None keeps all.
 
     Returns:
         An `ImageSet` (classes ["background", "nucleus"], uint16 (N, s, s, 1) patches) whose
@@ -138,6 +152,8 @@ def multi_source_patches(
         stride = stride or max(1, patch_size // 4)
         chosen = None if frames is None or name not in frames else list(frames[name])
         part = nuclei_patches(chosen, patch_size, stride, seed, sample)
+        if max_background_ratio is not None:
+            part = _cap_background(part, max_background_ratio, seed)
         index = NUCLEI_SOURCES.index(name)
         parts.append(dataclasses.replace(part, groups=part.groups + index * GROUP_STRIDE))
     return ImageSet(
