@@ -33,6 +33,12 @@ Leave-one-source-out nuclei detection (ndev, laptrack; synthetic nuclei always i
 `scripts/_detection_loso.py` says how), results in `--out`/results.json ("loso") and
 loso_table.md, figures `--out`/loso_<source>.png:
     python scripts/experiment_detection.py --parts loso
+or one held-out source per process (the two at once), then their table together:
+    python scripts/experiment_detection.py --parts loso --loso_held_out ndev --out runs/loso_ndev
+    python scripts/experiment_detection.py --parts loso --loso_held_out laptrack \
+        --out runs/loso_laptrack
+    python scripts/experiment_detection.py --parts loso_table --loso_from runs/loso_ndev \
+        runs/loso_laptrack --out runs/experiment_detection
 
 Machine: 2-core x86-64 CPU, no GPU, TensorFlow 2.21 / Keras 3.15.1, float32, shared with other
 jobs. Outputs: `--out` (default runs/experiment_detection)/results.json and table.md, and the
@@ -568,9 +574,10 @@ def main() -> None:
     parser.add_argument("--gradcam_per_class", type=int, default=300)
     parser.add_argument("--loso_held_out", nargs="+", default=["ndev", "laptrack"])
     parser.add_argument("--loso_seeds", type=int, nargs="+", default=[0, 1, 2])
-    # Fewer than the preset's 10 epochs, so 6 trainings fit on a shared 2-core machine.
-    parser.add_argument("--loso_epochs", type=int, default=5, help="0: the preset's")
-    parser.add_argument("--loso_synthetic", type=int, default=10, help="synthetic fields")
+    # Fewer than the preset's 10 epochs, so 6 trainings fit in an hour on a shared 2-core machine.
+    parser.add_argument("--loso_epochs", type=int, default=4, help="0: the preset's")
+    parser.add_argument("--loso_synthetic", type=int, default=8, help="synthetic fields")
+    parser.add_argument("--loso_from", nargs="+", default=[], help="loso_table: result folders")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -582,6 +589,20 @@ def main() -> None:
         results["nuclei"] = nuclei_experiment(args, out)
     if "synthetic" in args.parts:
         results["synthetic"] = synthetic_experiment(args, out)
+    if "loso_table" in args.parts:
+        from _detection_loso import loso_table
+
+        merged: dict = {"folds": [], "baseline": {}, "summary": {}}
+        for folder in args.loso_from:
+            part = json.loads((Path(folder) / "results.json").read_text())["loso"]
+            merged["folds"] += part["folds"]
+            merged["baseline"].update(part["baseline"])
+            merged["summary"].update(part["summary"])
+        results["loso"] = merged
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "loso_table.md").write_text(loso_table(merged) + "\n")
+        print(loso_table(merged))
+        return
     if "loso" in args.parts:
         from _detection_loso import loso_experiment, loso_table
 
