@@ -101,12 +101,13 @@ def baseline(images, truth, score) -> dict:
     }  # fmt: skip
 
 
-def heats_for(model, images, config):
-    """Per image: (heat, rescaled image, scale, diameter used, seconds)."""
+def heats_for(model, images, config, diameters=None):
+    """Per image: (heat, rescaled image, scale, diameter used, seconds); `diameters` (one per
+    image) instead of the estimate."""
     rows = []
-    for image in images:
+    for i, image in enumerate(images):
         start = time.perf_counter()
-        diameter = config.cell_diameter or estimate_diameter(image)
+        diameter = diameters[i] if diameters is not None else estimate_diameter(image)
         cfg = dataclasses.replace(config, cell_diameter=diameter)
         heat, scaled, scale, _ = scaled_heatmap(model, image, cfg, channels=1)
         rows.append((heat, scaled, scale, diameter, time.perf_counter() - start))
@@ -150,11 +151,12 @@ def boxes_back(rows, params: BoxParams, shapes):
     return out
 
 
-def evaluate_route(model, config, cal, test, score) -> dict:
-    """Calibrate on `cal` (images, truth), freeze, score on `test` (images, truth)."""
-    cal_rows = heats_for(model, cal[0], config)
+def evaluate_route(model, config, cal, test, score, labelled=False) -> dict:
+    """Calibrate on `cal` (images, truth, labelled diameters), freeze, score on `test` (the
+    same); `labelled`: rescale by the labelled diameters instead of the estimates."""
+    cal_rows = heats_for(model, cal[0], config, cal[2] if labelled else None)
     frozen, calibration = frozen_params(cal_rows, cal[1], config.boxes)
-    test_rows = heats_for(model, test[0], config)
+    test_rows = heats_for(model, test[0], config, test[2] if labelled else None)
     found = boxes_back(test_rows, frozen, [im.shape[:2] for im in test[0]])
     result = score([f for f, _ in found], test[1])
     seconds = [r[4] + s for r, (_, s) in zip(test_rows, found, strict=True)]
@@ -167,6 +169,15 @@ def evaluate_route(model, config, cal, test, score) -> dict:
         "diameters": [float(r[3]) if r[3] else None for r in test_rows],
         "_pred": [f for f, _ in found],
     }  # fmt: skip
+
+
+def _frames(picks) -> tuple[list, list, list]:
+    """(images (H, W, 1), true boxes, labelled diameters) of (sample, frame) pairs."""
+    return (
+        [sample.images[f][..., None] for sample, f in picks],
+        [sample.boxes(f) for sample, f in picks],
+        [median_diameter(sample.labels[f]) for sample, f in picks],
+    )
 
 
 def one_fold(held: str, seed: int, args, samples, train, score, preset) -> tuple[dict, tuple]:
@@ -186,38 +197,25 @@ def one_fold(held: str, seed: int, args, samples, train, score, preset) -> tuple
         train_set, val_set, 32, args.loso_epochs or preset["epochs"],
         preset["normalization"], seed=seed, batch_size=preset["batch_size"],
     )  # fmt: skip
-    cal_images, cal_truth = [], []
-    for s in others:
-        for f in CALIBRATION_FRAMES[s]:
-            cal_images.append(samples[s].images[f][..., None])
-            cal_truth.append(samples[s].boxes(f))
     fresh = load_source("synthetic", seed=900 + seed, synthetic_frames=CALIBRATION_SYNTHETIC)
-    for f in range(len(fresh)):
-        cal_images.append(fresh.images[f][..., None])
-        cal_truth.append(fresh.boxes(f))
-    test = (
-        [im[..., None] for im in samples[held].images],
-        [samples[held].boxes(f) for f in range(len(samples[held]))],
-    )
+    picks = [(samples[s], f) for s in others for f in CALIBRATION_FRAMES[s]]
+    picks += [(fresh, f) for f in range(len(fresh))]
+    cal = _frames(picks)
+    test = _frames([(samples[held], f) for f in range(len(samples[held]))])
     config = DetectConfig.for_workflow("nuclei", gate=0.0)
     fold = {
         "held_out": held, "seed": seed, "patches": len(train_set),
         "patch_val_accuracy": val_acc, "train_seconds": seconds,
     }  # fmt: skip
-    fold["window"] = evaluate_route(model, config, (cal_images, cal_truth), test, score)
+    fold["window"] = evaluate_route(model, config, cal, test, score)
     log(f"  window: {_brief(fold['window'])}")
     if seed == args.loso_seeds[0]:
-        true_d = median_diameter(samples[held].labels)
-        known = dataclasses.replace(config, cell_diameter=true_d)
-        fold["window, labelled diameter"] = evaluate_route(
-            model, known, (cal_images, cal_truth), test, score
-        )
-        log(
-            f"  window, labelled diameter {true_d:.1f}: {_brief(fold['window, labelled diameter'])}"
-        )
+        route = "window, labelled diameter"
+        fold[route] = evaluate_route(model, config, cal, test, score, labelled=True)
+        log(f"  {route}: {_brief(fold[route])}")
         if args.gradcam:
             cam = dataclasses.replace(config, method="gradcam", tile=48, overlap=16)
-            fold["gradcam"] = evaluate_route(model, cam, (cal_images, cal_truth), test, score)
+            fold["gradcam"] = evaluate_route(model, cam, cal, test, score)
             log(f"  gradcam: {_brief(fold['gradcam'])}")
     return fold, test
 
