@@ -101,6 +101,18 @@ def baseline(images, truth, score) -> dict:
     }  # fmt: skip
 
 
+def baseline_only(held_out, score) -> dict:
+    """`baseline` on every frame of each source in `held_out`, logged."""
+    rows = {}
+    for held in held_out:
+        sample = load_source(held)
+        test = _frames([(sample, f) for f in range(len(sample))])
+        rows[held] = baseline(test[0], test[1], score)
+        log(f"{held} baseline: {_brief(rows[held])} sigma {rows[held]['sigma']} "
+            f"offset {rows[held]['offset']}")  # fmt: skip
+    return rows
+
+
 def heats_for(model, images, config, diameters=None):
     """Per image: (heat, rescaled image, scale, diameter used, seconds); `diameters` (one per
     image) instead of the estimate."""

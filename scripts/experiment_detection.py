@@ -589,6 +589,12 @@ def main() -> None:
         results["nuclei"] = nuclei_experiment(args, out)
     if "synthetic" in args.parts:
         results["synthetic"] = synthetic_experiment(args, out)
+    if "loso_baseline" in args.parts:  # the baseline alone, for a fold cut short
+        from _detection_loso import baseline_only
+
+        results["loso_baseline"] = baseline_only(args.loso_held_out, score)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return
     if "loso_table" in args.parts:
         from _detection_loso import loso_table
 
