@@ -221,7 +221,7 @@ def one_fold(held: str, seed: int, args, samples, train, score, preset) -> tuple
     }  # fmt: skip
     fold["window"] = evaluate_route(model, config, cal, test, score)
     log(f"  window: {_brief(fold['window'])}")
-    if seed == args.loso_seeds[0]:
+    if seed == args.loso_seeds[0] and args.loso_extra:
         route = "window, labelled diameter"
         fold[route] = evaluate_route(model, config, cal, test, score, labelled=True)
         log(f"  {route}: {_brief(fold[route])}")
@@ -291,18 +291,7 @@ def loso_experiment(args, out: Path, train, score) -> dict:
         figure(held, test, held_results[0]["window"]["_pred"], base_pred,
                out / f"loso_{held}.png")  # fmt: skip
         results["baseline"][held] = base
-        summary = {}
-        for route in ("window", "window, labelled diameter", "gradcam"):
-            rows = [f[route] for f in held_results if route in f]
-            if not rows:
-                continue
-            summary[route] = {
-                key: [float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))]
-                for key in ("f1@0.5", "coco_ap@[.5:.95]", "precision@0.5", "recall@0.5",
-                            "seconds_per_image")
-            } | {"seeds": len(rows)}  # fmt: skip
-        summary["true_diameter"] = median_diameter(samples[held].labels)
-        summary["estimated_diameters"] = held_results[0]["window"]["diameters"]
+        summary = summarize(held_results, samples[held])
         results["summary"][held] = summary
         for fold in held_results:
             for route in ("window", "window, labelled diameter", "gradcam"):
@@ -310,6 +299,23 @@ def loso_experiment(args, out: Path, train, score) -> dict:
         results["folds"].extend(held_results)
         log(f"{held} summary: {json.dumps(summary['window'])}")
     return results
+
+
+def summarize(held_results: list[dict], sample) -> dict:
+    """Mean and sd over seeds of each route's scores, and the size estimates of the first."""
+    summary = {}
+    for route in ("window", "window, labelled diameter", "gradcam"):
+        rows = [f[route] for f in held_results if route in f]
+        if not rows:
+            continue
+        keys = ("f1@0.5", "coco_ap@[.5:.95]", "precision@0.5", "recall@0.5", "seconds_per_image")
+        summary[route] = {
+            key: [float(np.mean([r[key] for r in rows])), float(np.std([r[key] for r in rows]))]
+            for key in keys
+        } | {"seeds": len(rows)}
+    summary["true_diameter"] = median_diameter(sample.labels)
+    summary["estimated_diameters"] = held_results[0]["window"]["diameters"]
+    return summary
 
 
 def _without_pred(folds: list[dict]) -> list[dict]:

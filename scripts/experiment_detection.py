@@ -578,6 +578,10 @@ def main() -> None:
     parser.add_argument("--loso_epochs", type=int, default=4, help="0: the preset's")
     parser.add_argument("--loso_synthetic", type=int, default=8, help="synthetic fields")
     parser.add_argument("--loso_from", nargs="+", default=[], help="loso_table: result folders")
+    parser.add_argument(
+        "--loso_extra", action=argparse.BooleanOptionalAction, default=True,
+        help="the first seed also runs the labelled-diameter and Grad-CAM routes",
+    )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -596,14 +600,21 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         return
     if "loso_table" in args.parts:
-        from _detection_loso import loso_table
+        from _detection_loso import load_source, loso_table, summarize
 
+        # Folders of finished runs (results.json), of runs cut short (loso_partial.json) and
+        # of `--parts loso_baseline` runs; summaries are recomputed from the pooled folds.
         merged: dict = {"folds": [], "baseline": {}, "summary": {}}
-        for folder in args.loso_from:
-            part = json.loads((Path(folder) / "results.json").read_text())["loso"]
-            merged["folds"] += part["folds"]
-            merged["baseline"].update(part["baseline"])
-            merged["summary"].update(part["summary"])
+        for folder in map(Path, args.loso_from):
+            saved = json.loads((folder / "results.json").read_text()) if (
+                folder / "results.json").is_file() else {}  # fmt: skip
+            if (folder / "loso_partial.json").is_file():
+                merged["folds"] += json.loads((folder / "loso_partial.json").read_text())
+            merged["baseline"].update(saved.get("loso", {}).get("baseline", {}))
+            merged["baseline"].update(saved.get("loso_baseline", {}))
+        for held in dict.fromkeys(f["held_out"] for f in merged["folds"]):
+            folds = [f for f in merged["folds"] if f["held_out"] == held]
+            merged["summary"][held] = summarize(folds, load_source(held))
         results["loso"] = merged
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "loso_table.md").write_text(loso_table(merged) + "\n")
