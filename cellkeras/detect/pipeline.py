@@ -107,6 +107,12 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
     # one hot region) and the boxes take the image's own Otsu foreground as extent. Threshold,
     # erosion and marker distance calibrated on frame 6 (F1@0.5 0.935 on frames 7-9, Otsu +
     # watershed 0.919). Stride 4: a quarter of stride 2's windows, no worse (0.926 at stride 2).
+    # Without --cell_diameter the nuclei's size is measured on the image (`estimate_diameter`)
+    # and the image rescaled to the 12 px the preset's sources are resized to. The
+    # leave-one-source-out calibrations of the multi-source preset chose 0.7-0.98 / 1-5 / 4
+    # and mostly the "local" foreground, and did not reach the baseline on laptrack
+    # (docs/BENCHMARKS.md, "Nuclei from unseen microscopes"), so these stay until a choice is
+    # stable across seeds; `cellkeras calibrate` freezes others per model.
     "nuclei": {
         "method": "sliding_window",
         "window": 32,
