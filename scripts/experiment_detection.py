@@ -29,6 +29,17 @@ threshold's F1 and, labelled, the per-image optimum (each image its own best thr
 Command (the numbers in docs/BENCHMARKS.md, about 15 min):
     python scripts/experiment_detection.py
 
+Leave-one-source-out nuclei detection (ndev, laptrack; synthetic nuclei always in training;
+`scripts/_detection_loso.py` says how), results in `--out`/results.json ("loso") and
+loso_table.md, figures `--out`/loso_<source>.png:
+    python scripts/experiment_detection.py --parts loso
+or one held-out source per process (the two at once), then their table together:
+    python scripts/experiment_detection.py --parts loso --loso_held_out ndev --out runs/loso_ndev
+    python scripts/experiment_detection.py --parts loso --loso_held_out laptrack \
+        --out runs/loso_laptrack
+    python scripts/experiment_detection.py --parts loso_table --loso_from runs/loso_ndev \
+        runs/loso_laptrack --out runs/experiment_detection
+
 Machine: 2-core x86-64 CPU, no GPU, TensorFlow 2.21 / Keras 3.15.1, float32, shared with other
 jobs. Outputs: `--out` (default runs/experiment_detection)/results.json and table.md, and the
 figures docs/images/detect_nuclei.png and docs/images/detect_synthetic.png.
@@ -561,6 +572,16 @@ def main() -> None:
     parser.add_argument("--test_scenes", type=int, default=5)
     parser.add_argument("--gradcam", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--gradcam_per_class", type=int, default=300)
+    parser.add_argument("--loso_held_out", nargs="+", default=["ndev", "laptrack"])
+    parser.add_argument("--loso_seeds", type=int, nargs="+", default=[0, 1, 2])
+    # Fewer than the preset's 10 epochs, so 6 trainings fit in an hour on a shared 2-core machine.
+    parser.add_argument("--loso_epochs", type=int, default=4, help="0: the preset's")
+    parser.add_argument("--loso_synthetic", type=int, default=8, help="synthetic fields")
+    parser.add_argument("--loso_from", nargs="+", default=[], help="loso_table: result folders")
+    parser.add_argument(
+        "--loso_extra", action=argparse.BooleanOptionalAction, default=True,
+        help="the first seed also runs the labelled-diameter and Grad-CAM routes",
+    )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -572,6 +593,42 @@ def main() -> None:
         results["nuclei"] = nuclei_experiment(args, out)
     if "synthetic" in args.parts:
         results["synthetic"] = synthetic_experiment(args, out)
+    if "loso_baseline" in args.parts:  # the baseline alone, for a fold cut short
+        from _detection_loso import baseline_only
+
+        results["loso_baseline"] = baseline_only(args.loso_held_out, score)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return
+    if "loso_table" in args.parts:
+        from _detection_loso import load_source, loso_table, summarize
+
+        # Folders of finished runs (results.json), of runs cut short (loso_partial.json) and
+        # of `--parts loso_baseline` runs; summaries are recomputed from the pooled folds.
+        merged: dict = {"folds": [], "baseline": {}, "summary": {}}
+        for folder in map(Path, args.loso_from):
+            saved = json.loads((folder / "results.json").read_text()) if (
+                folder / "results.json").is_file() else {}  # fmt: skip
+            if (folder / "loso_partial.json").is_file():
+                merged["folds"] += json.loads((folder / "loso_partial.json").read_text())
+            merged["baseline"].update(saved.get("loso", {}).get("baseline", {}))
+            merged["baseline"].update(saved.get("loso_baseline", {}))
+        for held in dict.fromkeys(f["held_out"] for f in merged["folds"]):
+            folds = [f for f in merged["folds"] if f["held_out"] == held]
+            merged["summary"][held] = summarize(folds, load_source(held))
+        results["loso"] = merged
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "loso_table.md").write_text(loso_table(merged) + "\n")
+        print(loso_table(merged))
+        return
+    if "loso" in args.parts:
+        from _detection_loso import loso_experiment, loso_table
+
+        results["loso"] = loso_experiment(args, out, train, score)
+        (out / "loso_table.md").write_text(loso_table(results["loso"]) + "\n")
+        print(loso_table(results["loso"]))
+        if args.parts == ["loso"]:
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            return
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "table.md").write_text(table(results) + "\n")
     print(table(results))

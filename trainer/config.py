@@ -49,6 +49,8 @@ class DataConfig:
             the end, and never used for any choice.
         test_labels_csv: test CSV of filename,label rows (files under image_root).
         test_tfrecords: test TFRecord files, scored once at the end.
+        nuclei_sources: labelled nuclei the nuclei source cuts its patches from,
+            comma-separated: ndev, laptrack, synthetic (cellkeras.data.nuclei_sources).
         synthetic_images: number of synthetic images.
         synthetic_size: side of the synthetic images in pixels.
         synthetic_difficulty: how hard the synthetic classes are to tell apart (1 = default).
@@ -73,6 +75,7 @@ class DataConfig:
     test_dir: str | None = None
     test_labels_csv: str | None = None
     test_tfrecords: str | None = None
+    nuclei_sources: str = "ndev"
     synthetic_images: int = 3000
     synthetic_size: int = 96
     synthetic_difficulty: float = 1.0
@@ -183,13 +186,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.schedule": "64x96:8",
         "train.batch_size": 16,
     },
-    # Nucleus-vs-background 32 px patches of the ndev scratch-assay sample (all 10 frames; the
-    # validation split holds out whole frames). Patch labels only: the classifier that
+    # Nucleus-vs-background 32 px patches of three labelled sources (the ndev scratch assay, the
+    # laptrack time-lapse, synthetic nuclei), each resized to 12 px nuclei; the validation split
+    # holds out whole frames. Patch labels only: the classifier that
     # `cellkeras detect` turns into nucleus boxes by sliding it over whole images. Percentile
     # normalization per patch, as the export's serving signature repeats in-graph, so any
     # fluorescence image's intensity scale works. About 2 minutes on a 2-core CPU.
     "nuclei": {
         "data.source": "nuclei",
+        "data.nuclei_sources": "ndev,laptrack,synthetic",
         "data.channels": 1,
         "data.normalization": "percentile",
         "train.schedule": "32:10",

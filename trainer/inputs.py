@@ -65,6 +65,7 @@ def load_data(config: RunConfig, strategy=None):
         labels_csv=data.labels_csv,
         image_root=data.image_root,
         tfrecords=data.tfrecords,
+        nuclei_sources=data.nuclei_sources,
         num_images=data.synthetic_images,
         image_size=data.synthetic_size,
         difficulty=data.synthetic_difficulty,

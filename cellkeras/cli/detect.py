@@ -57,7 +57,8 @@ def add_detection_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="typical cell diameter in these images, pixels: the image is rescaled so cells "
-        "match the training scale (as Cellpose's diameter)",
+        "match the training scale (as Cellpose's diameter); default: the nuclei workflow "
+        "measures it on each image",
     )
     p.add_argument(
         "--train_diameter",
@@ -224,6 +225,7 @@ def _run_detect(args: argparse.Namespace) -> int:
                 "probability": round(found.probability, 4),
                 "pixel_size_um": pixel_size,
                 "pixel_size_source": size_source,
+                "cell_diameter": found.cell_diameter,
             }
         )
         all_boxes.append(found.boxes)
@@ -233,13 +235,18 @@ def _run_detect(args: argparse.Namespace) -> int:
             cells.extend(_write_instances(out, path, image, found, pixel_size, category))
         except OSError as err:
             return _fail(f"{out}: cannot write the outputs of {path} ({err})")
-        print(f"{path}: {len(found.boxes)} {category}(s) -> {png}")
+        size = ""
+        if found.cell_diameter is not None:
+            how = "estimated" if found.diameter_estimated else "given"
+            size = f" (cell diameter {found.cell_diameter:.1f} px, {how})"
+        print(f"{path}: {len(found.boxes)} {category}(s){size} -> {png}")
     document = to_coco(metas, all_boxes, all_scores, category=category, labels=all_labels)
     document["info"] = {
         "model": str(info.source),
         "workflow": workflow or GENERIC,
         "method": config.method,
         "cell_diameter": args.cell_diameter,
+        "cell_diameter_estimated": args.cell_diameter is None and config.estimate_diameter,
         "threshold": level,
         "threshold_source": source,
     }

@@ -43,12 +43,22 @@ ndev scratch-assay nuclei
 uint16: channel 0 a nuclear stain, channel 2 an instance label image of the nuclei (59-83 per
 frame), 0.619 um per pixel. `nuclei_sample` returns the stain and labels, `instance_boxes` turns a
 label image into boxes, and `nuclei_patches` cuts weakly labelled nucleus/background patches.
+
+laptrack nuclei time-lapse
+--------------------------
+The laptrack 0.17.1 source distribution's
+`docs/examples/napari_interactive_fix_data/example_images.tif` and `example_label.tif`: 6 frames
+of 200x200 uint16 fluorescence nuclei with instance labels (39-50 per frame, median equivalent
+diameter about 21 px; pixel size not recorded). No installed package ships them, so `make`
+(the `$(VENV)/.installed` step) extracts them into ``sys.prefix/share/cellkeras/laptrack/`` and
+`laptrack_sample` reads them from there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,6 +91,9 @@ EMBRYO_STAGES: tuple[tuple[str, int, int], ...] = (
 NUCLEI_TIFF = ("ndev_sampledata", "samples/scratch-assay-labeled-10T-2Ch.tiff")
 NUCLEI_PIXEL_SIZE_UM = 0.619
 NUCLEI_CLASSES = ["background", "nucleus"]
+
+LAPTRACK_REQUIREMENT = "laptrack==0.17.1"
+LAPTRACK_FILES = ("example_images.tif", "example_label.tif")
 
 
 class MissingSampleError(RuntimeError):
@@ -236,12 +249,12 @@ class NucleiSample:
     Attributes:
         images: (T, H, W) uint16 nuclear stain.
         labels: (T, H, W) int32 instance labels (0 = background).
-        pixel_size_um: micrometres per pixel.
+        pixel_size_um: micrometres per pixel (None: not recorded).
     """
 
     images: np.ndarray
     labels: np.ndarray
-    pixel_size_um: float = NUCLEI_PIXEL_SIZE_UM
+    pixel_size_um: float | None = NUCLEI_PIXEL_SIZE_UM
 
     def __len__(self) -> int:
         return len(self.images)
@@ -273,6 +286,47 @@ def nuclei_sample() -> NucleiSample:
     return NucleiSample(
         images=np.ascontiguousarray(data[0]).astype(np.uint16, copy=False),
         labels=np.ascontiguousarray(data[2]).astype(np.int32),
+    )
+
+
+def laptrack_dir() -> Path:
+    """Where `make` puts the laptrack sample: ``sys.prefix/share/cellkeras/laptrack``."""
+    return Path(sys.prefix) / "share" / "cellkeras" / "laptrack"
+
+
+def laptrack_sample(folder: str | Path | None = None) -> NucleiSample:
+    """The laptrack 0.17.1 example nuclei: 6 frames of 200x200 uint16 with instance labels.
+
+    Args:
+        folder: the folder holding `LAPTRACK_FILES` (default: `laptrack_dir()`).
+
+    Raises:
+        MissingSampleError: a file is missing; the message names the path and the make step.
+        ValueError: the files do not hold matching (T, H, W) stacks.
+    """
+    import tifffile
+
+    folder = Path(folder) if folder is not None else laptrack_dir()
+    paths = [folder / name for name in LAPTRACK_FILES]
+    for path in paths:
+        if not path.is_file():
+            raise MissingSampleError(
+                f"the laptrack sample file {path} is missing. `make .venv/.installed` (part of "
+                f"`make test`) extracts it from the {LAPTRACK_REQUIREMENT} source distribution "
+                "into sys.prefix/share/cellkeras/laptrack/."
+            )
+    images, labels = (tifffile.imread(path) for path in paths)
+    if images.ndim != 3 or images.shape != labels.shape:
+        raise ValueError(
+            f"{folder}: expected two (T, H, W) stacks of one shape, got images {images.shape} "
+            f"and labels {labels.shape}."
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{paths[1]}: labels must be integers, got {labels.dtype}.")
+    return NucleiSample(
+        images=images.astype(np.uint16, copy=False),
+        labels=labels.astype(np.int32),
+        pixel_size_um=None,
     )
 
 

@@ -369,6 +369,7 @@ def open_source(
     labels_csv: str | None = None,
     image_root: str | None = None,
     tfrecords: str | None = None,
+    nuclei_sources: str = "ndev",
     num_images: int = 3000,
     image_size: int = 96,
     difficulty: float = 1.0,
@@ -380,7 +381,8 @@ def open_source(
     TFRecords, else the synthetic cells). The trainer and every command share this.
 
     `num_images`, `image_size` and `difficulty` shape the synthetic cells; `channels` their
-    colour (and the embryo frames'). The packaged samples need their packages installed.
+    colour (and the embryo frames'). The packaged samples need their packages installed;
+    `nuclei_sources` names the labelled nuclei "nuclei" pools (`multi_source_patches`).
     `channels` may be channel indices (a tuple, or a string such as ``"0,2"``, checked by
     `parse_channels`); sources that make their images then make them in their default colour,
     and the indices are picked later (`check_images`, `make_dataset`).
@@ -412,9 +414,9 @@ def open_source(
 
         return embryo_stages(channels=count or 1)
     if source == "nuclei":
-        from cellkeras.data.samples import nuclei_patches
+        from cellkeras.data.nuclei_sources import multi_source_patches
 
-        return nuclei_patches(seed=seed)
+        return multi_source_patches(nuclei_sources, seed=seed)
     from cellkeras.data.synthetic import generate_cells
 
     return generate_cells(

@@ -35,6 +35,14 @@ SPLIT_MODES = (None, "distance", "heat")
 BORDER_POLICIES = ("keep", "drop")
 SCORE_MODES = ("mean", "max")
 EXTENT_MODES = ("heat", "image")
+FOREGROUND_MODES = ("otsu", "local")
+# "local" foreground: a pixel also counts when brighter than its neighbourhood's Gaussian mean
+# (this sigma, pixels: about 0.6 nucleus diameters at the nuclei workflow's 12 px scale) and
+# above this fraction of the way from the background level to Otsu's level. Dim nuclei that a
+# global Otsu threshold cuts into fragments are then whole (laptrack: F1@0.5 of Otsu +
+# watershed 0.80 -> 0.91; docs/BENCHMARKS.md, "Detection").
+LOCAL_SIGMA = 7.5
+LOCAL_FLOOR = 0.5
 
 
 @dataclasses.dataclass
@@ -63,6 +71,9 @@ class BoxParams:
             region holds one marker per peak of the foreground's distance transform (of the
             heat) inside it, so touching nuclei whose hot regions merged are still split
             (`image_markers`). Needs `image` in `heatmap_to_boxes`.
+        foreground: the image foreground for `extent="image"`: "otsu" (global Otsu) or
+            "local" (also pixels above their neighbourhood's mean, for dim nuclei;
+            `image_foreground`).
         min_area: smallest region in pixels (after splitting); see `area_limits_px` for µm².
         max_area: largest region in pixels, None for no limit.
         border: "keep" every box, or "drop" boxes that touch the image border (cut cells).
@@ -77,6 +88,7 @@ class BoxParams:
     min_distance: float = 5.0
     erode: int = 0
     extent: str = "heat"
+    foreground: str = "otsu"
     min_area: float = 4.0
     max_area: float | None = None
     border: str = "keep"
@@ -90,6 +102,7 @@ class BoxParams:
             ("border", self.border, BORDER_POLICIES),
             ("score", self.score, SCORE_MODES),
             ("extent", self.extent, EXTENT_MODES),
+            ("foreground", self.foreground, FOREGROUND_MODES),
         ):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; known: {known}")
@@ -286,18 +299,29 @@ def non_max_suppression(
     return kept[np.argsort(-scores[kept], kind="stable")]
 
 
-def image_foreground(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+def image_foreground(image: np.ndarray, sigma: float = 1.0, mode: str = "otsu") -> np.ndarray:
     """Otsu foreground of an image (channels averaged, Gaussian-smoothed by `sigma` pixels).
 
-    The classical baseline's mask, and the extent source of `BoxParams(extent="image")`.
+    The classical baseline's mask, and the extent source of `BoxParams(extent="image")`. With
+    `mode="local"` pixels brighter than their neighbourhood's mean (`LOCAL_SIGMA`) and above
+    `LOCAL_FLOOR` of the way from the background's median to Otsu's level count too.
     """
+    if mode not in FOREGROUND_MODES:
+        raise ValueError(f"unknown foreground {mode!r}; known: {FOREGROUND_MODES}")
     image = np.asarray(image, np.float32)
     grey = image.mean(axis=-1) if image.ndim == 3 else image
     if sigma > 0:
         grey = cv2.GaussianBlur(grey, (0, 0), sigma)
     low, high = np.percentile(grey, [0.5, 99.8])
     grey = np.clip((grey - low) / max(float(high - low), 1e-6), 0.0, 1.0)
-    return grey > threshold_heatmap(grey, "otsu")
+    level = threshold_heatmap(grey, "otsu")
+    foreground = grey > level
+    if mode == "local" and foreground.any() and not foreground.all():
+        background = float(np.median(grey[~foreground]))
+        floor = background + LOCAL_FLOOR * (level - background)
+        local = cv2.GaussianBlur(grey, (0, 0), LOCAL_SIGMA)
+        foreground |= (grey > local) & (grey > floor)
+    return foreground
 
 
 def image_markers(
@@ -378,7 +402,7 @@ def heatmap_to_instances(
             raise ValueError("extent='image' needs the image, of the heatmap's height and width")
         from skimage.segmentation import watershed
 
-        foreground = image_foreground(image)
+        foreground = image_foreground(image, mode=params.foreground)
         distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
         markers = image_markers(
             mask & foreground,

@@ -49,7 +49,10 @@ class DetectConfig:
             for the sliding window; probability times normalized CAM for Grad-CAM) is below this.
         train_diameter: cell diameter in pixels the model was trained on; with `cell_diameter`
             the image is rescaled so the two match.
-        cell_diameter: cell diameter in this image, pixels (None: no rescaling).
+        cell_diameter: cell diameter in this image, pixels (None: estimated from the image
+            when `estimate_diameter`, else no rescaling).
+        estimate_diameter: without `cell_diameter`, measure it on the image
+            (`cellkeras.detect.size.estimate_diameter`) and rescale by that.
         boxes: `BoxParams` for heatmap → boxes (thresholds apply to the [0, 1] heatmap).
         batch_size: windows per model call.
         heat: how the sliding-window heat is computed: "auto" (default) the dense path (the
@@ -73,6 +76,7 @@ class DetectConfig:
     gate: float = 0.5
     train_diameter: float | None = None
     cell_diameter: float | None = None
+    estimate_diameter: bool = False
     boxes: BoxParams = dataclasses.field(default_factory=BoxParams)
     batch_size: int = 1024
     heat: str = "auto"
@@ -111,6 +115,12 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
     # one hot region) and the boxes take the image's own Otsu foreground as extent. Threshold,
     # erosion and marker distance calibrated on frame 6 (F1@0.5 0.935 on frames 7-9, Otsu +
     # watershed 0.919). Stride 4: a quarter of stride 2's windows, no worse (0.926 at stride 2).
+    # Without --cell_diameter the nuclei's size is measured on the image (`estimate_diameter`)
+    # and the image rescaled to the 12 px the preset's sources are resized to. The
+    # leave-one-source-out calibrations of the multi-source preset chose 0.7-0.98 / 1-5 / 4
+    # and mostly the "local" foreground, and did not reach the baseline on laptrack
+    # (docs/BENCHMARKS.md, "Nuclei from unseen microscopes"), so these stay until a choice is
+    # stable across seeds; `cellkeras calibrate` freezes others per model.
     "nuclei": {
         "method": "sliding_window",
         "window": 32,
@@ -118,6 +128,7 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
         "normalization": "percentile",
         "gate": 0.5,
         "train_diameter": 12.0,
+        "estimate_diameter": True,
         "boxes": {
             "threshold": "fixed",
             "value": 0.95,
@@ -169,6 +180,8 @@ class Detections:
         labels: int32 (H, W) instance labels at the input image's size: 0 background, `i + 1`
             the cell of `boxes[i]` (`cellkeras.detect.instances` turns it into masks,
             outlines and measurements); None only where a caller built `Detections` itself.
+        cell_diameter: the cell diameter (pixels) the rescaling used: given, or estimated.
+        diameter_estimated: whether `cell_diameter` was measured on the image.
     """
 
     boxes: np.ndarray
@@ -177,6 +190,26 @@ class Detections:
     probability: float
     scale: float = 1.0
     labels: np.ndarray | None = None
+    cell_diameter: float | None = None
+    diameter_estimated: bool = False
+
+
+def resolve_diameter(image: np.ndarray, config: DetectConfig) -> tuple[DetectConfig, bool]:
+    """`config` with `cell_diameter` measured on `image` when it is unset and to be estimated.
+
+    Returns:
+        `(config, estimated)`; an image without measurable foreground keeps None (no rescaling).
+    """
+    if config.cell_diameter is not None or not config.estimate_diameter:
+        return config, False
+    if config.train_diameter is None:
+        return config, False
+    from cellkeras.detect.size import estimate_diameter
+
+    diameter = estimate_diameter(np.asarray(image))
+    if diameter is None:
+        return config, False
+    return dataclasses.replace(config, cell_diameter=round(diameter, 2)), True
 
 
 def has_conv_layers(model) -> bool:
@@ -246,6 +279,7 @@ def scaled_heatmap(
         channels = model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None
     check_model(model)
     image = _to_channels(np.asarray(image), channels)
+    config, _ = resolve_diameter(image, config)
     height, width = image.shape[:2]
     scaled, scale = rescale_for_diameter(image, config.cell_diameter, config.train_diameter)
     min_side = config.window if config.method == "sliding_window" else 8
@@ -323,6 +357,7 @@ def detect(
             take, or an image smaller than the model's window after rescaling.
     """
     config = config or DetectConfig.for_workflow("nuclei")
+    config, estimated = resolve_diameter(image, config)
     heat, scaled, scale, probability = scaled_heatmap(model, image, config, channels, class_names)
     height, width = np.asarray(image).shape[:2]
     if probability < config.gate:
@@ -339,7 +374,16 @@ def detect(
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
         heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
         labels = resize_labels(labels, (height, width))
-    return Detections(boxes.astype(np.float32), scores, heat, probability, scale, labels)
+    return Detections(
+        boxes.astype(np.float32),
+        scores,
+        heat,
+        probability,
+        scale,
+        labels,
+        config.cell_diameter,
+        estimated,
+    )
 
 
 def choose_workflow(classes: list[str] | None) -> str | None:

@@ -1,0 +1,75 @@
+"""Cell size from the image alone, for `detect` without `--cell_diameter` (as Cellpose's size
+model gives the diameter its network was not told).
+
+```
+image ─► Otsu foreground (image_foreground) ─► distance transform ─► peaks = centres, their
+      heights = radii ─► distance watershed from the peaks ─► regions' equivalent diameters
+      ─► median
+```
+
+The median over regions (not pixels) counts each nucleus once, whatever its size; regions cut by
+the image border are left out (they are smaller than the nuclei they belong to), and so are
+specks smaller than a quarter of the first guess.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from cellkeras.detect.boxes import image_foreground, peak_markers
+
+
+def estimate_diameter(image: np.ndarray, passes: int = 2) -> float | None:
+    """The median equivalent diameter of the image's nuclei, in pixels (None: no foreground).
+
+    A first pass at 1 px smoothing, then `passes - 1` more with the smoothing scaled to the last
+    estimate (an eighth of the diameter, 1-4 px): too little smoothing breaks dim, textured
+    nuclei into fragments under Otsu's threshold (the laptrack nuclei came out at 0.75 of their
+    labelled size), too much merges small ones (docs/BENCHMARKS.md, "Cell size").
+    """
+    diameter = blob_diameter(image, 1.0)
+    for _ in range(passes - 1):
+        if diameter is None:
+            break
+        diameter = blob_diameter(image, float(np.clip(diameter / 8.0, 1.0, 4.0)))
+    return diameter
+
+
+def blob_diameter(image: np.ndarray, sigma: float = 1.0) -> float | None:
+    """The median equivalent diameter (``2 * sqrt(area / pi)``) of the image's blobs, pixels.
+
+    Args:
+        image: (H, W) or (H, W, C) fluorescence image (bright cells on a dark background).
+        sigma: Gaussian smoothing before Otsu's threshold, pixels.
+
+    Returns:
+        The diameter in pixels, or None when the image has no foreground to measure.
+    """
+    from skimage.segmentation import watershed
+
+    foreground = image_foreground(image, sigma)
+    if not foreground.any() or foreground.all():
+        return None
+    distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
+    # First guess: the typical radius is the median height of the local distance maxima.
+    peaks = peak_markers(distance, foreground, 2.0)
+    heights = distance[peaks > 0]
+    heights = heights[heights >= 1.0]
+    if not len(heights):
+        return None
+    radius = float(np.median(heights))
+    markers = peak_markers(distance, foreground, max(2.0, 0.7 * radius))
+    regions = watershed(-distance, markers, mask=foreground)
+    ids = np.unique(regions[regions > 0])
+    border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+    inner = np.setdiff1d(ids, border)
+    ids = inner if len(inner) >= 3 else ids
+    areas = np.asarray(ndimage.sum_labels(np.ones(regions.shape), regions, ids))
+    areas = areas[areas >= 0.25 * math.pi * radius**2]
+    if not len(areas):
+        return None
+    return float(np.median(2.0 * np.sqrt(areas / math.pi)))
