@@ -16,6 +16,9 @@ max-pool and conv, so the whole image costs about one trunk pass.
 What differs from the window path: a window's trunk sees the image around the window (the
 window path zero-pads each layer at the window's edge), so the heat differs slightly, mostly
 where structures sit just outside the window; `tests/test_detect_dense.py` measures it. A
+trunk of "valid" convolutions and pools (the `valid_narrow` model) never reads padding: a
+window's map is the whole image's map over the window, a few cells smaller than `window / S`,
+and the dense heat is the window heat exactly. A
 per-window normalization ("percentile") cannot be shared by overlapping windows; the dense path
 normalizes each pixel with the percentiles of the window centred on it (each window's centre
 is normalized exactly as the window path normalizes it, its edges approximately).
