@@ -18,7 +18,7 @@ from cellkeras.detect.dense import (
     window_percentiles,
 )
 from cellkeras.detect.heatmaps import normalize_windows, window_grid
-from cellkeras.models import create_model
+from cellkeras.models import BRANCH_PRESETS, create_model
 from tests.test_detect import tiny_cnn
 
 
@@ -168,7 +168,9 @@ def test_models_that_are_not_taken_dense_fall_back_with_a_reason():
 def valid_cnn(padding: str = "valid") -> keras.Model:
     """The `valid_narrow` model, narrowed, its logits scaled so the heat varies visibly."""
     keras.utils.set_random_seed(0)
-    branch = {"preset": "valid_narrow", "filters": [4] * 5, "dense_units": [4], "padding": padding}
+    layers = len(BRANCH_PRESETS["valid_narrow"]["filters"])
+    branch = {"preset": "valid_narrow", "filters": [4] * layers, "dense_units": [4]}
+    branch["padding"] = padding
     model = create_model("valid_narrow", 2, channels=1, branches=[branch])
     logits = model.get_layer("valid_narrow_logits")
     kernel, bias = logits.get_weights()
