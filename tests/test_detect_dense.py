@@ -1,5 +1,7 @@
 """cellkeras.detect.dense: the window classifier's heat from one trunk pass per image."""
 
+import warnings
+
 import cv2
 import keras
 import numpy as np
@@ -16,7 +18,7 @@ from cellkeras.detect.dense import (
     window_percentiles,
 )
 from cellkeras.detect.heatmaps import normalize_windows, window_grid
-from cellkeras.models import create_model
+from cellkeras.models import BRANCH_PRESETS, create_model
 from tests.test_detect import tiny_cnn
 
 
@@ -161,3 +163,43 @@ def test_models_that_are_not_taken_dense_fall_back_with_a_reason():
     np.testing.assert_array_equal(heat, old)
     with pytest.raises(ValueError, match="unknown heat path"):
         DetectConfig(heat="fast")
+
+
+def valid_cnn(padding: str = "valid") -> keras.Model:
+    """The `valid_narrow` model, narrowed, its logits scaled so the heat varies visibly."""
+    keras.utils.set_random_seed(0)
+    layers = len(BRANCH_PRESETS["valid_narrow"]["filters"])
+    branch = {"preset": "valid_narrow", "filters": [4] * layers, "dense_units": [4]}
+    branch["padding"] = padding
+    model = create_model("valid_narrow", 2, channels=1, branches=[branch])
+    logits = model.get_layer("valid_narrow_logits")
+    kernel, bias = logits.get_weights()
+    logits.set_weights([300 * kernel, bias])
+    return model
+
+
+def test_a_valid_padded_model_is_dense_exactly_up_to_the_image_border():
+    # Windows whose trunk never reads zero padding: the dense heat is the window heat, on an
+    # image whose sides are no multiple of the grid (mirrored border, the last partial windows)
+    # and for a step that is not the trunk's stride (shift-and-stitch).
+    model, stride = valid_cnn(), 6
+    image = scene()[:45, :61]
+    dense = dense_classifier(model, 32, stride)
+    assert (dense.period, dense.shrink > 0) == (4, True)
+    old = sliding_window_heatmap(model, image, 32, stride, [1], "range")
+    new = dense_heatmap(dense, image, 32, stride, [1], "range")
+    assert old.max() - old.min() > 0.05
+    np.testing.assert_allclose(new, old, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "auto" takes the dense path: no fallback warning
+        auto = classifier_heatmap(model, image, 32, stride, [1], "range")
+    np.testing.assert_allclose(auto, old, atol=1e-5)
+    # The same branch with "same" padding reads its windows' zero borders: not exact.
+    twin = valid_cnn("same")
+    old = sliding_window_heatmap(twin, image, 32, stride, [1], "range")
+    assert (
+        np.abs(
+            dense_heatmap(dense_classifier(twin, 32, stride), image, 32, stride, [1], "range") - old
+        ).max()
+        > 1e-2
+    )

@@ -16,6 +16,9 @@ max-pool and conv, so the whole image costs about one trunk pass.
 What differs from the window path: a window's trunk sees the image around the window (the
 window path zero-pads each layer at the window's edge), so the heat differs slightly, mostly
 where structures sit just outside the window; `tests/test_detect_dense.py` measures it. A
+trunk of "valid" convolutions and pools (the `valid_narrow` model) never reads padding: a
+window's map is the whole image's map over the window, a few cells smaller than `window / S`,
+and the dense heat is the window heat exactly. A
 per-window normalization ("percentile") cannot be shared by overlapping windows; the dense path
 normalizes each pixel with the percentiles of the window centred on it (each window's centre
 is normalized exactly as the window path normalizes it, its edges approximately).
@@ -64,6 +67,7 @@ class DenseClassifier:
         period: S, the least common multiple of the trunks' strides.
         step: `gcd(stride, period)`: shifts are multiples of it.
         reach: pixels beyond a window that its dense features depend on (trunk context).
+        shrink: pixels the trunk loses at an image's far edges ("valid" layers; 0 for "same").
     """
 
     prefix: object
@@ -73,6 +77,7 @@ class DenseClassifier:
     period: int
     step: int
     reach: int
+    shrink: int = 0
 
 
 def _history(tensor):
@@ -148,16 +153,26 @@ def dense_classifier(model, window: int, stride: int) -> DenseClassifier:
     except ValueError as err:
         raise NotConvertible(f"its head reads more than the pooled features ({err})") from None
     tensors = _trunk_tensors(model, ends)
+    trunk = keras.Model(model.inputs, tensors)
+    channels = model.inputs[0].shape[-1]
+
+    def cells_at(side: int) -> list:
+        try:
+            specs = trunk.compute_output_spec(keras.KerasTensor((1, side, side, channels)))
+        except ValueError as err:  # "valid" layers on a window smaller than their field
+            raise NotConvertible(f"its trunk does not run on {side} px ({err})") from None
+        return [spec.shape[1] for spec in specs]
+
+    # Two probes: "valid" layers lose a fixed border, so a cell's size is the difference.
     probe = 64 * window
-    specs = keras.Model(model.inputs, tensors).compute_output_spec(
-        keras.KerasTensor((1, probe, probe, model.inputs[0].shape[-1]))
-    )
-    jumps, reach = {}, {}
-    for tensor, spec in zip(tensors, specs, strict=True):
-        cells = spec.shape[1]
-        if cells is None or probe % cells:
+    small, large = cells_at(probe), cells_at(2 * probe)
+    jumps, reach, shrink = {}, {}, 0
+    for tensor, c1, c2 in zip(tensors, small, large, strict=True):
+        if c1 is None or c2 is None or c2 == c1 or probe % (c2 - c1):
             raise NotConvertible(f"the trunk's tensor {tensor.name} is not on an integer grid")
-        jumps[id(tensor)] = probe // cells
+        jumps[id(tensor)] = probe // (c2 - c1)
+        # Pixels a "valid" trunk loses at the far edge: the crops must leave room for them.
+        shrink = max(shrink, probe - jumps[id(tensor)] * c1)
         parents = _inputs_of(tensor)
         base = max((reach[id(p)] for p in parents), default=0)
         in_jump = min((jumps[id(p)] for p in parents), default=1)
@@ -168,6 +183,9 @@ def dense_classifier(model, window: int, stride: int) -> DenseClassifier:
             f"the window ({window} px) is not a multiple of the trunk strides {strides}"
         )
     period = math.lcm(*strides)
+    # Cells of each end on one window: window / stride, or fewer where "valid" layers shrink it.
+    at_window = dict(zip(map(id, tensors), cells_at(window), strict=True))
+    window_cells = [at_window[id(end)] for end in ends]
     step = math.gcd(stride, period)
     cut = []
     for tensor in tensors:
@@ -181,9 +199,9 @@ def dense_classifier(model, window: int, stride: int) -> DenseClassifier:
             cut.append(tensor)
     pooled = [
         keras.layers.AveragePooling2D(
-            window // s, strides=period // s, padding="valid", dtype=layer.dtype_policy
+            n, strides=period // s, padding="valid", dtype=layer.dtype_policy
         )(end)
-        for layer, end, s in zip(gaps, ends, strides, strict=True)
+        for layer, end, s, n in zip(gaps, ends, strides, window_cells, strict=True)
     ]
     try:
         prefix = keras.Model(model.inputs, cut, name="dense_prefix")
@@ -192,7 +210,7 @@ def dense_classifier(model, window: int, stride: int) -> DenseClassifier:
         raise NotConvertible(f"its trunk cannot be cut at the {step} px grid ({err})") from None
     return DenseClassifier(
         prefix, suffix, head, [jumps[id(t)] for t in cut], period, step,
-        max(reach[id(end)] for end in ends),
+        max(reach[id(end)] for end in ends), shrink,
     )  # fmt: skip
 
 
@@ -305,8 +323,8 @@ def dense_heatmap(
         return math.ceil((period * (margin + k_max) + window + dense.reach) / period) * period
 
     length_y, length_x = crop_length(int(ky[-1])), crop_length(int(kx[-1]))
-    size_y = math.ceil((period - step + length_y) / period) * period
-    size_x = math.ceil((period - step + length_x) / period) * period
+    size_y = math.ceil((period - step + length_y + dense.shrink) / period) * period
+    size_x = math.ceil((period - step + length_x + dense.shrink) / period) * period
     offset = period * margin - first  # where the image's first pixel lands
     padded = cv2.copyMakeBorder(
         values, offset, size_y - offset - height, offset, size_x - offset - width,

@@ -50,6 +50,19 @@ BRANCH_PRESETS: dict[str, Spec] = {
         "batch_norm": True,
         "dense_units": [64],
     },
+    # For sliding-window detection: no convolution or pooling reads past its input, so a window's
+    # features are those of the whole image's trunk over the window (cellkeras.detect.dense
+    # reproduces the window heat exactly and runs the trunk once per image). Receptive field
+    # 24 px, stride 4: a 32 px window ends in a 3x3 map; it needs at least 24 px inputs.
+    "valid_narrow": {
+        "type": "conv",
+        "filters": [16, 16, 32, 32, 48],
+        "kernel_size": 3,
+        "pool_sizes": [0, 2, 0, 2, 0],
+        "padding": "valid",
+        "batch_norm": True,
+        "dense_units": [48],
+    },
     # The seed's branch 1 as it was: wide-shallow on an edge map, here computed in the graph.
     "edge": {
         "type": "conv",
@@ -207,12 +220,16 @@ def _conv_builder(
     kernel_size: int = 3,
     pool_sizes: Sequence[int] | None = None,
     batch_norm: bool = False,
+    padding: str = "same",
 ) -> tuple[Any, str]:
     """A plain conv stack (the seed's branches): conv -> ReLU [-> max-pool] per layer.
 
-    `pool_sizes[i]` (0 = none) pools after conv i with stride = size and "same" padding, so
-    even an 8 px input keeps at least one pixel.
+    `pool_sizes[i]` (0 = none) pools after conv i with stride = size. `padding` applies to the
+    convolutions and the pools: "same" keeps at least one pixel of even an 8 px input;
+    "valid" never reads zero padding, so a crop's features equal the whole image's over it.
     """
+    if padding not in ("same", "valid"):
+        raise ValueError(f"Branch {name!r}: padding must be 'same' or 'valid', got {padding!r}.")
     pool_sizes = list(pool_sizes or [0] * len(filters))
     if len(pool_sizes) != len(filters):
         raise ValueError(f"Branch {name!r}: {len(filters)} filters but {len(pool_sizes)} pools.")
@@ -222,7 +239,7 @@ def _conv_builder(
         x = keras.layers.Conv2D(
             width,
             kernel_size,
-            padding="same",
+            padding=padding,
             activation=None if batch_norm else "relu",
             use_bias=not batch_norm,
             name=conv_name,
@@ -236,7 +253,7 @@ def _conv_builder(
             x = keras.layers.Activation("relu", name=act_name, dtype=dtype)(x)
         if pool:
             x = keras.layers.MaxPooling2D(
-                pool, padding="same", name=f"{name}_pool{i}", dtype=dtype
+                pool, padding=padding, name=f"{name}_pool{i}", dtype=dtype
             )(x)
     return x, f"{name}_last_conv"
 

@@ -11,6 +11,7 @@ MODEL_NAMES = (
     "parallel_three",
     "sepres",
     "sepres_large",
+    "valid_narrow",
     "wide_shallow",
 )
 DEFAULT_MODEL = "parallel_small"
