@@ -92,6 +92,10 @@ class TrainConfig:
         model: registered model name (cellkeras.models.list_models()).
         augment: augmentation preset (cellkeras.augment.PRESETS).
         schedule: progressive schedule SIZE:EPOCHS[,SIZE:EPOCHS...], SIZE as 64 or 64x96.
+        stage_strength: augmentation strength per schedule stage, START:END: START at the
+            smallest stage size, END at the final one, linear in the image side between
+            (EfficientNetV2's progressive learning: weak on small images, strong on large);
+            1 is the preset's own setting, and a one-size schedule trains at END.
         batch_size: per-replica batch size.
         learning_rate: peak learning rate (cosine decay over the run).
         branch_loss_weight: weight of each branch's auxiliary loss: it gives every branch a
@@ -126,6 +130,7 @@ class TrainConfig:
     model: str = "parallel_small"
     augment: str = "basic"
     schedule: str = "48:3,64:3,96:2"
+    stage_strength: str = "0.5:1"
     batch_size: int = 32
     learning_rate: float = 3e-3
     branch_loss_weight: float = 0.3

@@ -113,11 +113,42 @@ def _load_tfrecord_share(config: RunConfig, strategy):
     return images, channels, sharding
 
 
-def stage_strength(stages: list[Stage], index: int) -> float:
-    """Augmentation strength for a stage, ramped with image size (EfficientNetV2's progressive
-    learning: small images carry less detail to regularize, so they get weaker augmentation)."""
+def parse_strength_ramp(spec: str) -> tuple[float, float]:
+    """`train.stage_strength` "START:END" as two strengths (END alone: no ramp).
+
+    Raises:
+        ValueError: naming the field, for anything but one or two numbers >= 0 with
+            START <= END (a ramp that weakens with size is not progressive learning).
+    """
+    parts = str(spec).split(":")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=-1.0) < 0:
+        raise ValueError(
+            f"train.stage_strength {spec!r} is not START:END (two numbers >= 0, e.g. 0.5:1)"
+        )
+    start, end = values if len(values) == 2 else (values[0], values[0])
+    if start > end:
+        raise ValueError(
+            f"train.stage_strength {spec!r}: START {start:g} is above END {end:g}; "
+            "regularization grows with the image size"
+        )
+    return start, end
+
+
+def stage_strength(stages: list[Stage], index: int, ramp: str = "0.5:1") -> float:
+    """Augmentation strength for a stage (`build_augmenter`'s, which scales every magnitude
+    of the preset), ramped with image size as in EfficientNetV2's progressive learning: small
+    images carry less detail to regularize and a model early in training underfits, so they
+    get weak augmentation; the final size gets the full END. `ramp` is `train.stage_strength`:
+    START at the schedule's smallest side, END at its largest, linear in the side between
+    (`strength_for_size`); a one-size schedule trains at END throughout, so a fixed-size run
+    and a progressive run's final stage are regularized alike."""
+    start, end = parse_strength_ramp(ramp)
     sides = [max(stage.size) for stage in stages]
-    return strength_for_size(sides[index], min(sides), max(sides), start=0.5)
+    return strength_for_size(sides[index], min(sides), max(sides), start=start, end=end)
 
 
 @dataclasses.dataclass
@@ -154,13 +185,15 @@ class Inputs:
         """Reads, checks and splits the configured data and sizes the epochs.
 
         Raises:
-            ValueError: too few training images for one full global batch.
+            ValueError: too few training images for one full global batch, or a bad
+                `train.stage_strength` (checked before any image is read).
         """
         data_cfg = config.data
         for name in ("steps_per_epoch", "validation_steps"):
             steps = getattr(config.train, name)
             if steps is not None and steps < 1:
                 raise ValueError(f"train.{name} must be at least 1 (or None), got {steps}")
+        parse_strength_ramp(config.train.stage_strength)  # before any image is read
         images, channels, sharding = load_data(config, runtime.strategy)
         val_given = None
         if data_cfg.eval_tfrecords:

@@ -158,7 +158,9 @@ def _train(
             "size": list(phase.stage.size),
             "epochs": phase.stage.epochs,
             "trains": phase.part,
-            "augment_strength": stage_strength(stages, phase.stage_index),
+            "augment_strength": stage_strength(
+                stages, phase.stage_index, inputs.config.train.stage_strength
+            ),
         }
         progress.begin_stage(index, runner.ends[index], record)  # it records the stage's end
 
@@ -177,7 +179,7 @@ def _train(
 
     def data_for(phase, training: bool, epochs: range):
         subset = inputs.train_set if training else inputs.val_set
-        strength = stage_strength(stages, phase.stage_index)
+        strength = stage_strength(stages, phase.stage_index, inputs.config.train.stage_strength)
         return inputs.dataset(
             subset, phase.stage.size, training, strength, for_fit=True, epochs=epochs
         )
