@@ -72,3 +72,47 @@ def test_each_stage_builds_its_augmenter_at_its_strength(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="train.stage_strength"):
         run(config, verbose=0)
     assert not (tmp_path / "bad").exists()  # refused before the run folder was made
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import importlib
+
+    return importlib.import_module("bench_progressive")
+
+
+def _row(bench, schedule, seed, accuracy, epoch_seconds, stages):
+    clock, t = [], 0.0
+    for s in epoch_seconds:
+        t += s
+        clock.append((t, 0.5))
+    arm = "fixed" if len(stages) == 1 else "progressive"
+    key = bench.run_key("embryo", schedule, seed, {"deterministic": True}, "abc")
+    return {"key": key, "dataset": "embryo", "arm": arm, "schedule": schedule, "seed": seed,
+            "test_accuracy": accuracy, "seconds": t, "epochs": clock,
+            "stages": [{"size": size, "epochs": n} for size, n in stages]}  # fmt: skip
+
+
+def test_bench_cache_keeps_whole_lines_and_the_table_pairs_seeds(bench, tmp_path):
+    fixed = [(_row(bench, "128:3", s, a, [30, 20, 20], [((128, 128), 3)])) for s, a in
+             [(0, 0.8), (1, 0.9)]]  # fmt: skip
+    progressive = [
+        _row(bench, "64:2,128:1", s, a, [12, 5, 21], [((64, 64), 2), ((128, 128), 1)])
+        for s, a in [(0, 0.9), (1, 0.85)]
+    ]
+    path = tmp_path / "runs.jsonl"
+    for row in fixed + progressive:
+        bench.append_run(path, row)
+    with path.open("a") as handle:
+        handle.write('{"key": "torn')  # a kill mid-write
+    cache = bench.load_cache(path)
+    assert sorted(cache) == sorted(r["key"] for r in fixed + progressive)
+    # Epoch cost per stage: the first epoch apart (it retraces), the median of the rest.
+    assert bench.epoch_costs(progressive[0]) == [("64x64", 12.0, 5.0), ("128x128", 21.0, None)]
+    table = bench.summarize(list(cache.values()), ["embryo"])
+    # 38 s against 70 s for each seed: 0.54x; 0.875 reaches the fixed mean of 0.85.
+    assert "| embryo | `64:2,128:1` | 2 | 0.875 ± 0.035 (0.900 / 0.850) | 38 | 0.54x" in table
+    assert "yes (+0.025)" in table
