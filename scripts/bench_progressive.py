@@ -42,6 +42,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -66,7 +67,7 @@ DATASETS = {
     },
     "synthetic": {
         "fixed": "160:6",
-        "progressive": ["80:4,120:2,160:2", "80:4,160:1"],
+        "progressive": ["80:4,160:2"],
         "overrides": {"data.test_fraction": 0.2, "train.batch_size": 16},
     },
 }
@@ -255,8 +256,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--stage_strength", default="0.33:1",
                         help="the trainer's --stage_strength for every run")  # fmt: skip
+    parser.add_argument("--fixed", help="the fixed schedule instead of the data set's own")
+    parser.add_argument("--progressive", nargs="*",
+                        help="progressive schedules instead of the data set's own")  # fmt: skip
     parser.add_argument("--embryo_cut", default="end", choices=("end", "start", "middle"))
-    parser.add_argument("--synthetic_images", type=int, default=400)
+    parser.add_argument("--synthetic_images", type=int, default=300)
     parser.add_argument("--synthetic_size", type=int, default=160)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_progressive")
     parser.add_argument("--figure", type=Path,
@@ -268,7 +272,9 @@ def main() -> None:
     code = code_version()
     rows = []
     for dataset in args.datasets:
-        spec = DATASETS[dataset]
+        spec = dict(DATASETS[dataset])
+        spec["fixed"] = args.fixed or spec["fixed"]
+        spec["progressive"] = args.progressive or spec["progressive"]
         settings = {"stage_strength": args.stage_strength, "deterministic": True}
         if dataset == "embryo":
             settings["embryo_cut"] = args.embryo_cut
@@ -289,6 +295,9 @@ def main() -> None:
                         "train.deterministic": True,
                     }
                     out = args.out / f"{dataset}-{seed}-{schedule.replace(',', '_')}"
+                    # Not in the cache: a killed run's checkpoint there would make the
+                    # trainer resume it, and its clock would time only the rest.
+                    shutil.rmtree(out, ignore_errors=True)
                     result = train(overrides, out)
                     cached = {"key": key, "dataset": dataset, "arm": arm,
                               "schedule": schedule, "seed": seed, "code": code, **result}  # fmt: skip
