@@ -206,6 +206,25 @@ def _train(
     runner.finish()
 
 
+def _fit_stacking(model, inputs: Inputs, runtime: Runtime, final_size) -> dict[str, Any] | None:
+    """A "stacked" merge's weights from the validation images (which no branch trained on);
+    None for other merges. Under multi_worker the merge stays the average: each worker may
+    hold other validation images, and the workers' weights must agree."""
+    if stacked_merge(model) is None or not len(inputs.val_set):
+        return None
+    if runtime.multi_worker:
+        print("stacking: multi_worker run, the merge stays the branches' average")
+        return None
+    report = fit_stacking(model, inputs.dataset(inputs.val_set, final_size, training=False))
+    weights = ", ".join(f"{name} {w:.2f}" for name, w in report["weights"].items())
+    scores = report["candidates"][report["chosen"]]
+    print(
+        f"stacking on {report['images']} validation images: {report['chosen']} ({weights}) · "
+        f"val_accuracy {scores['accuracy']:.4f}"
+    )
+    return report
+
+
 def _evaluate(model: keras.Model, inputs: Inputs, out: Path, final_size) -> dict[str, Any]:
     """Every branch and the merge on the validation images at the final size; under file
     sharding each worker holds its own part of the data, so all of them are scored."""
@@ -375,8 +394,10 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
     _train(runner, inputs, progress, runtime, out, list(callbacks or []), verbose, start, stages)
 
     final_size = stages[-1].size
+    stacking = _fit_stacking(model, inputs, runtime, final_size)
     analysis = _evaluate(model, inputs, out, final_size)
     metrics = _metrics(config, runtime, inputs, model, analysis, progress, stages)
+    metrics["stacking"] = stacking
     # What the last phase's step was compiled with (`--jit_compile` as Keras resolved it).
     metrics["jit_compile"] = bool(runner.fitted.jit_compile)
     # Scored once, after every decision the run makes (best.keras, the stages) is taken.

@@ -38,6 +38,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "stretch_to_steps",
             "total_epochs",
         ],
+        "stacking": ["fit_stacking", "stacked_merge"],
         "trainers": [
             "AliasMergedMetrics",
             "compile_classifier",
