@@ -62,12 +62,12 @@ import numpy as np  # noqa: E402
 DATASETS = {
     "embryo": {
         "fixed": "128x188:10",
-        "progressive": ["64x94:6,96x141:2,128x188:2", "64x94:5,128x188:2"],
+        "progressive": ["64x94:6,128x188:2"],
         "overrides": {"train.batch_size": 16},
     },
     "synthetic": {
         "fixed": "160:6",
-        "progressive": ["80:4,160:2"],
+        "progressive": ["80:5,160:1"],
         "overrides": {"data.test_fraction": 0.2, "train.batch_size": 16},
     },
 }
@@ -260,7 +260,7 @@ def main() -> None:
     parser.add_argument("--progressive", nargs="*",
                         help="progressive schedules instead of the data set's own")  # fmt: skip
     parser.add_argument("--embryo_cut", default="end", choices=("end", "start", "middle"))
-    parser.add_argument("--synthetic_images", type=int, default=300)
+    parser.add_argument("--synthetic_images", type=int, default=240)
     parser.add_argument("--synthetic_size", type=int, default=160)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_progressive")
     parser.add_argument("--figure", type=Path,
