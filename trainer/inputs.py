@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +20,15 @@ from cellkeras.data import load_tfrecords, make_dataset
 from cellkeras.data.imageset import ImageSet
 from cellkeras.data.sources import check_images, open_source
 from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
-from cellkeras.io.images import parse_channels
-from cellkeras.training import Stage
+from cellkeras.io.images import decode_raw, parse_channels
+from cellkeras.training import (
+    DEFAULT_SCHEDULE,
+    MIN_STAGE_SIZE,
+    Stage,
+    auto_schedule,
+    fit_to_images,
+    parse_schedule,
+)
 from trainer.cluster import is_multi_worker, local_replicas, role_of
 from trainer.config import RunConfig
 from trainer.heldout import assign_splits, load_test_set, split_rows
@@ -114,11 +122,71 @@ def _load_tfrecord_share(config: RunConfig, strategy):
     return images, channels, sharding
 
 
-def stage_strength(stages: list[Stage], index: int) -> float:
-    """Augmentation strength for a stage, ramped with image size (EfficientNetV2's progressive
-    learning: small images carry less detail to regularize, so they get weaker augmentation)."""
+def parse_strength_ramp(spec: str) -> tuple[float, float]:
+    """`train.stage_strength` "START:END" as two strengths (END alone: no ramp).
+
+    Raises:
+        ValueError: naming the field, for anything but one or two numbers >= 0 with
+            START <= END (a ramp that weakens with size is not progressive learning).
+    """
+    parts = str(spec).split(":")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=-1.0) < 0:
+        raise ValueError(
+            f"train.stage_strength {spec!r} is not START:END (two numbers >= 0, e.g. 0.5:1)"
+        )
+    start, end = values if len(values) == 2 else (values[0], values[0])
+    if start > end:
+        raise ValueError(
+            f"train.stage_strength {spec!r}: START {start:g} is above END {end:g}; "
+            "regularization grows with the image size"
+        )
+    return start, end
+
+
+def stage_strength(stages: list[Stage], index: int, ramp: str = "0.5:1") -> float:
+    """Augmentation strength for a stage (`build_augmenter`'s, which scales every magnitude
+    of the preset), ramped with image size as in EfficientNetV2's progressive learning: small
+    images carry less detail to regularize and a model early in training underfits, so they
+    get weak augmentation; the final size gets the full END. `ramp` is `train.stage_strength`:
+    START at the schedule's smallest side, END at its largest, linear in the side between
+    (`strength_for_size`); a one-size schedule trains at END throughout, so a fixed-size run
+    and a progressive run's final stage are regularized alike."""
+    start, end = parse_strength_ramp(ramp)
     sides = [max(stage.size) for stage in stages]
-    return strength_for_size(sides[index], min(sides), max(sides), start=0.5)
+    return strength_for_size(sides[index], min(sides), max(sides), start=start, end=end)
+
+
+def typical_size(images: ImageSet, sample: int = 16) -> tuple[int, int]:
+    """The median (height, width) of up to `sample` images spread over the set (a frame
+    sequence or a folder tree is one size throughout, or nearly so)."""
+    if images.images is not None:
+        return tuple(int(v) for v in images.images.shape[1:3])
+    stored = images.paths if images.paths is not None else images.encoded
+    picks = np.unique(np.linspace(0, len(stored) - 1, min(sample, len(stored))).astype(int))
+    sizes = []
+    for i in picks:
+        data = Path(stored[i]).read_bytes() if images.paths is not None else stored[i]
+        sizes.append(decode_raw(data, source=str(stored[i])[:200]).shape[:2])
+    height, width = np.median(np.array(sizes), axis=0)
+    return int(height), int(width)
+
+
+def resolve_schedule(config: RunConfig, inputs: Inputs) -> list[Stage]:
+    """The run's stages: `train.schedule` as given; or, when none is given, the automatic
+    one: its sizes at the training images' aspect and never above their size, its epochs
+    stretched to `train.min_steps` (unless `train.steps_per_epoch` fixes the steps already,
+    as TFX's `train_steps` does)."""
+    train = config.train
+    if train.schedule:
+        return parse_schedule(train.schedule)
+    size = typical_size(inputs.train_set)
+    if train.steps_per_epoch:
+        return fit_to_images(parse_schedule(DEFAULT_SCHEDULE), size)
+    return auto_schedule(size, inputs.steps_per_epoch, train.min_steps)
 
 
 @dataclasses.dataclass
@@ -151,17 +219,25 @@ class Inputs:
     split_rows: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def load(cls, config: RunConfig, runtime: Runtime, first_size: tuple[int, int]) -> Inputs:
-        """Reads, checks and splits the configured data and sizes the epochs.
+    def load(
+        cls,
+        config: RunConfig,
+        runtime: Runtime,
+        first_size: tuple[int, int] = (MIN_STAGE_SIZE, MIN_STAGE_SIZE),
+    ) -> Inputs:
+        """Reads, checks and splits the configured data and sizes the epochs (their step
+        count does not depend on `first_size`, the size the batches are counted at).
 
         Raises:
-            ValueError: too few training images for one full global batch.
+            ValueError: too few training images for one full global batch, or a bad
+                `train.stage_strength` (checked before any image is read).
         """
         data_cfg = config.data
         for name in ("steps_per_epoch", "validation_steps"):
             steps = getattr(config.train, name)
             if steps is not None and steps < 1:
                 raise ValueError(f"train.{name} must be at least 1 (or None), got {steps}")
+        parse_strength_ramp(config.train.stage_strength)  # before any image is read
         images, channels, sharding = load_data(config, runtime.strategy)
         val_given = None
         if data_cfg.eval_tfrecords:
