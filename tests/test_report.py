@@ -171,13 +171,13 @@ def test_reproduce_command_gives_the_config_back(tmp_path):
 
     config = build_config(
         "smoke",
-        {"train.schedule": "16:2,24x32:1", "train.deterministic": True, "data.balance": None,
+        {"train.schedule": "16:2,24x32:1", "train.deterministic": False, "data.balance": None,
          "data.channels": "0,2", "data.val_fraction": 0.25},
     )  # fmt: skip
     config.output_dir = str(tmp_path / "my run")
     command = reproduce_command(config)
     assert command.startswith("python -m trainer.task --preset=smoke ")
-    assert "--deterministic" in command and "'--output_dir=" in command
+    assert "--nodeterministic" in command and "'--output_dir=" in command
     assert _parse(shlex.split(command)[3:]).to_dict() == config.to_dict()
     assert reproduce_command(build_config("default")) == (
         "python -m trainer.task --output_dir=runs/default"
