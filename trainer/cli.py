@@ -89,7 +89,8 @@ def check_config(config: RunConfig) -> None:
     _check_name("augment", train.augment, list(AUGMENTATION_PRESETS))
     _check_name("source", data.source, ("auto", *SOURCE_KINDS))
     try:
-        parse_schedule(train.schedule)
+        if train.schedule is not None:
+            parse_schedule(train.schedule)
     except ValueError as err:
         raise UsageError(f"--schedule={train.schedule}: {err}") from None
     for flag, value, kind in (

@@ -91,7 +91,14 @@ class TrainConfig:
     Attributes:
         model: registered model name (cellkeras.models.list_models()).
         augment: augmentation preset (cellkeras.augment.PRESETS).
-        schedule: progressive schedule SIZE:EPOCHS[,SIZE:EPOCHS...], SIZE as 64 or 64x96.
+        schedule: progressive schedule SIZE:EPOCHS[,SIZE:EPOCHS...], SIZE as 64 or 64x96;
+            None (auto): 48:3,64:3,96:2 at the images' aspect, each stage keeping its pixel
+            count and none above the images' own size, its epochs stretched to min_steps
+            (cellkeras.training.auto_schedule).
+        min_steps: the fewest optimizer steps of an auto schedule (no schedule and no
+            steps_per_epoch given): small sets get more epochs; 0 turns the rule off.
+        warmup_fraction: share of each optimizer's steps over which the learning rate rises
+            linearly from 0 to its peak before the cosine decay.
         batch_size: per-replica batch size.
         learning_rate: peak learning rate (cosine decay over the run).
         branch_loss_weight: weight of each branch's auxiliary loss: it gives every branch a
@@ -119,13 +126,19 @@ class TrainConfig:
         validation_steps: validation batches per epoch; None is every validation image.
         deterministic: TensorFlow's op determinism for the run (trainer.runtime.op_determinism):
             two runs with the same seed give the same weights and metrics on one machine, at
-            some cost in time (docs/BENCHMARKS.md); use it whenever two settings are compared
-            on one run each. Data order and augmentation are seeded per epoch either way.
+            about 1.03x the time on CPU (docs/BENCHMARKS.md "Determinism"). On by default, so
+            a rerun of a command gives its result again (--nodeterministic for the last bit of
+            speed). Data order and augmentation are seeded per epoch either way.
     """
 
     model: str = "parallel_small"
     augment: str = "basic"
-    schedule: str = "48:3,64:3,96:2"
+    schedule: str | None = None
+    # 240 steps: ~200 training frames (7 batches an epoch) get 35 epochs instead of 8, enough
+    # to converge from scratch (docs/BENCHMARKS.md "Real data"); the synthetic main job's 600
+    # steps are already above it, so it runs as before.
+    min_steps: int = 240
+    warmup_fraction: float = 0.05
     batch_size: int = 32
     learning_rate: float = 3e-3
     branch_loss_weight: float = 0.3
@@ -139,7 +152,7 @@ class TrainConfig:
     seed: int = 0
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
-    deterministic: bool = False
+    deterministic: bool = True
 
 
 @dataclasses.dataclass

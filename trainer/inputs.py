@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +20,15 @@ from cellkeras.data import load_tfrecords, make_dataset
 from cellkeras.data.imageset import ImageSet
 from cellkeras.data.sources import check_images, open_source
 from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
-from cellkeras.io.images import parse_channels
-from cellkeras.training import Stage
+from cellkeras.io.images import decode_raw, parse_channels
+from cellkeras.training import (
+    DEFAULT_SCHEDULE,
+    MIN_STAGE_SIZE,
+    Stage,
+    auto_schedule,
+    fit_to_images,
+    parse_schedule,
+)
 from trainer.cluster import is_multi_worker, local_replicas, role_of
 from trainer.config import RunConfig
 from trainer.heldout import assign_splits, load_test_set, split_rows
@@ -120,6 +128,35 @@ def stage_strength(stages: list[Stage], index: int) -> float:
     return strength_for_size(sides[index], min(sides), max(sides), start=0.5)
 
 
+def typical_size(images: ImageSet, sample: int = 16) -> tuple[int, int]:
+    """The median (height, width) of up to `sample` images spread over the set (a frame
+    sequence or a folder tree is one size throughout, or nearly so)."""
+    if images.images is not None:
+        return tuple(int(v) for v in images.images.shape[1:3])
+    stored = images.paths if images.paths is not None else images.encoded
+    picks = np.unique(np.linspace(0, len(stored) - 1, min(sample, len(stored))).astype(int))
+    sizes = []
+    for i in picks:
+        data = Path(stored[i]).read_bytes() if images.paths is not None else stored[i]
+        sizes.append(decode_raw(data, source=str(stored[i])[:200]).shape[:2])
+    height, width = np.median(np.array(sizes), axis=0)
+    return int(height), int(width)
+
+
+def resolve_schedule(config: RunConfig, inputs: Inputs) -> list[Stage]:
+    """The run's stages: `train.schedule` as given; or, when none is given, the automatic
+    one: its sizes at the training images' aspect and never above their size, its epochs
+    stretched to `train.min_steps` (unless `train.steps_per_epoch` fixes the steps already,
+    as TFX's `train_steps` does)."""
+    train = config.train
+    if train.schedule:
+        return parse_schedule(train.schedule)
+    size = typical_size(inputs.train_set)
+    if train.steps_per_epoch:
+        return fit_to_images(parse_schedule(DEFAULT_SCHEDULE), size)
+    return auto_schedule(size, inputs.steps_per_epoch, train.min_steps)
+
+
 @dataclasses.dataclass
 class Inputs:
     """The checked images of a run, split, with what batching them needs.
@@ -150,8 +187,14 @@ class Inputs:
     split_rows: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def load(cls, config: RunConfig, runtime: Runtime, first_size: tuple[int, int]) -> Inputs:
-        """Reads, checks and splits the configured data and sizes the epochs.
+    def load(
+        cls,
+        config: RunConfig,
+        runtime: Runtime,
+        first_size: tuple[int, int] = (MIN_STAGE_SIZE, MIN_STAGE_SIZE),
+    ) -> Inputs:
+        """Reads, checks and splits the configured data and sizes the epochs (their step
+        count does not depend on `first_size`, the size the batches are counted at).
 
         Raises:
             ValueError: too few training images for one full global batch.

@@ -46,17 +46,18 @@ from cellkeras.training import (
     JOINT_HEAD,
     PhaseRunner,
     adam_with_cosine_decay,
+    fit_stacking,
     format_schedule,
     keras_fit,
-    parse_schedule,
     plan_phases,
+    stacked_merge,
     stagewise_parts,
 )
 from trainer.checkpoint import RunProgress, trim_history
 from trainer.config import LATER_STAGE_MODES, TRAINING_MODES, RunConfig
 from trainer.custom_loop import fit_stage_distributed
 from trainer.heldout import count_splits, evaluate_test, write_split_csv
-from trainer.inputs import Inputs, stage_strength
+from trainer.inputs import Inputs, resolve_schedule, stage_strength
 from trainer.report import plot_curves, write_report
 from trainer.runtime import Runtime, op_determinism, resolve_runtime
 from trainer.sharding import (
@@ -140,9 +141,9 @@ def _train(
     callbacks: list[keras.callbacks.Callback],
     verbose: int | str,
     start,
+    stages: list,
 ) -> None:
     """Every unfinished phase, checkpointed after each epoch by `progress`."""
-    stages = parse_schedule(inputs.config.train.schedule)
 
     def before(index: int, phase) -> None:
         # best.keras keeps the best classifier, so only phases that fit the whole model's
@@ -205,6 +206,25 @@ def _train(
     runner.finish()
 
 
+def _fit_stacking(model, inputs: Inputs, runtime: Runtime, final_size) -> dict[str, Any] | None:
+    """A "stacked" merge's weights from the validation images (which no branch trained on);
+    None for other merges. Under multi_worker the merge stays the average: each worker may
+    hold other validation images, and the workers' weights must agree."""
+    if stacked_merge(model) is None or not len(inputs.val_set):
+        return None
+    if runtime.multi_worker:
+        print("stacking: multi_worker run, the merge stays the branches' average")
+        return None
+    report = fit_stacking(model, inputs.dataset(inputs.val_set, final_size, training=False))
+    weights = ", ".join(f"{name} {w:.2f}" for name, w in report["weights"].items())
+    scores = report["candidates"][report["chosen"]]
+    print(
+        f"stacking on {report['images']} validation images: {report['chosen']} ({weights}) · "
+        f"val_accuracy {scores['accuracy']:.4f}"
+    )
+    return report
+
+
 def _evaluate(model: keras.Model, inputs: Inputs, out: Path, final_size) -> dict[str, Any]:
     """Every branch and the merge on the validation images at the final size; under file
     sharding each worker holds its own part of the data, so all of them are scored."""
@@ -229,7 +249,8 @@ def _evaluate(model: keras.Model, inputs: Inputs, out: Path, final_size) -> dict
 BEST_RULE = "the highest validation accuracy among epochs at the final size"
 
 
-def _metrics(config, runtime, inputs, model, analysis, progress, final_size) -> dict[str, Any]:
+def _metrics(config, runtime, inputs, model, analysis, progress, stages) -> dict[str, Any]:
+    final_size = stages[-1].size
     train_images, val_images = len(inputs.train_set), len(inputs.val_set)
     if inputs.sharding.policy == "file":
         train_images = total_across_workers(runtime.strategy, train_images)
@@ -257,25 +278,26 @@ def _metrics(config, runtime, inputs, model, analysis, progress, final_size) -> 
         "training_mode": config.train.training_mode,
         "input_sharding": inputs.sharding.to_dict(),
         "final_size": list(final_size),
+        "schedule": format_schedule(stages),
         "steps_per_epoch": inputs.steps_per_epoch,
         "splits": count_splits(inputs.split_rows),
         "best": {**progress.best, "rule": BEST_RULE} if progress.best else None,
     }
 
 
-def _export(model, config, runtime, inputs, out, metrics, final_size) -> str:
+def _export(model, config, runtime, inputs, out, metrics, stages) -> str:
     """The SavedModel: versioned under `--export_dir`, at `serving_model_dir` itself for TFX;
     a non-chief worker writes its copy into its own folder."""
     version_dir = export_model(
         model,
         config.export_dir if runtime.role.is_chief else out / "export",
         classes=inputs.images.classes,
-        image_size=final_size,
+        image_size=stages[-1].size,
         channels=inputs.channels,
         normalization=config.data.normalization,
         metadata={
             "metrics": metrics,
-            "schedule": format_schedule(parse_schedule(config.train.schedule)),
+            "schedule": format_schedule(stages),
         },
         versioned=config.export_versioned,
     )
@@ -318,7 +340,6 @@ def run(
 
 def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
     train_cfg = config.train
-    stages = parse_schedule(train_cfg.schedule)
     if train_cfg.later_stages not in LATER_STAGE_MODES:
         raise ValueError(
             f"unknown later_stages {train_cfg.later_stages!r}; known: {LATER_STAGE_MODES}"
@@ -326,7 +347,8 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
     runtime = resolve_runtime(train_cfg, config.output_dir, config.worker_dir)
     keras.utils.set_random_seed(train_cfg.seed)
     # Data first: a bad input fails the run before it leaves a folder behind.
-    inputs = Inputs.load(config, runtime, stages[0].size)
+    inputs = Inputs.load(config, runtime)
+    stages = resolve_schedule(config, inputs)
     out = _start_run_folder(config, runtime)
     (out / "skipped.json").write_text(json.dumps(inputs.skipped, indent=2) + "\n")
     write_split_csv(out / "split.csv", inputs.split_rows)
@@ -348,7 +370,9 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
     runner = PhaseRunner(
         model,
         phases,
-        adam_with_cosine_decay(train_cfg.learning_rate, inputs.steps_per_epoch),
+        adam_with_cosine_decay(
+            train_cfg.learning_rate, inputs.steps_per_epoch, train_cfg.warmup_fraction
+        ),
         branch_loss_weight=train_cfg.branch_loss_weight,
         jit_compile=runtime.jit_compile,
         scope=runtime.scope,
@@ -367,11 +391,13 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
         )
         + (" · custom training loop" if runtime.custom_loop else "")
     )
-    _train(runner, inputs, progress, runtime, out, list(callbacks or []), verbose, start)
+    _train(runner, inputs, progress, runtime, out, list(callbacks or []), verbose, start, stages)
 
     final_size = stages[-1].size
+    stacking = _fit_stacking(model, inputs, runtime, final_size)
     analysis = _evaluate(model, inputs, out, final_size)
-    metrics = _metrics(config, runtime, inputs, model, analysis, progress, final_size)
+    metrics = _metrics(config, runtime, inputs, model, analysis, progress, stages)
+    metrics["stacking"] = stacking
     # What the last phase's step was compiled with (`--jit_compile` as Keras resolved it).
     metrics["jit_compile"] = bool(runner.fitted.jit_compile)
     # Scored once, after every decision the run makes (best.keras, the stages) is taken.
@@ -380,7 +406,7 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
         metrics.update(tested[0])
     model.save(out / "model.keras")
     if config.export_dir:
-        metrics["export"] = _export(model, config, runtime, inputs, out, metrics, final_size)
+        metrics["export"] = _export(model, config, runtime, inputs, out, metrics, stages)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_curves(out, phases)
     write_report(out, config, metrics, analysis, inputs.skipped, tested and tested[1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cellkeras.training import parse_schedule, total_epochs
+from cellkeras.training import DEFAULT_SCHEDULE, parse_schedule, total_epochs
 from trainer.config import RunConfig, build_config
 
 
@@ -40,7 +40,7 @@ def config_from_fn_args(fn_args: Any) -> RunConfig:
     config = build_config(preset, options)
     train_steps = getattr(fn_args, "train_steps", None)
     if train_steps:
-        epochs = total_epochs(parse_schedule(config.train.schedule))
+        epochs = total_epochs(parse_schedule(config.train.schedule or DEFAULT_SCHEDULE))
         config.train.steps_per_epoch = math.ceil(train_steps / epochs)
     eval_steps = getattr(fn_args, "eval_steps", None)
     if eval_steps:

@@ -186,3 +186,40 @@ class WeightedAverage(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package="cellkeras")
+class StackedMerge(keras.layers.Layer):
+    """The branches' log-probabilities, weighted and summed, then a softmax:
+    `softmax(sum_i w_i * log_softmax(z_i))` over N branch logits z_i (B, K).
+
+    The weights w_i >= 0 are not trained by gradient: they start equal (the branches'
+    geometric mean, which ranks classes as their product does) and are set afterwards from
+    held-out predictions (`cellkeras.training.fit_stacking`), where a branch's accuracy says
+    something about new images, unlike on the training images it has memorised.
+
+    In training the inputs pass through `stop_gradient`: the merged loss never reaches the
+    branches, so each branch trains exactly as it would alone (by its own loss) and the merge
+    cannot drag the better one towards the worse. At inference gradients flow, so Grad-CAM of
+    the merged output reaches every branch's feature maps.
+    """
+
+    def build(self, input_shape) -> None:
+        count = len(input_shape)
+        self.branch_weights = self.add_weight(
+            name="branch_weights",
+            shape=(count,),
+            initializer=keras.initializers.Constant(1.0 / count),
+            trainable=False,
+        )
+
+    def call(self, inputs, training=None):
+        parts = [ops.cast(x, "float32") for x in inputs]
+        if training:
+            parts = [ops.stop_gradient(x) for x in parts]
+        stacked = ops.stack([ops.log_softmax(x, axis=-1) for x in parts], axis=1)
+        weights = ops.cast(self.branch_weights, "float32")
+        return ops.softmax(ops.einsum("bnk,n->bk", stacked, weights), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]

@@ -8,6 +8,7 @@ MODEL_NAMES = (
     "mobilenet_v2",
     "parallel_large",
     "parallel_small",
+    "parallel_small_concat",
     "parallel_three",
     "sepres",
     "sepres_large",

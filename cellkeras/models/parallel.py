@@ -22,9 +22,9 @@ from typing import Any
 import keras
 
 from cellkeras.models.branches import build_branch, resolve_branch
-from cellkeras.models.layers import WeightedAverage
+from cellkeras.models.layers import StackedMerge, WeightedAverage
 
-MERGES = ("concat", "average", "weighted")
+MERGES = ("concat", "average", "weighted", "stacked")
 
 
 def _policy_name(dtype: Any) -> str | None:
@@ -51,7 +51,11 @@ class ParallelCNN(keras.Model):
             "concat": concatenate (see `merge_on`) -> Dense(head_units, relu) -> Dense -> softmax,
                 as the seed did;
             "average": mean of the branch probabilities (no trainable head);
-            "weighted": learned convex weights over the branch probabilities.
+            "weighted": learned convex weights over the branch probabilities;
+            "stacked": weighted branch log-probabilities (`StackedMerge`): each branch trains
+                by its own loss alone, the weights are fitted afterwards on held-out images
+                (`cellkeras.training.fit_stacking`), so the merge is at least its best branch
+                on them.
         merge_on: what "concat" concatenates: "logits" (the seed: each branch's class logits) or
             "features" (each branch's pooled features, next to its logits so that every branch
             head stays in the graph).
@@ -108,6 +112,10 @@ class ParallelCNN(keras.Model):
         elif merge == "average":
             outputs = keras.layers.Average(name="probs", dtype="float32")(
                 [b.probs for b in built.values()]
+            )
+        elif merge == "stacked":
+            outputs = StackedMerge(name="probs", dtype="float32")(
+                [b.logits for b in built.values()]
             )
         else:
             outputs = WeightedAverage(name="probs", dtype="float32")(

@@ -16,9 +16,13 @@ from cellkeras.models.names import DEFAULT_MODEL
 from cellkeras.models.parallel import ParallelCNN
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # The default: the seed's pair (wide-shallow on edges + deep-narrow), concatenated logits
-    # and a small dense head. Small enough to train in minutes on a 2-core CPU.
-    "parallel_small": {"branches": ["edge", "deep_narrow"], "merge": "concat"},
+    # The default: the seed's pair (wide-shallow on edges + deep-narrow), each branch trained
+    # by its own loss and merged by weights fitted on held-out images ("stacked"): on real
+    # data the seed's concat head fell below its own best branch (docs/BENCHMARKS.md "Real
+    # data"). Small enough to train in minutes on a 2-core CPU.
+    "parallel_small": {"branches": ["edge", "deep_narrow"], "merge": "stacked"},
+    # The seed's merge of the same pair: concatenated logits and a small dense head.
+    "parallel_small_concat": {"branches": ["edge", "deep_narrow"], "merge": "concat"},
     # All three small branches: the edge map, the raw-image wide-shallow one and deep-narrow.
     "parallel_three": {"branches": ["edge", "wide_shallow", "deep_narrow"], "merge": "concat"},
     # More accuracy for more compute: the modern branch next to the seed's edge branch.

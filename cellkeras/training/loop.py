@@ -40,13 +40,27 @@ OptimizerFactory = Callable[[int], keras.optimizers.Optimizer]
 DataFor = Callable[[Phase, bool, range], Any]
 
 
-def adam_with_cosine_decay(learning_rate: float, steps_per_epoch: int) -> OptimizerFactory:
-    """Adam whose learning rate decays by a cosine to 5 % over the epochs it is made for."""
+def adam_with_cosine_decay(
+    learning_rate: float, steps_per_epoch: int, warmup_fraction: float = 0.0
+) -> OptimizerFactory:
+    """Adam whose learning rate decays by a cosine to 5 % over the epochs it is made for,
+    after rising linearly from 0 over their first `warmup_fraction` of steps (Adam's early
+    moment estimates are noisy, and batch-norm statistics are still settling: a full step
+    size there can throw a small model trained from scratch off for many epochs)."""
 
     def make(epochs: int) -> keras.optimizers.Optimizer:
-        decay = keras.optimizers.schedules.CosineDecay(
-            learning_rate, max(1, steps_per_epoch * epochs), alpha=0.05
-        )
+        steps = max(1, steps_per_epoch * epochs)
+        warmup = int(steps * warmup_fraction)
+        if not warmup:
+            decay = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
+        else:
+            decay = keras.optimizers.schedules.CosineDecay(
+                0.0,
+                steps - warmup,
+                alpha=0.05,
+                warmup_target=learning_rate,
+                warmup_steps=warmup,
+            )
         return keras.optimizers.Adam(decay)
 
     return make

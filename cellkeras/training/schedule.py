@@ -115,3 +115,66 @@ def plan_phases(
         final = len(stages) - 1
         phases.append(Phase(HEAD, final, Stage(stages[final].size, head_epochs)))
     return phases
+
+
+# The schedule a run gets when the user names none: its sizes follow the images (aspect and
+# native size, `fit_to_images`) and its length the data (`stretch_to_steps`).
+DEFAULT_SCHEDULE = "48:3,64:3,96:2"
+# Stage sides are rounded to this: two or three 2x poolings divide them evenly.
+SIDE_MULTIPLE = 8
+
+
+def _round_side(value: float) -> int:
+    return max(MIN_STAGE_SIZE, SIDE_MULTIPLE * round(value / SIDE_MULTIPLE))
+
+
+def fit_to_images(stages: list[Stage], image_size: tuple[int, int]) -> list[Stage]:
+    """Square stages turned to the images' aspect, each keeping its pixel count (so its cost),
+    and shrunk as a whole where the last stage would upsample the images.
+
+    `image_size` is the typical (height, width) of the images: a 128x188 frame turns a 96 px
+    stage into 80x120 rather than squashing it to 96x96, and 32 px patches train at most at
+    32 px instead of being blown up to 96 px (the earlier stages shrink in proportion).
+    Non-square stages (the user's own) are left as they are.
+    """
+    if any(stage.size[0] != stage.size[1] for stage in stages):
+        return list(stages)
+    height, width = image_size
+    aspect = width / height
+    largest = max(stage.size[0] for stage in stages)
+    shrink = min(1.0, (height * width) ** 0.5 / largest)
+    fitted = []
+    for stage in stages:
+        side = stage.size[0] * shrink
+        size = (_round_side(side / aspect**0.5), _round_side(side * aspect**0.5))
+        fitted.append(Stage(size, stage.epochs))
+    return fitted
+
+
+def stretch_to_steps(stages: list[Stage], steps_per_epoch: int, min_steps: int) -> list[Stage]:
+    """The same stages with their epochs scaled up, in proportion, until the run takes at
+    least `min_steps` optimizer steps (unchanged when it already does, or `min_steps` <= 0)."""
+    have = total_epochs(stages)
+    need = -(-max(0, min_steps) // max(1, steps_per_epoch))  # ceil
+    if need <= have:
+        return list(stages)
+    # Largest remainder: the stages' shares of `need` epochs, each at least its own count.
+    exact = [stage.epochs * need / have for stage in stages]
+    epochs = [int(share) for share in exact]
+    by_remainder = sorted(range(len(stages)), key=lambda i: epochs[i] - exact[i])
+    for i in by_remainder[: need - sum(epochs)]:
+        epochs[i] += 1
+    return [Stage(s.size, max(s.epochs, e)) for s, e in zip(stages, epochs, strict=True)]
+
+
+def auto_schedule(
+    image_size: tuple[int, int],
+    steps_per_epoch: int,
+    min_steps: int,
+    base: str = DEFAULT_SCHEDULE,
+) -> list[Stage]:
+    """The schedule of a run that names none: `base` fitted to the images, then stretched
+    to `min_steps` steps."""
+    return stretch_to_steps(
+        fit_to_images(parse_schedule(base), image_size), steps_per_epoch, min_steps
+    )

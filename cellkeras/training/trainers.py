@@ -135,11 +135,11 @@ def joint_trainer(
 
 def stagewise_parts(model: keras.Model, head_epochs: int = 1) -> list[str]:
     """The parts stage-wise training fits in turn: every branch name, then `HEAD` (left out
-    when there is no head to train: one branch, a merge without weights such as "average",
-    or `head_epochs` 0)."""
+    when there is no head to train: one branch, a merge without trained weights such as
+    "average" or "stacked", or `head_epochs` 0)."""
     names = branch_names(model)
     _, head_layers = _layer_groups(model)
-    head_weights = any(model.get_layer(name).weights for name in head_layers)
+    head_weights = any(model.get_layer(name).trainable_weights for name in head_layers)
     return names + ([HEAD] if len(names) > 1 and head_weights and head_epochs > 0 else [])
 
 

@@ -1,0 +1,134 @@
+"""Stacking: the "stacked" merge's branch weights fitted on held-out images.
+
+A merge fitted on the training images learns which branch has memorised them best, which says
+little about new images (the trainer's stage-wise head, trained so, falls below its own best
+branch). `fit_stacking` fits the weights of a `StackedMerge` on images no branch trained on,
+the validation split, by the merged log-loss, and then keeps whichever of the fitted weights,
+the plain average and each branch alone is most accurate on those images (ties by log-loss),
+so on them the merge is never below its best branch.
+
+```
+report = fit_stacking(model, val_batches)   # sets model's merge weights in place
+report["chosen"], report["weights"]
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from cellkeras.models.layers import StackedMerge
+from cellkeras.models.parallel import branch_names
+
+# Upper bound of each weight: a weight also sharpens or softens its branch (a temperature),
+# and unbounded weights on a few dozen images would chase a zero log-loss.
+MAX_WEIGHT = 4.0
+# Pulls the weights gently towards the average, which matters when the held-out images are
+# too few or too easy to tell the branches apart (every branch right on every image).
+RIDGE = 1e-3
+
+
+def stacked_merge(model: keras.Model) -> StackedMerge | None:
+    """The model's `StackedMerge` layer, or None when its merge is another kind."""
+    try:
+        layer = model.get_layer("probs")
+    except ValueError:
+        return None
+    return layer if isinstance(layer, StackedMerge) else None
+
+
+def branch_log_probs(model: keras.Model, batches: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(labels (N,), log-probabilities (N, branches, K))` of every branch over `batches`
+    of `(images, one_hot)`."""
+    names = branch_names(model)
+    logits = keras.Model(model.inputs, [model.get_layer(f"{n}_logits").output for n in names])
+    labels, parts = [], []
+    for images, one_hot in batches:
+        outputs = logits(images, training=False)
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        stacked = np.stack([np.asarray(o, dtype=np.float64) for o in outputs], axis=1)
+        parts.append(stacked - _logsumexp(stacked))
+        labels.append(np.argmax(np.asarray(one_hot), axis=-1))
+    return np.concatenate(labels), np.concatenate(parts)
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=-1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
+def merged_scores(
+    labels: np.ndarray, log_probs: np.ndarray, weights: np.ndarray
+) -> tuple[float, float]:
+    """`(accuracy, mean log-loss)` of the merge with `weights` on these predictions."""
+    mixed = np.einsum("bnk,n->bk", log_probs, weights)
+    mixed = mixed - _logsumexp(mixed)
+    accuracy = float(np.mean(np.argmax(mixed, axis=-1) == labels))
+    return accuracy, float(-np.mean(mixed[np.arange(len(labels)), labels]))
+
+
+def fit_weights(labels: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
+    """The weights in [0, MAX_WEIGHT] minimizing the merged log-loss (plus a small ridge
+    towards the average), by L-BFGS-B from the average."""
+    from scipy.optimize import minimize
+
+    count = log_probs.shape[1]
+    start = np.full(count, 1.0 / count)
+    rows = np.arange(len(labels))
+
+    def loss_and_grad(weights: np.ndarray) -> tuple[float, np.ndarray]:
+        mixed = np.einsum("bnk,n->bk", log_probs, weights)
+        mixed = mixed - _logsumexp(mixed)
+        probs = np.exp(mixed)
+        # d(-log p_y)/dw_n = E_p[log p_n] - log p_n(y), averaged over the images.
+        grad = np.einsum("bk,bnk->bn", probs, log_probs) - log_probs[rows, :, labels]
+        value = -mixed[rows, labels].mean() + RIDGE * np.sum((weights - start) ** 2)
+        return value, grad.mean(axis=0) + 2 * RIDGE * (weights - start)
+
+    result = minimize(
+        loss_and_grad, start, jac=True, method="L-BFGS-B", bounds=[(0.0, MAX_WEIGHT)] * count
+    )
+    return np.asarray(result.x, dtype=np.float64)
+
+
+def fit_stacking(model: keras.Model, batches: Any) -> dict[str, Any]:
+    """Sets the `StackedMerge` weights of `model` from held-out `batches` of
+    `(images, one_hot)`, and says what it chose.
+
+    Candidates: the fitted weights, the average, and each branch alone; the most accurate on
+    `batches` wins, ties going to the lower log-loss (then to that order).
+
+    Returns:
+        `{"chosen", "weights" (branch -> weight), "images", "candidates" (name ->
+        {"accuracy", "log_loss"})}`.
+
+    Raises:
+        ValueError: the model has no stacked merge, or `batches` holds no images.
+    """
+    layer = stacked_merge(model)
+    if layer is None:
+        raise ValueError(f"{model.name!r} has no stacked merge (merge='stacked')")
+    names = branch_names(model)
+    labels, log_probs = branch_log_probs(model, batches)
+    if not len(labels):
+        raise ValueError("fit_stacking needs held-out images; the batches are empty")
+    count = len(names)
+    candidates = {"fitted": fit_weights(labels, log_probs), "average": np.full(count, 1 / count)}
+    for index, name in enumerate(names):
+        candidates[f"{name} alone"] = np.eye(count)[index]
+    scores = {k: merged_scores(labels, log_probs, w) for k, w in candidates.items()}
+    order = list(candidates)
+    chosen = min(order, key=lambda k: (-scores[k][0], scores[k][1], order.index(k)))
+    layer.branch_weights.assign(candidates[chosen].astype("float32"))
+    return {
+        "chosen": chosen,
+        "weights": {n: round(float(w), 4) for n, w in zip(names, candidates[chosen], strict=True)},
+        "images": int(len(labels)),
+        "candidates": {
+            k: {"accuracy": round(a, 4), "log_loss": round(loss, 4)}
+            for k, (a, loss) in scores.items()
+        },
+    }
