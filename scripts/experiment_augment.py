@@ -43,6 +43,7 @@ SETS = {
     "embryo6-end": ("embryo6", "end"),
     "ndev_nuclei": ("ndev_nuclei", "end"),
     "embryo4-middle": ("embryo4", "middle"),
+    "laptrack_nuclei": ("laptrack_nuclei", "end"),
     "synthetic": None,
 }
 SYNTHETIC_FLAGS = ("--synthetic_images=600", "--test_fraction=0.2")
@@ -63,6 +64,9 @@ def defaults_fingerprint(tag: str) -> str:
 
 
 def git_head() -> str:
+    """The commit this code is; a snapshot copy (`git archive`) names it in a COMMIT file."""
+    if (ROOT / "COMMIT").is_file():
+        return (ROOT / "COMMIT").read_text().strip()
     result = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     )
@@ -132,7 +136,9 @@ def run_one(set_name: str, preset: str, seed: int, out: Path, cache: Path) -> di
         "val_accuracy": metrics["val_accuracy"],
         "seconds": round(seconds, 1),
         "train_seconds": round(sum(s["seconds"] for s in metrics["stages"]), 1),
-        "schedule": json.loads((folder / "config.json").read_text())["train"]["schedule"],
+        "schedule": ",".join(
+            f"{'x'.join(map(str, st['size']))}:{st['epochs']}" for st in metrics["stages"]
+        ),
         "command": " ".join(cmd[1:]),
     }
     shutil.rmtree(folder / "logs", ignore_errors=True)  # TensorBoard events: not needed here
@@ -175,10 +181,11 @@ def markdown_table(stats: dict, sets: list[str], presets: list[str]) -> str:
             if st is None:
                 continue
             vs = "—"
+            sd = "—" if st["n"] < 2 else f"{st['sd']:.3f}"
             if st["vs_none"] is not None:
                 vs = f"{st['vs_none']:+.3f} ({st['wins']}/{st['paired']} better)"
             lines.append(
-                f"| {set_name} | `{preset}` | {st['n']} | {st['mean']:.3f} ± {st['sd']:.3f} | "
+                f"| {set_name} | `{preset}` | {st['n']} | {st['mean']:.3f} ± {sd} | "
                 f"{st['ci'][0]:.2f}-{st['ci'][1]:.2f} | {vs} | {st['seconds']:.0f} |"
             )
     return "\n".join(lines) + "\n"
