@@ -11,6 +11,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "fluid": ["FluidDistortion"],
+        "fold": ["fold_geometric"],
+        "gridmask": ["SeededGridMask"],
         "preset_names": ["AUGMENTATION_PRESETS"],
         "presets": ["Augmenter", "build_augmenter", "strength_for_size"],
     },

@@ -79,6 +79,11 @@ class FluidDistortion(VectorizedBaseImageAugmentationLayer):
         rotation: maximum rotation in degrees, drawn from U(-rotation, rotation).
         translate: maximum translation as a fraction of (width, height), drawn uniformly; one
             number for both axes.
+        zoom: (low, high) range of the zoom drawn per image, as Keras' `RandomZoom`: the
+            source area is scaled by U(1 + low, 1 + high), so positive values zoom out; one
+            number z means (-z, z). 0 is no zoom.
+        zoom_width: a separate range for the width's zoom, drawn independently (Keras'
+            `width_factor`); None keeps the aspect ratio (one draw for both axes).
         crop_area: area fraction of a random crop (same aspect ratio, uniform position) that is
             resized back to the input size; 1 means no crop. The seed used 0.9.
         fill_mode: how positions outside the image are filled: "reflect" (mirror, default),
@@ -103,6 +108,8 @@ class FluidDistortion(VectorizedBaseImageAugmentationLayer):
         flip_vertical: bool = False,
         rotation: float = 0.0,
         translate: float | Sequence[float] = 0.0,
+        zoom: float | Sequence[float] = 0.0,
+        zoom_width: float | Sequence[float] | None = None,
         crop_area: float = 1.0,
         fill_mode: str = "reflect",
         fill_value: float = 0.0,
@@ -139,6 +146,8 @@ class FluidDistortion(VectorizedBaseImageAugmentationLayer):
         self.flip_vertical = bool(flip_vertical)
         self.rotation = float(rotation)
         self.translate = _pair(translate, "translate")
+        self.zoom = _zoom_range(zoom, "zoom")
+        self.zoom_width = None if zoom_width is None else _zoom_range(zoom_width, "zoom_width")
         self.crop_area = float(crop_area)
         self.fill_mode = fill_mode
         self.fill_value = float(fill_value)
@@ -172,6 +181,15 @@ class FluidDistortion(VectorizedBaseImageAugmentationLayer):
         ox = (2.0 * u[:, 3] - 1.0) * (1.0 - scale) * 0.5 + (2.0 * u[:, 5] - 1.0) * self.translate[0]
         oy = (2.0 * u[:, 4] - 1.0) * (1.0 - scale) * 0.5 + (2.0 * u[:, 6] - 1.0) * self.translate[1]
         cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+        zx = zy = 1.0
+        if self.zoom != (0.0, 0.0) or self.zoom_width is not None:
+            # A separate draw, so that layers without zoom keep their stream of draws.
+            z = gen.uniform((batch_size, 2), 0.0, 1.0)
+            low, high = self.zoom
+            zy = 1.0 + low + (high - low) * z[:, 0]
+            low, high = self.zoom_width or self.zoom
+            zx = zy if self.zoom_width is None else 1.0 + low + (high - low) * z[:, 1]
+        fh, fv = fh * zx, fv * zy
         affine = tf.stack([cos * fh, -sin * fv, sin * fh, cos * fv, ox, oy], axis=-1)
         return {"ctrl": ctrl, "affine": affine}
 
@@ -296,6 +314,8 @@ class FluidDistortion(VectorizedBaseImageAugmentationLayer):
             flip_vertical=self.flip_vertical,
             rotation=self.rotation,
             translate=list(self.translate),
+            zoom=list(self.zoom),
+            zoom_width=None if self.zoom_width is None else list(self.zoom_width),
             crop_area=self.crop_area,
             fill_mode=self.fill_mode,
             fill_value=self.fill_value,
@@ -305,6 +325,20 @@ class FluidDistortion(VectorizedBaseImageAugmentationLayer):
             jit_compile=self.jit_compile,
         )
         return config
+
+
+def _zoom_range(value: float | Sequence[float], name: str) -> tuple[float, float]:
+    """A zoom range (low, high) with 1 + low > 0; a number z means (-z, z)."""
+    if isinstance(value, int | float):
+        low, high = -abs(float(value)), abs(float(value))
+    else:
+        pair = tuple(float(v) for v in value)
+        if len(pair) != 2:
+            raise ValueError(f"{name} must be a number or a (low, high) pair, got {value!r}.")
+        low, high = pair
+    if not -1.0 < low <= high:
+        raise ValueError(f"{name} must satisfy -1 < low <= high, got {value!r}.")
+    return low, high
 
 
 def _dtypes(inputs) -> tuple[tf.DType, tf.DType | None]:

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from cellkeras.augment.fluid import FluidDistortion
+from cellkeras.augment.gridmask import SeededGridMask
 from cellkeras.augment.preset_names import AUGMENTATION_PRESETS, FLUID_VARIANTS
 from cellkeras.augment.seeding import drawing_from
 
@@ -33,6 +34,8 @@ _CROP_AREA_LOST = 0.1  # Augmentor crop_random(percentage_area=0.9)
 _RANDAUGMENT_MAGNITUDE = 0.5
 _MIXUP_ALPHA = 0.2
 _CUTMIX_ALPHA = 1.0
+_GRIDMASK_RATIO = 0.5  # keras-cv's default: masked square side U(0, 0.5) x grid unit
+_GRIDMASK_ROTATION = 0.15  # keras-cv's default, fraction of a turn
 
 
 @keras.saving.register_keras_serializable(package="cellkeras")
@@ -70,8 +73,9 @@ class Augmenter(keras.layers.Layer):
 
     def call(self, inputs, training: bool | None = True, seed=None):
         """`seed`: an int (2,) tensor the batch's `FluidDistortion` draws are a function of
-        (stateless; `cellkeras.data.make_dataset` passes one per batch); None draws from the
-        layers' seeded generators. keras-cv layers always draw from their generators."""
+        (stateless; `cellkeras.data.make_dataset` passes one per batch), and so are
+        `SeededGridMask`'s, image by image; None draws from the layers' seeded generators.
+        Other keras-cv layers always draw from their generators."""
         if training is False or not self.augmentation_layers:
             return inputs
         is_dict = isinstance(inputs, dict)
@@ -93,10 +97,17 @@ class Augmenter(keras.layers.Layer):
         if grey:
             data["images"] = tf.image.grayscale_to_rgb(data["images"])
         for index, layer in enumerate(self.augmentation_layers):
-            if seed is None or not isinstance(layer, FluidDistortion):
+            if seed is None:
                 data = layer(data)
                 continue
-            with drawing_from(layer, tf.random.experimental.stateless_fold_in(seed, index)):
+            layer_seed = tf.random.experimental.stateless_fold_in(seed, index)
+            if isinstance(layer, FluidDistortion):
+                with drawing_from(layer, layer_seed):
+                    data = layer(data)
+            elif isinstance(layer, SeededGridMask):
+                with layer.seeded(layer_seed):
+                    data = layer(data)
+            else:
                 data = layer(data)
         data = dict(data)
         if grey:
@@ -149,8 +160,8 @@ def build_augmenter(
         num_classes: one-hot encodes integer labels (B,) before mixing; one-hot labels need
             nothing.
         **kw: overrides for the preset's main layer: `FluidDistortion` arguments for "basic" and
-            "fluid" (e.g. `mode="elastic"`, `bounding_box_format="xyxy"`), `RandAugment`
-            arguments for "randaugment".
+            "fluid" (e.g. `mode="elastic"`, `bounding_box_format="xyxy"`), `SeededGridMask`
+            arguments for "gridmask", `RandAugment` arguments for "randaugment".
 
     Returns:
         An `Augmenter` layer.
@@ -184,6 +195,24 @@ def build_augmenter(
             seed=seed,
         )
         return Augmenter(layers=[FluidDistortion(**{**args, **kw})], **common)
+    if preset == "gridmask":
+        # GridMask (Chen et al. 2020) is meant on top of the usual geometric augmentation, so
+        # the preset is "basic" followed by the mask; compared with "basic" it isolates the mask.
+        geometric = dict(
+            magnitude=0.0,
+            flip_horizontal=True,
+            flip_vertical=True,
+            rotation=_ROTATION_DEG * s,
+            translate=(_TRANSLATE[0] * s, _TRANSLATE[1] * s),
+            seed=seed,
+        )
+        mask = dict(
+            ratio=(0.0, min(1.0, _GRIDMASK_RATIO * s)),
+            rotation_factor=_GRIDMASK_ROTATION,
+            seed=seed,
+        )
+        layers = [FluidDistortion(**geometric), SeededGridMask(**{**mask, **kw})]
+        return Augmenter(layers=layers, **common)
     if preset == "fluid":
         args = dict(
             mode="mesh",
