@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -46,7 +47,9 @@ SETS = {
     "laptrack_nuclei": ("laptrack_nuclei", "end"),
     "synthetic": None,
 }
-SYNTHETIC_FLAGS = ("--synthetic_images=600", "--test_fraction=0.2")
+# 48 px keeps the auto schedule's stages small (none goes above the images' size); 1,500 images
+# is the most that still trains at the auto schedule's floor of 240 steps, with 300 to test.
+SYNTHETIC_FLAGS = ("--synthetic_images=1500", "--synthetic_size=48", "--test_fraction=0.2")
 
 
 def defaults_fingerprint(tag: str) -> str:
@@ -126,6 +129,11 @@ def run_one(set_name: str, preset: str, seed: int, out: Path, cache: Path) -> di
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); see {log.name}")
+    return read_run((set_name, preset, seed), folder, seconds, " ".join(cmd[1:]))
+
+
+def read_run(key, folder: Path, seconds: float, command: str) -> dict:
+    set_name, preset, seed = key
     metrics = json.loads((folder / "metrics.json").read_text())
     row = {
         "set": set_name,
@@ -139,10 +147,37 @@ def run_one(set_name: str, preset: str, seed: int, out: Path, cache: Path) -> di
         "schedule": ",".join(
             f"{'x'.join(map(str, st['size']))}:{st['epochs']}" for st in metrics["stages"]
         ),
-        "command": " ".join(cmd[1:]),
+        "command": command,
     }
     shutil.rmtree(folder / "logs", ignore_errors=True)  # TensorBoard events: not needed here
     return row
+
+
+def running_runs(out: Path) -> dict[tuple[str, str, int], tuple[int, float]]:
+    """Trainer runs of this grid still in flight from an earlier instance of this script (one
+    stopped to change the queue): `{key: (pid, start time)}`, adopted instead of restarted."""
+    import psutil
+
+    prefix = f"--output_dir={out.resolve() / 'runs'}/"
+    found = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        for arg in proc.info["cmdline"] or ():
+            if "trainer.task" in proc.info["cmdline"] and arg.startswith(prefix):
+                set_name, preset, seed = arg[len(prefix) :].split("__")
+                found[set_name, preset, int(seed)] = (proc.info["pid"], proc.info["create_time"])
+    return found
+
+
+def adopt(key, pid: int, started: float, out: Path) -> dict:
+    """Waits for an adopted run to end and reads it as `run_one` would have."""
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait()
+    folder = out / "runs" / "__".join(map(str, key))
+    if not (folder / "metrics.json").is_file():
+        raise RuntimeError(f"adopted run {folder} ended without metrics.json")
+    return read_run(key, folder, time.time() - started, "adopted: see its config.json")
 
 
 def summarize(rows: list[dict]) -> dict[tuple[str, str], dict]:
@@ -263,9 +298,15 @@ def main() -> None:
     lock = threading.Lock()
     head = git_head()
 
+    in_flight = running_runs(args.out)
+    pending.sort(key=lambda k: k not in in_flight)  # adopted runs first: they are under way
+
     def work(key):
         try:
-            row = run_one(*key, args.out, args.real_sets_cache)
+            if key in in_flight:
+                row = adopt(key, *in_flight[key], args.out)
+            else:
+                row = run_one(*key, args.out, args.real_sets_cache)
         except RuntimeError as err:  # one failed run should not lose the rest of the grid
             print(f"FAILED {key}: {err}", flush=True)
             return
