@@ -248,17 +248,36 @@ def figure(rows: list[dict], stats: dict, sets: list[str], presets: list[str], p
                 capsize=4,
                 markersize=7,
             )
-            seeds = [
-                r["test_accuracy"] for r in rows if r["set"] == set_name and r["preset"] == preset
-            ]
-            ax.scatter([x + 0.18] * len(seeds), seeds, s=10, color="black", alpha=0.5)
+            runs = [r for r in rows if r["set"] == set_name and r["preset"] == preset]
+            for k, run in enumerate(runs):  # each seed with its test-set bootstrap interval
+                lo, hi = run["test_accuracy_ci"]
+                acc = run["test_accuracy"]
+                ax.errorbar(
+                    x + 0.12 + 0.07 * k,
+                    acc,
+                    yerr=[[acc - lo], [hi - acc]],
+                    fmt=".",
+                    color="black",
+                    alpha=0.45,
+                    elinewidth=0.8,
+                    markersize=4,
+                )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_xlim(-0.5, len(names) - 0.3)
         ax.set_title(set_name)
         ax.set_ylim(0, 1.02)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (mean ± sd over seeds; dots: seeds)")
+    axes[0][0].set_ylabel("test accuracy")
+    fig.text(
+        0.5,
+        0.01,
+        "large dot: mean over seeds ± sd; small dots: each seed with its "
+        "95 % bootstrap interval on the test set",
+        ha="center",
+        fontsize=8,
+    )
     fig.suptitle("Augmentation presets through the trainer at its defaults (blue: fluidity)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
