@@ -15,6 +15,7 @@ from cellkeras.augment import (
     strength_for_size,
 )
 from cellkeras.augment.fluid import num_control_points
+from cellkeras.augment.preset_names import FLUID_VARIANTS
 
 
 def _images(b: int = 4, h: int = 24, w: int = 32, c: int = 3, seed: int = 0) -> tf.Tensor:
@@ -241,10 +242,16 @@ def test_bad_arguments_raise():
 
 
 # gridmask on one channel runs in tests/test_augment_gridmask.py (with per-batch seeds), so
-# its keras-cv map_fn is traced once per channel count, not twice.
+# its keras-cv map_fn is traced once per channel count, not twice. The fluid variants are
+# "fluid" with other arguments (test_fluid_variants_are_fluid_...).
 @pytest.mark.parametrize(
     "preset, channels",
-    [(p, c) for p in AUGMENTATION_PRESETS for c in (1, 3) if (p, c) != ("gridmask", 1)],
+    [
+        (p, c)
+        for p in AUGMENTATION_PRESETS
+        for c in (1, 3)
+        if (p, c) != ("gridmask", 1) and p not in FLUID_VARIANTS
+    ],
 )
 def test_every_preset_runs_in_tf_data_on_the_pipeline_dict(preset, channels):
     augmenter = build_augmenter(preset, image_size=24, strength=1.0, seed=1, num_classes=3)
@@ -303,6 +310,17 @@ def test_strength_scales_the_fluid_distortion():
         spread.append(np.abs(aug(coords).numpy() - coords.numpy()).mean())
     assert spread[0] < spread[1] < spread[2]
     assert abs(spread[2] / spread[1] - 2.0) < 0.3
+
+
+def test_fluid_variants_are_fluid_at_their_factor_and_field():
+    x = _images(3, 24, 24)
+    double = build_augmenter("fluid_double", strength=0.5, seed=4)
+    np.testing.assert_array_equal(double(x).numpy(), build_augmenter("fluid", seed=4)(x).numpy())
+    assert double.preset == "fluid_double" and double.strength == 0.5
+    (layer,) = build_augmenter("fluid_elastic", seed=4).augmentation_layers
+    assert layer.mode == "elastic" and layer.magnitude == pytest.approx(0.03)
+    (layer,) = build_augmenter("fluid_half", seed=4).augmentation_layers
+    assert layer.mode == "mesh" and layer.magnitude == pytest.approx(0.015)
 
 
 def test_strength_ramps_with_image_size():

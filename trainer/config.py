@@ -139,7 +139,9 @@ class TrainConfig:
     """
 
     model: str = "parallel_small"
-    augment: str = "basic"
+    # "none": at this budget it was best on every set of the augmentation study but once
+    # ("mix" on ndev nuclei): docs/BENCHMARKS.md "Augmentation study".
+    augment: str = "none"
     stage_strength: str = "0.5:1"
     schedule: str | None = None
     # 240 steps: ~200 training frames (7 batches an epoch) get 35 epochs instead of 8, enough

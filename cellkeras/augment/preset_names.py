@@ -11,3 +11,18 @@ AUGMENTATION_PRESETS: dict[str, str] = {
     "mix": "keras-cv MixUp (alpha 0.2) or CutMix (alpha 1.0), one of the two per batch; needs labels",
 }
 """Known preset names and what each does at strength 1."""
+
+# Variants of "fluid" that the augmentation study compares (scripts/experiment_augment.py),
+# named so the trainer's --augment takes them as they are: (strength factor, displacement
+# field). The factor multiplies "fluid"'s strength at every stage of a schedule.
+FLUID_VARIANTS: dict[str, tuple[float, str]] = {
+    "fluid_half": (0.5, "mesh"),
+    "fluid_double": (2.0, "mesh"),
+    "fluid_elastic": (1.0, "elastic"),
+}
+AUGMENTATION_PRESETS.update(
+    {
+        name: f"'fluid' at {factor:g}x its strength, {field} field"
+        for name, (factor, field) in FLUID_VARIANTS.items()
+    }
+)

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from cellkeras.augment.fluid import FluidDistortion
 from cellkeras.augment.gridmask import SeededGridMask
-from cellkeras.augment.preset_names import AUGMENTATION_PRESETS
+from cellkeras.augment.preset_names import AUGMENTATION_PRESETS, FLUID_VARIANTS
 from cellkeras.augment.seeding import drawing_from
 
 # The seed's settings, i.e. strength 1.
@@ -179,6 +179,10 @@ def build_augmenter(
         raise ValueError(f"strength must be >= 0, got {strength}.")
     s = float(strength)
     common = {"preset": preset, "strength": s, "num_classes": num_classes}
+    if preset in FLUID_VARIANTS:
+        factor, field = FLUID_VARIANTS[preset]
+        fluid = build_augmenter("fluid", strength=s * factor, seed=seed, **{"mode": field, **kw})
+        return Augmenter(layers=fluid.augmentation_layers, **common)
     if preset == "none" or s == 0:
         return Augmenter(**common)
     if preset == "basic":
