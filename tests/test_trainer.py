@@ -288,6 +288,7 @@ def test_stagewise_trains_each_branch_then_the_head_and_resumes(tmp_path):
         "train.schedule": "16:1,24:1",
         "train.training_mode": "stagewise",
         "train.head_epochs": 1,
+        "train.model": "parallel_small_concat",  # the seed's recipe: a head to train last
     }
     config = build_config("smoke", overrides)
     config.output_dir = str(tmp_path / "run")
@@ -353,6 +354,7 @@ def test_a_crash_right_after_a_stage_ends_resumes_into_the_next(tmp_path, mode):
         "train.schedule": "16:1,24:1",
         "train.training_mode": mode,
         "train.head_epochs": 1,
+        "train.model": "parallel_small_concat",  # stage-wise: the seed's head trains last
     }
     config = build_config("smoke", overrides)
     config.output_dir = str(tmp_path / "run")

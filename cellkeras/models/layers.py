@@ -198,10 +198,11 @@ class StackedMerge(keras.layers.Layer):
     held-out predictions (`cellkeras.training.fit_stacking`), where a branch's accuracy says
     something about new images, unlike on the training images it has memorised.
 
-    In training the inputs pass through `stop_gradient`: the merged loss never reaches the
-    branches, so each branch trains exactly as it would alone (by its own loss) and the merge
-    cannot drag the better one towards the worse. At inference gradients flow, so Grad-CAM of
-    the merged output reaches every branch's feature maps.
+    Gradients flow through it (a plain single-loss `fit` trains the branches as a product of
+    experts, and Grad-CAM of the merged output reaches every branch); joint training gives the
+    merged output no loss weight instead (`cellkeras.training.joint_trainer`), so that each
+    branch trains exactly as it would alone, by its own loss, and the merge cannot drag the
+    better branch towards the worse.
     """
 
     def build(self, input_shape) -> None:
@@ -213,10 +214,8 @@ class StackedMerge(keras.layers.Layer):
             trainable=False,
         )
 
-    def call(self, inputs, training=None):
+    def call(self, inputs):
         parts = [ops.cast(x, "float32") for x in inputs]
-        if training:
-            parts = [ops.stop_gradient(x) for x in parts]
         stacked = ops.stack([ops.log_softmax(x, axis=-1) for x in parts], axis=1)
         weights = ops.cast(self.branch_weights, "float32")
         return ops.softmax(ops.einsum("bnk,n->bk", stacked, weights), axis=-1)

@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 
+from cellkeras.models.layers import StackedMerge
 from cellkeras.models.parallel import analysis_model, branch_models, branch_names
 from cellkeras.training.schedule import HEAD
 
@@ -103,6 +104,13 @@ def _per_output_labels(data: Any, keys: Sequence[str]) -> Any:
     return data.map(lambda images, labels: (images, {k: labels for k in keys}))
 
 
+def _merge_layer(model: keras.Model):
+    try:
+        return model.get_layer("probs")
+    except ValueError:
+        return None
+
+
 def joint_trainer(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer | str = "adam",
@@ -115,7 +123,9 @@ def joint_trainer(
     With two or more branches and `branch_loss_weight > 0` the trainer is `analysis_model(model)`
     (sharing `model`'s weights) with an auxiliary cross-entropy on every branch's softmax; fit it
     with `AliasMergedMetrics()` among the callbacks so the merged output's metrics keep their
-    plain names. Otherwise it is `model` itself, compiled, and the labels pass unchanged.
+    plain names (a "stacked" merge gets no loss weight and every branch weight 1: each branch
+    trains by its own loss alone). Otherwise it is `model` itself, compiled, and the labels
+    pass unchanged.
     `compile_kwargs` go to `compile` (e.g. `jit_compile`).
     """
     names = branch_names(model)
@@ -123,10 +133,15 @@ def joint_trainer(
         return compile_classifier(model, optimizer, **compile_kwargs), lambda data: data
     trainer = analysis_model(model)
     keys = ["merged", *names]
+    merged_weight = 1.0
+    if isinstance(_merge_layer(model), StackedMerge):
+        # Each branch by its own loss alone: the stacked merge is fitted afterwards, on
+        # held-out images (`fit_stacking`), and must not pull the branches towards each other.
+        merged_weight, branch_loss_weight = 0.0, 1.0
     trainer.compile(
         optimizer=optimizer,
         loss={k: "categorical_crossentropy" for k in keys},
-        loss_weights={"merged": 1.0, **{n: branch_loss_weight for n in names}},
+        loss_weights={"merged": merged_weight, **{n: branch_loss_weight for n in names}},
         metrics={k: ["accuracy"] for k in keys},
         **compile_kwargs,
     )

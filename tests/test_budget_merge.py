@@ -1,0 +1,117 @@
+"""The automatic schedule (aspect, native size, minimum steps) and the stacked merge."""
+
+from __future__ import annotations
+
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cellkeras.data.imageset import ImageSet
+from cellkeras.models import create_model
+from cellkeras.training import (
+    auto_schedule,
+    fit_stacking,
+    fit_to_images,
+    format_schedule,
+    parse_schedule,
+    stretch_to_steps,
+    total_epochs,
+)
+from cellkeras.training.stacking import fit_weights, merged_scores
+from trainer.config import build_config
+from trainer.inputs import resolve_schedule
+
+
+def test_auto_schedule_follows_the_images_aspect_and_size():
+    base = parse_schedule("48:3,64:3,96:2")
+    frames = fit_to_images(base, (128, 188))
+    assert format_schedule(frames) == "40x56:3,56x80:3,80x120:2"
+    # Each stage keeps about its square's pixel count, at the frames' 2:3 aspect.
+    assert all(abs(h * w / s.size[0] ** 2 - 1) < 0.1 for (h, w), s in
+               zip((f.size for f in frames), base, strict=True))  # fmt: skip
+    # Patches smaller than the last stage are never blown up; the earlier stages shrink too.
+    assert format_schedule(fit_to_images(base, (32, 32))) == "16:3,24:3,32:2"
+    assert fit_to_images(base, (96, 96)) == base
+    mixed = parse_schedule("32:1,64x96:2")
+    assert fit_to_images(mixed, (128, 188)) == mixed  # the user's own shapes stay
+
+
+def test_small_sets_get_the_minimum_steps_and_large_ones_keep_their_epochs():
+    base = parse_schedule("48:3,64:3,96:2")
+    stretched = stretch_to_steps(base, steps_per_epoch=6, min_steps=240)
+    assert total_epochs(stretched) == 40 and [s.size for s in stretched] == [s.size for s in base]
+    assert [s.epochs for s in stretched] == [15, 15, 10]
+    assert stretch_to_steps(base, steps_per_epoch=75, min_steps=240) == base
+    assert stretch_to_steps(base, steps_per_epoch=1, min_steps=0) == base
+    assert total_epochs(auto_schedule((128, 188), 7, 240)) * 7 >= 240
+
+
+def test_resolve_schedule_stretches_only_when_the_user_gave_no_budget():
+    images = ImageSet(["a", "b"], [0, 1] * 4, images=np.zeros((8, 40, 60, 1), np.uint8))
+    inputs = types.SimpleNamespace(train_set=images, steps_per_epoch=2)
+    auto = resolve_schedule(build_config(), inputs)
+    assert total_epochs(auto) * 2 >= 240 and auto[-1].size == (40, 56)
+    given = build_config(overrides={"train.schedule": "16:1"})
+    assert format_schedule(resolve_schedule(given, inputs)) == "16:1"
+    fixed = build_config(overrides={"train.steps_per_epoch": 5})
+    assert total_epochs(resolve_schedule(fixed, inputs)) == 8
+
+
+def _tiny_stacked(classes=3):
+    keras.utils.set_random_seed(0)
+    return create_model("parallel_small", classes, channels=1)
+
+
+def test_joint_training_of_a_stacked_merge_trains_each_branch_by_its_own_loss_alone():
+    from cellkeras.training import joint_trainer
+
+    model = _tiny_stacked()
+    trainer, to_labels = joint_trainer(model, "adam", branch_loss_weight=0.3)
+    assert trainer.get_compile_config()["loss_weights"] == {
+        "merged": 0.0,
+        "edge": 1.0,
+        "deep_narrow": 1.0,
+    }
+    images = tf.random.uniform((2, 16, 16, 1), seed=1)
+    with tf.GradientTape() as tape:  # gradients do flow through the merge (Grad-CAM)
+        score = tf.reduce_sum(model(images)[:, 0])
+    grad = tape.gradient(score, model.get_layer("deep_narrow_logits").kernel)
+    assert float(tf.reduce_sum(tf.abs(grad))) > 0
+    assert not model.get_layer("probs").trainable_weights
+
+
+def test_fit_weights_and_choice_never_fall_below_the_best_branch():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 60)
+    good = np.log(np.full((60, 4), 0.1) + 0.6 * np.eye(4)[labels])
+    noise = np.log(rng.dirichlet(np.ones(4), 60))
+    log_probs = np.stack([noise, good], axis=1)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    weights = fit_weights(labels, log_probs)
+    assert weights[1] > weights[0]
+    assert (
+        merged_scores(labels, log_probs, weights)[0]
+        >= merged_scores(labels, log_probs, np.array([0.0, 1.0]))[0]
+    )
+
+
+def test_fit_stacking_sets_the_weights_and_survives_a_save_load(tmp_path):
+    model = _tiny_stacked()
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 16, 16, 1)).astype("float32")
+    one_hot = np.eye(3, dtype="float32")[rng.integers(0, 3, 12)]
+    batches = tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(5)
+    report = fit_stacking(model, batches)
+    scores = report["candidates"]
+    assert report["images"] == 12 and report["chosen"] in scores
+    assert scores[report["chosen"]]["accuracy"] == max(s["accuracy"] for s in scores.values())
+    weights = model.get_layer("probs").branch_weights.numpy()
+    assert np.allclose(weights, list(report["weights"].values()), atol=1e-4)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
+    with pytest.raises(ValueError, match="no stacked merge"):
+        fit_stacking(create_model("parallel_small_concat", 3, channels=1), batches)
