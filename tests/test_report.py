@@ -21,6 +21,7 @@ from tests.conftest import TINY_CLASSES, tiny_model
 from trainer.config import build_config
 from trainer.report import write_report
 from trainer.report_examples import (
+    AUGMENT_PNG,
     GRADCAM_PNG,
     MISTAKES_PNG,
     collect_examples,
@@ -96,8 +97,10 @@ def run_folder(tmp_path_factory):
     bins = {"merged": reliability_bins(labels, probs)}
     evaluate_plots.save_figure(evaluate_plots.plot_reliability(bins), out / "reliability.png")
     batches = [(images[i : i + 8], labels[i : i + 8]) for i in range(0, N_VAL, 8)]
-    examples = collect_examples(model, batches, labels, probs, TINY_CLASSES, out)
-    config = build_config("smoke", {"train.seed": 3, "data.balance": "oversample"})
+    examples = collect_examples(model, batches, labels, probs, TINY_CLASSES, out, "basic")
+    config = build_config(
+        "smoke", {"train.seed": 3, "data.balance": "oversample", "train.augment": "basic"}
+    )
     config.output_dir = str(out)
     write_report(out, config, _metrics(analysis, test), analysis, [], test, examples)
     return {"out": out, "labels": labels, "probs": probs, "examples": examples,
@@ -131,7 +134,7 @@ def test_report_has_per_class_results_split_counts_and_provenance(run_folder):
     assert html.escape(command) in page
     # Every figure and table has words under it.
     figures = re.findall(r"<figure>.*?</figure>", page, flags=re.S)
-    assert len(figures) >= 5  # reliability, mistakes, Grad-CAM, test confusion + reliability
+    assert len(figures) >= 6  # reliability, mistakes, Grad-CAM, augmentation, test x2
     assert all(len(_text(re.search(r"<figcaption>(.*?)</figcaption>", f).group(1))) > 60
                for f in figures)  # fmt: skip
     # ... and every table but the test scores (explained by the paragraph before it).
@@ -149,7 +152,10 @@ def test_report_galleries_show_mistakes_and_gradcam(run_folder):
     assert not __import__("tensorflow").config.functions_run_eagerly()  # put back
     page = (out / "report.html").read_text()
     assert f'src="{MISTAKES_PNG}"' in page and f'src="{GRADCAM_PNG}"' in page
+    assert f'src="{AUGMENT_PNG}"' in page and "--augment=basic" in page
     assert f"of {wrong} wrong in {N_VAL}" in page
+    with Image.open(out / AUGMENT_PNG) as sheet:  # a row per sample image: itself + 5 draws
+        assert sheet.height > 3 * 16 and sheet.width > 6 * 16
     for name in (MISTAKES_PNG, GRADCAM_PNG):
         with Image.open(out / name) as image:
             assert image.width > 400 and np.asarray(image.convert("L")).std() > 10

@@ -19,7 +19,7 @@ from typing import Any
 from cellkeras.evaluate.plots import plot_training_curves, save_figure
 from cellkeras.training import JOINT, Phase
 from trainer.config import RunConfig
-from trainer.report_examples import GRADCAM_PNG, MISTAKES_PNG, Examples
+from trainer.report_examples import AUGMENT_PNG, GRADCAM_PNG, MISTAKES_PNG, Examples
 from trainer.report_text import (
     CONFUSION_CAPTION,
     RELIABILITY_CAPTION,
@@ -68,6 +68,7 @@ policy {html.escape(metrics["dtype_policy"])} · {metrics["replicas"]} replica(s
 {_figures(out)}
 <h2>Mistakes</h2>{_mistakes_section(examples)}
 <h2>Where the model looks</h2>{_gradcam_section(examples)}
+<h2>Augmentation</h2>{_augmentation_section(out, config.train.augment)}
 <h2>Stages</h2>{_stages(metrics)}
 <h2>Branches and merge (validation, final size)</h2>{_branches(analysis)}
 <h2>Best model (<code>best.keras</code>)</h2>{_best_section(metrics)}
@@ -162,6 +163,23 @@ def _gradcam_section(examples: Examples | None) -> str:
         "for any image, per branch.",
         "Grad-CAM maps of sample images",
     )
+
+
+def _augmentation_section(out: Path, preset: str) -> str:
+    study = (
+        "Which augmentation helps is measured on real cell images by "
+        "<code>scripts/experiment_augment.py</code> (docs/BENCHMARKS.md, "
+        '"Augmentation study"); <code>cellkeras augment-preview</code> draws every preset.'
+    )
+    if preset == "none":
+        return f"<p>This run trained on the images as they are (<code>--augment=none</code>). {study}</p>"
+    if not (out / AUGMENT_PNG).is_file():
+        return f"<p>This run trained with <code>--augment={html.escape(preset)}</code>. {study}</p>"
+    caption = (
+        f"Five random draws of this run's augmentation (<code>{html.escape(preset)}</code>) on "
+        f"each sample image: what training images looked like to the model. {study}"
+    )
+    return figure(AUGMENT_PNG, caption, f"augmentation {preset}")
 
 
 def _stages(metrics: dict[str, Any]) -> str:

@@ -22,6 +22,9 @@ MAX_MISTAKES = 12
 MAX_SAMPLES = 4
 MISTAKES_PNG = "misclassified.png"
 GRADCAM_PNG = "gradcam_samples.png"
+AUGMENT_PNG = "augmentation.png"
+GALLERY_MIN_SIDE = 96
+GALLERY_ROW_GAP = 2  # cellkeras.augment.preview's gap under each row
 
 
 @dataclasses.dataclass
@@ -146,8 +149,10 @@ def collect_examples(
     probs: np.ndarray,
     classes: list[str],
     out: Path,
+    augment: str = "none",
 ) -> Examples:
-    """Writes `MISTAKES_PNG` and `GRADCAM_PNG` into the run folder `out`.
+    """Writes `MISTAKES_PNG`, `GRADCAM_PNG` and (with an augmentation) `AUGMENT_PNG` into
+    the run folder `out`.
 
     Args:
         model: the final classifier.
@@ -157,8 +162,10 @@ def collect_examples(
         probs: (N, K) the model's probabilities for those images.
         classes: class names.
         out: the run folder.
+        augment: the run's augmentation preset; its gallery shows what training images
+            looked like to the model.
     """
-    for stale in (MISTAKES_PNG, GRADCAM_PNG):  # an earlier run's, in a reused folder
+    for stale in (MISTAKES_PNG, GRADCAM_PNG, AUGMENT_PNG):  # an earlier run's, in a reused folder
         (out / stale).unlink(missing_ok=True)
     labels = np.asarray(labels).astype(np.int64)
     probs = np.asarray(probs, np.float32)
@@ -190,16 +197,27 @@ def collect_examples(
             model, images, labels[samples], probs[samples], classes, out
         )
         examples.samples = [classes[labels[i]] for i in samples]
+        if augment != "none":
+            _augmentation_gallery(images, len(classes), augment, out)
     return examples
 
 
-def examples_for_run(
-    model: Any, inputs: Any, final_size: tuple[int, int], scored: tuple, out: Path
-) -> Examples:
-    """`collect_examples` for a trainer run: `scored` is the final evaluation's `(labels,
-    merged probabilities)` on `inputs.val_set` at `final_size`."""
-    if inputs.runtime.multi_worker:
-        # Each worker reads its own share of the images; the scores are everyone's.
-        return Examples(images=len(scored[0]), skipped="not drawn in multi-worker runs")
-    batches = inputs.dataset(inputs.val_set, final_size, training=False)
-    return collect_examples(model, batches, *scored, inputs.images.classes, out)
+def _augmentation_gallery(images: np.ndarray, num_classes: int, preset: str, out: Path) -> None:
+    """One row per sample image: the image, then five draws of the run's augmentation; small
+    images are enlarged first (as the model's input they may be 16-32 px) so the draws can be
+    told apart."""
+    import cv2
+
+    from cellkeras.augment.preview import gallery
+
+    side = min(images.shape[1:3])
+    if side < GALLERY_MIN_SIDE:
+        scale = GALLERY_MIN_SIDE / side
+        size = (round(images.shape[2] * scale), round(images.shape[1] * scale))
+        images = np.stack([cv2.resize(im, size, interpolation=cv2.INTER_CUBIC) for im in images])
+        images = np.clip(images.reshape(len(images), size[1], size[0], -1), 0.0, 1.0)
+    one_hot = np.eye(num_classes, dtype=np.float32)[:1]
+    rows = [gallery(image[None], one_hot, [preset], n=5) for image in images]
+    header = rows[0].shape[0] - images.shape[1] - GALLERY_ROW_GAP  # the column titles, once
+    sheet = np.concatenate([rows[0]] + [row[header:] for row in rows[1:]], axis=0)
+    cv2.imwrite(str(out / AUGMENT_PNG), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
