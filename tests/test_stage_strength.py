@@ -60,7 +60,11 @@ def test_each_stage_builds_its_augmenter_at_its_strength(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer.inputs, "build_augmenter", recording)
     monkeypatch.setattr(PhaseRunner, "run", data_only)
-    overrides = {"data.synthetic_images": 32, "train.schedule": "16:1,32:1"}
+    overrides = {
+        "data.synthetic_images": 32,
+        "train.schedule": "16:1,32:1",
+        "train.augment": "basic",
+    }
     config = build_config("smoke", {**overrides, "train.stage_strength": "0.25:1.5"})
     config.output_dir = str(tmp_path / "run")
     with pytest.raises(_Stop):

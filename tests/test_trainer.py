@@ -224,7 +224,12 @@ def test_later_stages_head_freezes_the_branches(tmp_path):
 
     config = build_config(
         "smoke",
-        {"train.augment": "none", "train.later_stages": "head", "train.schedule": "16:1,24:1"},
+        {
+            "train.augment": "none",
+            "train.later_stages": "head",
+            "train.schedule": "16:1,24:1",
+            "train.model": "parallel_small_concat",
+        },
     )
     config.output_dir = str(tmp_path / "run")
     run(config, verbose=0, callbacks=[Snapshot()])

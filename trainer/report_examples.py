@@ -221,3 +221,17 @@ def _augmentation_gallery(images: np.ndarray, num_classes: int, preset: str, out
     header = rows[0].shape[0] - images.shape[1] - GALLERY_ROW_GAP  # the column titles, once
     sheet = np.concatenate([rows[0]] + [row[header:] for row in rows[1:]], axis=0)
     cv2.imwrite(str(out / AUGMENT_PNG), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+def examples_for_run(
+    model: Any, inputs: Any, final_size: tuple[int, int], scored: tuple, out: Path
+) -> Examples:
+    """`collect_examples` for a trainer run: `scored` is the final evaluation's `(labels,
+    merged probabilities)` on `inputs.val_set` at `final_size`."""
+    if inputs.runtime.multi_worker:
+        # Each worker reads its own share of the images; the scores are everyone's.
+        return Examples(images=len(scored[0]), skipped="not drawn in multi-worker runs")
+    batches = inputs.dataset(inputs.val_set, final_size, training=False)
+    return collect_examples(
+        model, batches, *scored, inputs.images.classes, out, inputs.config.train.augment
+    )

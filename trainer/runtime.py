@@ -182,7 +182,9 @@ def resolve_runtime(train, output_dir: str, worker_dir: str | None = None) -> Ru
         strategy=strategy,
         role=role,
         policy=resolve_precision(train.mixed_precision),
-        jit_compile=resolve_jit_compile(train.jit_compile, strategy),
+        jit_compile=resolve_jit_compile(
+            train.jit_compile, strategy, deterministic=train.deterministic
+        ),
         custom_loop=use_custom_loop(train.training_loop, strategy),
         folder=worker_folder(output_dir, worker_dir, role),
     )

@@ -5,6 +5,8 @@ takes. "auto" keeps the trainer's long-standing choice: off under multi-worker (
 collectives inside XLA are untested here) and for multi-replica runs on CPU (XLA's collectives
 fail to compile there), otherwise Keras' own "auto", which compiles on a GPU and not on a
 CPU-only machine or under a tf.distribute strategy. "on" forces XLA, "off" turns it off.
+Keras compiles nothing with XLA while TensorFlow's op determinism is on (`--deterministic`, the
+default), so "auto" runs without XLA then and "on" asks for `--nodeterministic`.
 `scripts/gpu_bench.py` measures both on a GPU.
 """
 
@@ -27,25 +29,34 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def resolve_jit_compile(mode: str, strategy: Any, *, on_gpu: bool | None = None) -> bool | str:
+def resolve_jit_compile(
+    mode: str, strategy: Any, *, on_gpu: bool | None = None, deterministic: bool = False
+) -> bool | str:
     """The `jit_compile` argument of `compile` for `--jit_compile=mode`.
 
     Args:
         mode: "auto", "on" or "off".
         strategy: the run's tf.distribute strategy (its `num_replicas_in_sync` is read).
         on_gpu: whether the run has a GPU; None asks TensorFlow for logical GPU devices.
+        deterministic: whether the run has op determinism on.
 
     Returns:
         False, True, or "auto" (Keras decides at compile time).
 
     Raises:
         ValueError: for an unknown mode (the message lists the known ones), and for "on" with
-            several replicas on CPU, where XLA's collectives fail to compile.
+            several replicas on CPU, where XLA's collectives fail to compile, and for "on" under
+            op determinism, where Keras would quietly train without XLA.
     """
     if mode not in JIT_COMPILE_MODES:
         raise ValueError(f"unknown jit_compile {mode!r}; known: {', '.join(JIT_COMPILE_MODES)}")
     if mode == "off":
         return False
+    if mode == "on" and deterministic:
+        raise ValueError(
+            "jit_compile=on with --deterministic (the default): Keras compiles no XLA step "
+            "under op determinism; add --nodeterministic"
+        )
     if on_gpu is None:
         on_gpu = _has_gpu()
     multi_replica_cpu = not on_gpu and strategy.num_replicas_in_sync > 1
