@@ -45,6 +45,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# A test file per worker (--dist loadfile): module fixtures (trained tiny models) are built once.
+PYTEST_ARGS ?= -n auto --dist loadfile
+
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -36,7 +36,14 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest==9.2.0", "ruff==0.17.6", "portpicker==1.6.0", "import-linter==2.16"],
+    # pytest-xdist: `make test` runs the suite on every core, a test file per worker.
+    "test": [
+        "pytest==9.2.0",
+        "pytest-xdist==3.8.0",
+        "ruff==0.17.6",
+        "portpicker==1.6.0",
+        "import-linter==2.16",
+    ],
     # Peers that scripts/bench_augment.py measures against; never imported by cellkeras itself.
     # Install with --no-deps (albumentations would pull the non-headless OpenCV):
     #   pip install --no-deps albumentations==2.0.8 albucore==0.0.24 Augmentor==0.2.12 ...
