@@ -121,8 +121,8 @@ def _figures(out: Path) -> str:
             figure(
                 "training_curves.png",
                 "Loss (lower is better) and accuracy for each epoch, on the training images "
-                "(augmented, which the model learns from) and on the validation images. Dashed "
-                "lines mark where the image size changes. Validation well below training means "
+                "(which the model learns from, augmented if the run augments) and on the "
+                "validation images. Dashed lines mark where the image size changes. Validation well below training means "
                 "the model memorises its training images instead of learning the classes.",
                 "training curves",
             )
