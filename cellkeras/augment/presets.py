@@ -16,6 +16,7 @@ augmenter at every progressive-resizing stage with `strength_for_size(...)`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -140,6 +141,18 @@ class Augmenter(keras.layers.Layer):
         return cls(**config)
 
 
+def _basic_geometry(strength: float, seed: int | None) -> dict[str, Any]:
+    """`FluidDistortion`'s arguments for the "basic" flips, rotation and translation (no warp)."""
+    return dict(
+        magnitude=0.0,
+        flip_horizontal=True,
+        flip_vertical=True,
+        rotation=_ROTATION_DEG * strength,
+        translate=(_TRANSLATE[0] * strength, _TRANSLATE[1] * strength),
+        seed=seed,
+    )
+
+
 def build_augmenter(
     preset: str,
     image_size: int | tuple[int, int] | None = None,
@@ -186,32 +199,16 @@ def build_augmenter(
     if preset == "none" or s == 0:
         return Augmenter(**common)
     if preset == "basic":
-        args = dict(
-            magnitude=0.0,
-            flip_horizontal=True,
-            flip_vertical=True,
-            rotation=_ROTATION_DEG * s,
-            translate=(_TRANSLATE[0] * s, _TRANSLATE[1] * s),
-            seed=seed,
-        )
-        return Augmenter(layers=[FluidDistortion(**{**args, **kw})], **common)
+        return Augmenter(layers=[FluidDistortion(**{**_basic_geometry(s, seed), **kw})], **common)
     if preset == "gridmask":
         # GridMask (Chen et al. 2020) is meant on top of the usual geometric augmentation, so
         # the preset is "basic" followed by the mask; compared with "basic" it isolates the mask.
-        geometric = dict(
-            magnitude=0.0,
-            flip_horizontal=True,
-            flip_vertical=True,
-            rotation=_ROTATION_DEG * s,
-            translate=(_TRANSLATE[0] * s, _TRANSLATE[1] * s),
-            seed=seed,
-        )
         mask = dict(
             ratio=(0.0, min(1.0, _GRIDMASK_RATIO * s)),
             rotation_factor=_GRIDMASK_ROTATION,
             seed=seed,
         )
-        layers = [FluidDistortion(**geometric), SeededGridMask(**{**mask, **kw})]
+        layers = [FluidDistortion(**_basic_geometry(s, seed)), SeededGridMask(**{**mask, **kw})]
         return Augmenter(layers=layers, **common)
     if preset == "fluid":
         args = dict(

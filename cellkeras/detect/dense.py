@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from cellkeras.detect.heatmaps import (
+    as_hwc,
     grid_to_pixels,
     sliding_window_heatmap,
     tiled_heatmap,
@@ -297,11 +298,7 @@ def dense_heatmap(
     Returns:
         float32 (H, W) in [0, 1].
     """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise ValueError(f"expected one (H, W, C) image, got shape {image.shape}")
+    image = as_hwc(image)
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
     height, width, channels = image.shape

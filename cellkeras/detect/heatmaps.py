@@ -58,6 +58,16 @@ def normalize_windows(windows: np.ndarray, normalization: str) -> np.ndarray:
     return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
 
 
+def as_hwc(image: np.ndarray) -> np.ndarray:
+    """One image as (H, W, C); a grey (H, W) image gains its channel axis."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3:
+        raise ValueError(f"expected one (H, W, C) image, got shape {image.shape}")
+    return image
+
+
 def _predict(model, batch: np.ndarray) -> np.ndarray:
     # predict_on_batch runs Keras' compiled predict function (2-3x an eager call on CPU) without
     # `predict`'s per-call tf.data setup.
@@ -97,11 +107,7 @@ def sliding_window_heatmap(
     Returns:
         float32 (H, W) in [0, 1].
     """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise ValueError(f"expected one (H, W, C) image, got shape {image.shape}")
+    image = as_hwc(image)
     if not 1 <= stride <= window:
         raise ValueError(f"stride must be in [1, window={window}], got {stride}")
     height, width, channels = image.shape
