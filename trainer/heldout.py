@@ -23,6 +23,7 @@ from cellkeras.data.imageset import ImageSet
 from cellkeras.data.sources import check_images, load_class_folders, load_labels_csv
 from cellkeras.data.splits import GAP, three_way_split
 from cellkeras.evaluate import bootstrap_accuracy_interval, evaluate_branches, to_labels
+from cellkeras.training.schedule import format_size
 from trainer.config import RunConfig
 from trainer.sharding import gather_predictions_across_workers
 
@@ -174,13 +175,12 @@ def evaluate_test(
         scored.update(labels=labels, probs=probs)
         return labels, probs
 
-    height, width = final_size
     analysis = evaluate_branches(
         model,
         inputs.dataset(inputs.test_set, final_size, training=False),
         inputs.images.classes,
         out / "test",
-        title=f"test at {height if height == width else f'{height}x{width}'} px",
+        title=f"test at {format_size(final_size)} px",
         combine=keep,
     )
     interval = functools.partial(

@@ -48,6 +48,7 @@ from cellkeras.training import (
     adam_with_cosine_decay,
     fit_stacking,
     format_schedule,
+    format_size,
     keras_fit,
     plan_phases,
     stacked_merge,
@@ -243,13 +244,12 @@ def _evaluate(model: keras.Model, inputs: Inputs, out: Path, final_size) -> tupl
         scored[:] = [labels, probs["merged"]]
         return labels, probs
 
-    height, width = final_size
     analysis = evaluate_branches(
         model,
         inputs.dataset(inputs.val_set, final_size, training=False),
         inputs.images.classes,
         out,
-        title=f"validation at {height if height == width else f'{height}x{width}'} px",
+        title=f"validation at {format_size(final_size)} px",
         combine=keep,
     )
     return analysis, tuple(scored)

@@ -33,6 +33,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "auto_schedule",
             "fit_to_images",
             "format_schedule",
+            "format_size",
             "parse_schedule",
             "plan_phases",
             "stretch_to_steps",

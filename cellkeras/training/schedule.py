@@ -22,9 +22,13 @@ class Stage:
     epochs: int
 
     def __str__(self) -> str:
-        height, width = self.size
-        shown = str(height) if height == width else f"{height}x{width}"
-        return f"{shown}:{self.epochs}"
+        return f"{format_size(self.size)}:{self.epochs}"
+
+
+def format_size(size: tuple[int, int]) -> str:
+    """A stage size as the schedule writes it: "96" when square, else "HEIGHTxWIDTH"."""
+    height, width = size
+    return str(height) if height == width else f"{height}x{width}"
 
 
 def parse_schedule(spec: str) -> list[Stage]:
