@@ -79,6 +79,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["cellkeras", "cellkeras.*", "trainer", "trainer.*"]),
+    # The augmentation study's runs (scripts/experiment_augment.py --publish): every trainer
+    # report draws the study's figure from them.
+    package_data={"cellkeras.augment": ["study_results.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["cellkeras=cellkeras.cli:main"]},

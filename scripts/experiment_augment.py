@@ -13,7 +13,11 @@ before the fluid variants, so a grid cut short by time still compares like with 
     nohup nice -n 10 python scripts/experiment_augment.py --out runs/augment_study \\
         &> runs/augment_study.log &
     python scripts/experiment_augment.py --out runs/augment_study --report_only \\
-        --figure docs/images/augment_study.png
+        --figure docs/images/augment_study.png --publish
+
+`--publish` writes the runs into `cellkeras/augment/study_results.json`, from which every
+trainer report draws the study's figure with its own preset marked. The default preset is
+chosen from validation accuracy only (`cellkeras.augment.study.choose_default`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -36,6 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+
+from cellkeras.augment.study import (  # noqa: E402
+    PUBLISHED,
+    TIE,
+    choose_default,
+    figure,
+    summarize,
+)
 
 PLAIN_PRESETS = ("none", "basic", "fluid", "randaugment", "mix", "gridmask")
 FLUID_VARIANTS = ("fluid_half", "fluid_double", "fluid_elastic")
@@ -180,35 +191,11 @@ def adopt(key, pid: int, started: float, out: Path) -> dict:
     return read_run(key, folder, time.time() - started, "adopted: see its config.json")
 
 
-def summarize(rows: list[dict]) -> dict[tuple[str, str], dict]:
-    """Per (set, preset): mean and sd of test accuracy over seeds, the mean of the runs'
-    bootstrap intervals, mean run time, and how many seeds beat `none` at the same seed."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["set"], row["preset"]), []).append(row)
-    stats = {}
-    for (set_name, preset), members in groups.items():
-        acc = [m["test_accuracy"] for m in members]
-        none = {m["seed"]: m["test_accuracy"] for m in groups.get((set_name, "none"), [])}
-        paired = [m["test_accuracy"] - none[m["seed"]] for m in members if m["seed"] in none]
-        stats[set_name, preset] = {
-            "n": len(acc),
-            "mean": statistics.fmean(acc),
-            "sd": statistics.stdev(acc) if len(acc) > 1 else float("nan"),
-            "ci": [statistics.fmean(m["test_accuracy_ci"][k] for m in members) for k in (0, 1)],
-            "seconds": statistics.fmean(m["seconds"] for m in members),
-            "vs_none": statistics.fmean(paired) if paired and preset != "none" else None,
-            "wins": sum(d > 0 for d in paired),
-            "paired": len(paired),
-        }
-    return stats
-
-
 def markdown_table(stats: dict, sets: list[str], presets: list[str]) -> str:
     lines = [
-        "| set | preset | seeds | test accuracy mean ± sd | mean 95 % CI of a run | "
-        "vs `none` (same seeds) | s / run |",
-        "|---|---|---|---|---|---|---|",
+        "| set | preset | seeds | val accuracy (mean) | test accuracy mean ± sd | "
+        "mean 95 % CI of a run | vs `none` (same seeds) | s / run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for set_name in sets:
         for preset in presets:
@@ -220,67 +207,23 @@ def markdown_table(stats: dict, sets: list[str], presets: list[str]) -> str:
             if st["vs_none"] is not None:
                 vs = f"{st['vs_none']:+.3f} ({st['wins']}/{st['paired']} better)"
             lines.append(
-                f"| {set_name} | `{preset}` | {st['n']} | {st['mean']:.3f} ± {sd} | "
-                f"{st['ci'][0]:.2f}-{st['ci'][1]:.2f} | {vs} | {st['seconds']:.0f} |"
+                f"| {set_name} | `{preset}` | {st['n']} | {st['val_mean']:.3f} | "
+                f"{st['mean']:.3f} ± {sd} | {st['ci'][0]:.2f}-{st['ci'][1]:.2f} | {vs} | "
+                f"{st['seconds']:.0f} |"
             )
     return "\n".join(lines) + "\n"
 
 
-def figure(rows: list[dict], stats: dict, sets: list[str], presets: list[str], path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [s for s in sets if any((s, p) in stats for p in presets)]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4.2), squeeze=False)
-    for ax, set_name in zip(axes[0], shown, strict=True):
-        names = [p for p in presets if (set_name, p) in stats]
-        for x, preset in enumerate(names):
-            st = stats[set_name, preset]
-            color = "tab:blue" if preset.startswith("fluid") else "tab:gray"
-            ax.errorbar(
-                x,
-                st["mean"],
-                yerr=0 if st["n"] < 2 else st["sd"],
-                fmt="o",
-                color=color,
-                capsize=4,
-                markersize=7,
-            )
-            runs = [r for r in rows if r["set"] == set_name and r["preset"] == preset]
-            for k, run in enumerate(runs):  # each seed with its test-set bootstrap interval
-                lo, hi = run["test_accuracy_ci"]
-                acc = run["test_accuracy"]
-                ax.errorbar(
-                    x + 0.12 + 0.07 * k,
-                    acc,
-                    yerr=[[acc - lo], [hi - acc]],
-                    fmt=".",
-                    color="black",
-                    alpha=0.45,
-                    elinewidth=0.8,
-                    markersize=4,
-                )
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_xlim(-0.5, len(names) - 0.3)
-        ax.set_title(set_name)
-        ax.set_ylim(0, 1.02)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
-    fig.text(
-        0.5,
-        0.01,
-        "large dot: mean over seeds ± sd; small dots: each seed with its "
-        "95 % bootstrap interval on the test set",
-        ha="center",
-        fontsize=8,
+def choice_text(stats: dict) -> str:
+    """The validation-only choice of a default (`cellkeras.augment.study.choose_default`)."""
+    choice = choose_default(stats)
+    ranked = sorted(choice["scores"].items(), key=lambda item: -item[1][0])
+    scores = ", ".join(f"`{p}` {v:.3f}" for p, (v, _) in ranked)
+    return (
+        f"\nChosen on validation accuracy only (mean over {', '.join(choice['sets'])} of the mean "
+        f"over seeds): {scores}. Within {TIE} of the best: {', '.join(choice['tied'])}; the "
+        f"cheapest of those is **`{choice['preset']}`**.\n"
     )
-    fig.suptitle("Augmentation presets through the trainer at its defaults (blue: fluidity)")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -298,6 +241,10 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="label of the code state (see fingerprint)")
     parser.add_argument("--report_only", action="store_true", help="table and figure only")
     parser.add_argument("--figure", type=Path, help="figure path (default OUT/augment_study.png)")
+    parser.add_argument(
+        "--publish", action="store_true", help=f"write the runs to {PUBLISHED.name} for reports"
+    )
+    parser.add_argument("--machine", default="2-core AMD EPYC CPU VM, no GPU")
     args = parser.parse_args()
 
     known = known_presets()
@@ -344,16 +291,30 @@ def main() -> None:
         list(pool.map(work, pending))
 
     rows = [done[k] for k in todo if k in done]
+    if not rows:
+        print("no finished runs yet")
+        return
     stats = summarize(rows)
     order = presets + variants
     sets = list(dict.fromkeys(args.sets + args.variant_sets))
-    table = markdown_table(stats, sets, order)
+    table = markdown_table(stats, sets, order) + choice_text(stats)
     schedules = sorted({r["schedule"] for r in rows})
     table += f"\nSchedule: {', '.join(schedules)}; defaults fingerprint {fingerprint}.\n"
     (args.out / "table.md").write_text(table)
     print(table)
-    if rows:
-        figure(rows, stats, sets, order, args.figure or args.out / "augment_study.png")
+    figure(rows, args.figure or args.out / "augment_study.png", presets=order)
+    if args.publish:
+        publish(rows, args.machine)
+        print(f"published {len(rows)} runs to {PUBLISHED}")
+
+
+def publish(rows: list[dict], machine: str) -> None:
+    """Writes the runs the trainer's report draws its study figure from (`PUBLISHED`)."""
+    keep = ("set", "preset", "seed", "val_accuracy", "test_accuracy", "test_accuracy_ci")
+    runs = [{**{k: row[k] for k in keep}, "seconds": row["seconds"]} for row in rows]
+    commits = sorted({row.get("commit", "") for row in rows} - {""})
+    study = {"commits": commits, "machine": machine, "runs": runs}
+    PUBLISHED.write_text(json.dumps(study, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cellkeras.augment.study import answer, load_published
+from cellkeras.augment.study import figure as study_figure
 from cellkeras.evaluate.plots import plot_training_curves, save_figure
 from cellkeras.training import JOINT, Phase
 from trainer.config import RunConfig
@@ -32,6 +34,8 @@ from trainer.report_text import (
     split_counts_table,
     table,
 )
+
+AUGMENT_STUDY_PNG = "augment_study.png"
 
 
 def write_report(
@@ -167,19 +171,41 @@ def _gradcam_section(examples: Examples | None) -> str:
 
 def _augmentation_section(out: Path, preset: str) -> str:
     study = (
-        "Which augmentation helps is measured on real cell images by "
-        "<code>scripts/experiment_augment.py</code> (docs/BENCHMARKS.md, "
-        '"Augmentation study"); <code>cellkeras augment-preview</code> draws every preset.'
+        "<code>cellkeras augment-preview</code> draws every preset; "
+        "<code>scripts/experiment_augment.py</code> measures them (docs/BENCHMARKS.md, "
+        '"Augmentation study").'
     )
     if preset == "none":
-        return f"<p>This run trained on the images as they are (<code>--augment=none</code>). {study}</p>"
-    if not (out / AUGMENT_PNG).is_file():
-        return f"<p>This run trained with <code>--augment={html.escape(preset)}</code>. {study}</p>"
-    caption = (
-        f"Five random draws of this run's augmentation (<code>{html.escape(preset)}</code>) on "
-        f"each sample image: what training images looked like to the model. {study}"
+        gallery = "<p>This run trained on the images as they are (<code>--augment=none</code>).</p>"
+    elif (out / AUGMENT_PNG).is_file():
+        caption = (
+            f"Five random draws of this run's augmentation (<code>{html.escape(preset)}</code>) "
+            "on each sample image: what training images looked like to the model."
+        )
+        gallery = figure(AUGMENT_PNG, caption, f"augmentation {preset}")
+    else:
+        gallery = f"<p>This run trained with <code>--augment={html.escape(preset)}</code>.</p>"
+    return gallery + _augmentation_study(out, preset) + f"<p>{study}</p>"
+
+
+def _augmentation_study(out: Path, preset: str) -> str:
+    """The published augmentation study's figure with this run's preset marked, and what it
+    found for that preset in words; nothing when the package carries no study."""
+    published = load_published()
+    if published is None or not published["runs"]:
+        return ""
+    runs = published["runs"]
+    study_figure(runs, out / AUGMENT_STUDY_PNG, highlight=preset)
+    found = answer(runs, preset) or f"<code>{html.escape(preset)}</code> was not in the study"
+    seeds = len({r["seed"] for r in runs})
+    text = (
+        "Which augmentation helps cell images: every preset trained through this trainer at its "
+        f"defaults on real sets and synthetic cells, {seeds} seeds each "
+        f"({html.escape(published['machine'])}). Test accuracy of this run's preset, per set: "
+        f"{html.escape(found)}. The default preset is the one with the best validation "
+        "accuracy (test images were not used to choose)."
     )
-    return figure(AUGMENT_PNG, caption, f"augmentation {preset}")
+    return figure(AUGMENT_STUDY_PNG, text, "augmentation study")
 
 
 def _stages(metrics: dict[str, Any]) -> str:
