@@ -16,6 +16,7 @@ within `TIE` of the best count as tied, and a tie goes to the cheaper preset (me
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,13 @@ def figure(
     stats = summarize(runs)
     sets = list(dict.fromkeys(r["set"] for r in runs))
     order = presets or list(dict.fromkeys(r["preset"] for r in runs))
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 4.4), squeeze=False)
+    # One y range for every panel, from just under the lowest interval, so that presets a few
+    # points apart are seen apart (from 0, everything above 0.7 looks level).
+    lowest = min(min(r["test_accuracy_ci"][0], r["val_accuracy"]) for r in runs)
+    bottom = max(0.0, math.floor(lowest * 20) / 20 - 0.05)
+    fig, axes = plt.subplots(
+        1, len(sets), figsize=(4.2 * len(sets), 4.4), squeeze=False, sharey=True
+    )
     for ax, set_name in zip(axes[0], sets, strict=True):
         names = [p for p in order if (set_name, p) in stats]
         for x, preset in enumerate(names):
@@ -129,7 +136,7 @@ def figure(
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
         ax.set_xlim(-0.5, len(names) - 0.3)
         ax.set_title(set_name)
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(bottom, 1.02)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("accuracy")
     fig.text(
