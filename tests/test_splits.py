@@ -78,6 +78,23 @@ def test_every_class_keeps_train_and_val_even_when_tiny():
         assert (labels[train] == cls).any() and (labels[val] == cls).any()
 
 
+def test_a_brief_stage_holds_out_only_its_last_block():
+    """A stage of 8 frames between two long ones (the embryo's brief stages): the spread-out
+    blocks and their guard gaps would leave it nothing to train on; its last block goes to
+    validation instead, with a warning, and the long stages split as before."""
+    order, labels = video_like(counts=(100, 8, 60))
+    with pytest.warns(UserWarning, match="class\\(es\\) 1: too few frames"):
+        train, val = block_split(order, labels, 0.2, gap=2, seed=0)
+    brief = np.flatnonzero(labels == 1)
+    last = brief[np.argmax(order[brief])]
+    assert list(val[labels[val] == 1]) == [last]
+    # Frames 6 and 7 of the stage are the guard gap; frames 1-5 train.
+    assert np.sum(labels[train] == 1) == 5
+    assert not set(train) & set(val)
+    for cls in (0, 2):
+        assert (labels[val] == cls).sum() >= 2  # several blocks, as without the brief stage
+
+
 def test_too_few_frames_errors_name_the_class():
     order, labels = video_like(counts=(100, 3))
     with pytest.raises(ValueError, match="class 1: 3 frames"):

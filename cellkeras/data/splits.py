@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 
@@ -43,6 +44,8 @@ def time_block_split(
     whether or not a class boundary lies between them.
 
     With neither `block_size` nor `block_seconds`, each class is cut into about 10 blocks.
+    A class too short to keep any training image after those blocks' guard gaps (a brief stage
+    of a time-lapse) holds out only its last block instead, with a warning.
 
     Args:
         positions: (N,) position of each image in its sequence (seconds or frame indices).
@@ -70,6 +73,7 @@ def time_block_split(
     )
     held = np.zeros(len(labels), bool)
     blocks: dict[int, tuple[int, int, int]] = {}  # class -> (images, blocks, held-out blocks)
+    last_block: dict[int, np.ndarray] = {}  # class -> indices of its last block in time
     for k, cls in enumerate(np.unique(labels)):
         idx = np.flatnonzero(labels == cls)
         idx = idx[np.lexsort((positions[idx], seq[idx]))]
@@ -88,14 +92,30 @@ def time_block_split(
         chosen = [rng.integers(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
         held[idx[np.isin(block_of, chosen)]] = True
         blocks[int(cls)] = (len(idx), n_blocks, n_held)
+        last_block[int(cls)] = idx[block_of == n_blocks - 1]
     kept = ~held & (_places_to_held(positions, seq, held) > gap)
-    for cls, (n, n_blocks, n_held) in blocks.items():
+    short = [cls for cls in blocks if not kept[labels == cls].any()]
+    if short:
+        # A class too short for its spread-out blocks and their guard gaps (a brief stage of a
+        # time-lapse) holds out only its last block, which needs a gap on one side alone.
+        for cls in short:
+            held[labels == cls] = False
+            held[last_block[cls]] = True
+        kept = ~held & (_places_to_held(positions, seq, held) > gap)
+    for cls, (n, n_blocks, _) in blocks.items():
         if not kept[labels == cls].any():
             raise ValueError(
                 f"class {cls}: {n} frames in {n_blocks} blocks leave no training frame after "
-                f"a guard gap of {gap} frame(s) around {n_held} validation block(s); use "
-                "smaller blocks, a smaller gap or a smaller val_fraction."
+                f"a guard gap of {gap} frame(s) around its validation block(s), even with only "
+                "its last block held out; use smaller blocks, a smaller gap or more frames."
             )
+    if short:
+        warnings.warn(
+            f"class(es) {', '.join(map(str, short))}: too few frames for {fraction:.0%} of "
+            f"their blocks in validation with a guard gap of {gap}; each holds out only its "
+            "last block instead.",
+            stacklevel=2,
+        )
     return np.flatnonzero(kept).astype(np.int64), np.flatnonzero(held).astype(np.int64)
 
 
