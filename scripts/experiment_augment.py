@@ -221,8 +221,8 @@ def choice_text(stats: dict) -> str:
     scores = ", ".join(f"`{p}` {v:.3f}" for p, (v, _) in ranked)
     return (
         f"\nChosen on validation accuracy only (mean over {', '.join(choice['sets'])} of the mean "
-        f"over seeds): {scores}. Within {TIE} of the best: {', '.join(choice['tied'])}; the "
-        f"cheapest of those is **`{choice['preset']}`**.\n"
+        f"over seeds): {scores}. Within {TIE} of the best: {', '.join(choice['tied'])}; "
+        f"chosen: **`{choice['preset']}`** (a tie with `none` goes to `none`).\n"
     )
 
 

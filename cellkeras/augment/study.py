@@ -9,8 +9,10 @@ A run is a dict with at least ``set``, ``preset``, ``seed``, ``val_accuracy``,
 ``test_accuracy``, ``test_accuracy_ci`` (two floats) and ``seconds``.
 
 The default is chosen on **validation** accuracy only (the test blocks are for reporting):
-the preset with the highest mean over sets of its mean validation accuracy over seeds; presets
-within `TIE` of the best count as tied, and a tie goes to the cheaper preset (mean seconds).
+the preset with the highest mean over sets of its mean validation accuracy over seeds. Presets
+within `TIE` of the best count as tied, and a tie that `none` is in goes to `none`: it costs
+nothing and assumes nothing about the images (measured seconds do not decide: on a shared
+machine they move more than the presets' real costs differ).
 """
 
 from __future__ import annotations
@@ -72,9 +74,10 @@ def choose_default(stats: dict[tuple[str, str], dict[str, Any]]) -> dict[str, An
     }
     best = max(v for v, _ in scores.values())
     tied = sorted(
-        (p for p, (v, _) in scores.items() if v >= best - TIE), key=lambda p: scores[p][1]
+        (p for p, (v, _) in scores.items() if v >= best - TIE), key=lambda p: -scores[p][0]
     )
-    return {"preset": tied[0], "scores": scores, "tied": tied, "sets": sets}
+    preset = "none" if "none" in tied else tied[0]
+    return {"preset": preset, "scores": scores, "tied": tied, "sets": sets}
 
 
 def load_published(path: Path = PUBLISHED) -> dict[str, Any] | None:
