@@ -39,6 +39,33 @@ def test_auto_schedule_follows_the_images_aspect_and_size():
     assert fit_to_images(mixed, (128, 188)) == mixed  # the user's own shapes stay
 
 
+def test_no_stage_is_smaller_than_the_model_runs_on():
+    """MobileNetV2 downsamples by 32 and fails below 32 px: 32 px nucleus patches, whose
+    automatic stages would be 16, 24 and 32 px, train at 32 px throughout (one stage), and
+    frames at their aspect keep a short side of at least 32 px."""
+    base = parse_schedule("48:3,64:3,96:2")
+    assert format_schedule(fit_to_images(base, (32, 32), min_side=32)) == "32:8"
+    frames = fit_to_images(base, (128, 188), min_side=48)
+    assert format_schedule(frames) == "48x72:3,56x80:3,80x120:2"
+    assert all(min(stage.size) >= 48 for stage in frames)
+    images = ImageSet(["a", "b"], [0, 1] * 4, images=np.zeros((8, 32, 32, 1), np.uint8))
+    inputs = types.SimpleNamespace(train_set=images, steps_per_epoch=2)
+    mobilenet = build_config(overrides={"train.model": "mobilenet_v2"})
+    assert [stage.size for stage in resolve_schedule(mobilenet, inputs)] == [(32, 32)]
+    small = build_config(overrides={"train.model": "mobilenet_v2", "train.schedule": "16:1,32:1"})
+    with pytest.raises(ValueError, match=r"--schedule=16:1,32:1: stage\(s\) 16x16:1 .*32 px"):
+        resolve_schedule(small, inputs)
+
+
+def test_a_model_with_an_application_branch_runs_at_its_minimum_side():
+    from cellkeras.models.registry import model_min_side
+
+    assert model_min_side("parallel_small") == 1
+    assert model_min_side("mobilenet_v2") == 32
+    model = create_model("mobilenet_v2", 2, channels=1)
+    assert model(np.zeros((1, 32, 32, 1), np.float32)).shape == (1, 2)
+
+
 def test_small_sets_get_the_minimum_steps_and_large_ones_keep_their_epochs():
     base = parse_schedule("48:3,64:3,96:2")
     stretched = stretch_to_steps(base, steps_per_epoch=6, min_steps=240)

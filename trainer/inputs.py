@@ -21,6 +21,7 @@ from cellkeras.data.imageset import ImageSet
 from cellkeras.data.sources import check_images, open_source
 from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
 from cellkeras.io.images import decode_raw, parse_channels
+from cellkeras.models.registry import model_min_side
 from cellkeras.training import (
     DEFAULT_SCHEDULE,
     MIN_STAGE_SIZE,
@@ -177,16 +178,26 @@ def typical_size(images: ImageSet, sample: int = 16) -> tuple[int, int]:
 
 def resolve_schedule(config: RunConfig, inputs: Inputs) -> list[Stage]:
     """The run's stages: `train.schedule` as given; or, when none is given, the automatic
-    one: its sizes at the training images' aspect and never above their size, its epochs
+    one: its sizes at the training images' aspect, never above their size nor below the
+    model's smallest input (`model_min_side`), its epochs
     stretched to `train.min_steps` (unless `train.steps_per_epoch` fixes the steps already,
     as TFX's `train_steps` does)."""
     train = config.train
+    min_side = model_min_side(train.model)
     if train.schedule:
-        return parse_schedule(train.schedule)
+        stages = parse_schedule(train.schedule)
+        small = [str(stage) for stage in stages if min(stage.size) < min_side]
+        if small:
+            raise ValueError(
+                f"--schedule={train.schedule}: stage(s) {', '.join(small)} are smaller than "
+                f"--model={train.model} runs on ({min_side} px on the short side); give stages "
+                f"of at least {min_side} px, or leave --schedule out for the automatic one"
+            )
+        return stages
     size = typical_size(inputs.train_set)
     if train.steps_per_epoch:
-        return fit_to_images(parse_schedule(DEFAULT_SCHEDULE), size)
-    return auto_schedule(size, inputs.steps_per_epoch, train.min_steps)
+        return fit_to_images(parse_schedule(DEFAULT_SCHEDULE), size, min_side)
+    return auto_schedule(size, inputs.steps_per_epoch, train.min_steps, min_side=min_side)
 
 
 @dataclasses.dataclass

@@ -107,6 +107,17 @@ BRANCH_PRESETS: dict[str, Spec] = {
 }
 
 
+# keras.applications backbones downsample by 32 with "valid" strided convolutions: a smaller
+# input fails inside the graph ("Negative dimension size"), so schedules keep stages at least
+# this big for them.
+APPLICATION_MIN_SIDE = 32
+
+
+def min_input_side(spec: str | Mapping[str, Any]) -> int:
+    """The smallest image side (px) the branch builds and runs on (1: any size)."""
+    return APPLICATION_MIN_SIDE if resolve_branch(spec)["type"] == "application" else 1
+
+
 def branch_preset_names() -> list[str]:
     """Names accepted as branch specs."""
     return sorted(BRANCH_PRESETS)

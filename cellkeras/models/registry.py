@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from cellkeras.models.branches import BRANCH_PRESETS
+from cellkeras.models.branches import BRANCH_PRESETS, min_input_side
 from cellkeras.models.names import DEFAULT_MODEL
 from cellkeras.models.parallel import ParallelCNN
 
@@ -40,6 +40,13 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 def list_models() -> list[str]:
     """Names `create_model` accepts."""
     return sorted(MODEL_PRESETS)
+
+
+def model_min_side(name: str) -> int:
+    """The smallest image side (px) the registered model runs on: its pickiest branch's."""
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"Unknown model {name!r}; known models: {', '.join(list_models())}.")
+    return max(min_input_side(branch) for branch in MODEL_PRESETS[name]["branches"])
 
 
 def create_model(

@@ -132,9 +132,15 @@ def _round_side(value: float) -> int:
     return max(MIN_STAGE_SIZE, SIDE_MULTIPLE * round(value / SIDE_MULTIPLE))
 
 
-def fit_to_images(stages: list[Stage], image_size: tuple[int, int]) -> list[Stage]:
+def fit_to_images(
+    stages: list[Stage], image_size: tuple[int, int], min_side: int = 1
+) -> list[Stage]:
     """Square stages turned to the images' aspect, each keeping its pixel count (so its cost),
     and shrunk as a whole where the last stage would upsample the images.
+
+    No stage's short side goes below `min_side`, the model's smallest input
+    (`cellkeras.models.registry.model_min_side`: 32 px for a keras.applications backbone):
+    such a stage is enlarged to it at the same aspect.
 
     `image_size` is the typical (height, width) of the images: a 128x188 frame turns a 96 px
     stage into 80x120 rather than squashing it to 96x96, and 32 px patches train at most at
@@ -150,8 +156,13 @@ def fit_to_images(stages: list[Stage], image_size: tuple[int, int]) -> list[Stag
     fitted = []
     for stage in stages:
         side = stage.size[0] * shrink
-        size = (_round_side(side / aspect**0.5), _round_side(side * aspect**0.5))
-        fitted.append(Stage(size, stage.epochs))
+        size = (side / aspect**0.5, side * aspect**0.5)
+        grow = max(1.0, min_side / min(size))
+        size = tuple(max(min_side, _round_side(v * grow)) for v in size)
+        if fitted and fitted[-1].size == size:  # stages that min_side made alike are one
+            fitted[-1] = Stage(size, fitted[-1].epochs + stage.epochs)
+        else:
+            fitted.append(Stage(size, stage.epochs))
     return fitted
 
 
@@ -176,9 +187,10 @@ def auto_schedule(
     steps_per_epoch: int,
     min_steps: int,
     base: str = DEFAULT_SCHEDULE,
+    min_side: int = 1,
 ) -> list[Stage]:
-    """The schedule of a run that names none: `base` fitted to the images, then stretched
-    to `min_steps` steps."""
+    """The schedule of a run that names none: `base` fitted to the images (no side below
+    `min_side`), then stretched to `min_steps` steps."""
     return stretch_to_steps(
-        fit_to_images(parse_schedule(base), image_size), steps_per_epoch, min_steps
+        fit_to_images(parse_schedule(base), image_size, min_side), steps_per_epoch, min_steps
     )
