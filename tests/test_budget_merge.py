@@ -53,7 +53,9 @@ def test_no_stage_is_smaller_than_the_model_runs_on():
     mobilenet = build_config(overrides={"train.model": "mobilenet_v2"})
     assert [stage.size for stage in resolve_schedule(mobilenet, inputs)] == [(32, 32)]
     small = build_config(overrides={"train.model": "mobilenet_v2", "train.schedule": "16:1,32:1"})
-    with pytest.raises(ValueError, match=r"--schedule=16:1,32:1: stage\(s\) 16x16:1 .*32 px"):
+    with pytest.raises(
+        ValueError, match=r"--schedule=16:1,32:1: stage\(s\) 16:1 are smaller .*32 px"
+    ):
         resolve_schedule(small, inputs)
 
 
