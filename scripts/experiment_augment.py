@@ -129,7 +129,9 @@ def load_cache(path: Path, fingerprint: str) -> dict[tuple[str, str, int], dict]
 
 
 def run_one(set_name: str, preset: str, seed: int, out: Path, cache: Path) -> dict:
-    folder = out / "runs" / f"{set_name}__{preset}__{seed}"
+    # Absolute, as `running_runs` looks for it: a relative --output_dir went unrecognised, so a
+    # restarted grid ran an in-flight run again into the same folder and one of the two failed.
+    folder = out.resolve() / "runs" / f"{set_name}__{preset}__{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     cmd = [sys.executable, "-m", "trainer.task", *data_flags(set_name, cache)]
     cmd += [f"--augment={preset}", f"--seed={seed}", "--deterministic", f"--output_dir={folder}"]
