@@ -139,8 +139,8 @@ class TrainConfig:
     """
 
     model: str = "parallel_small"
-    # "none": at this budget it was best on every set of the augmentation study but once
-    # ("mix" on ndev nuclei): docs/BENCHMARKS.md "Augmentation study".
+    # "none": the augmentation study's choice on validation accuracy over three sets and three
+    # seeds (cellkeras.augment.study.choose_default; docs/BENCHMARKS.md "Augmentation study").
     augment: str = "none"
     stage_strength: str = "0.5:1"
     schedule: str | None = None
