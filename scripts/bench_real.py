@@ -203,10 +203,14 @@ def main() -> None:
                     key = f"{spec}|{model}|{run_seed}"
                     if key in results:
                         continue
-                    if model == "hog_logreg":
-                        row = run_hog(roots[spec])
-                    else:
-                        row = run_trainer(roots[spec], model, seed, args.out)
+                    try:
+                        if model == "hog_logreg":
+                            row = run_hog(roots[spec])
+                        else:
+                            row = run_trainer(roots[spec], model, seed, args.out)
+                    except RuntimeError as err:  # one failed run should not stop the grid
+                        print(f"FAILED {key}: {err}", flush=True)
+                        continue
                     row.update(key=key, set=spec, model=model, seed=run_seed)
                     results[key] = row
                     with results_path.open("a") as handle:
