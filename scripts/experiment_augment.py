@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument(
         "--publish", action="store_true", help=f"write the runs to {PUBLISHED.name} for reports"
     )
-    parser.add_argument("--machine", default="2-core AMD EPYC CPU VM, no GPU")
+    parser.add_argument("--machine", default=this_machine(), help="as the report names it")
     args = parser.parse_args()
 
     known = known_presets()
@@ -308,6 +308,18 @@ def main() -> None:
     if args.publish:
         publish(rows, args.machine)
         print(f"published {len(rows)} runs to {PUBLISHED}")
+
+
+def this_machine() -> str:
+    """ "2-core Intel(R) Xeon(R) Processor @ 2.80GHz CPU, no GPU": what the runs ran on."""
+    cpu = "CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip() + " CPU"
+                break
+    gpu = "a GPU" if Path("/dev/nvidia0").exists() else "no GPU"
+    return f"{os.cpu_count()}-core {cpu}, {gpu}"
 
 
 def publish(rows: list[dict], machine: str) -> None:
