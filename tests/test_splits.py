@@ -177,6 +177,22 @@ def test_split_imageset_uses_time_blocks_whenever_positions_exist():
     assert train.sequence.tolist() == ["clip"] * len(train)
 
 
+def test_split_messages_name_the_class():
+    def stages(counts):
+        labels = np.repeat([0, 1, 2], counts)
+        return ImageSet(
+            classes=["cleavage", "comma_fold", "bean"],
+            labels=labels,
+            paths=[f"f{i}.png" for i in range(len(labels))],
+            order=np.arange(len(labels), dtype=float),
+        )
+
+    with pytest.warns(UserWarning, match="class\\(es\\) 'comma_fold': too few frames"):
+        split_imageset(stages([40, 8, 40]), 0.2, seed=0, gap=2)
+    with pytest.raises(ValueError, match="class 'comma_fold': 3 frames"):
+        split_imageset(stages([40, 3, 40]), 0.2, seed=0, gap=2)
+
+
 def test_gap_counts_frame_steps_not_ranks():
     # Every 5th frame kept: neighbours are 5 apart, and a gap of 1 still drops them.
     frames = np.arange(0, 500, 5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,6 +30,7 @@ def time_block_split(
     sequences: np.ndarray | None = None,
     block_size: int | None = None,
     block_seconds: float | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Splits ordered data into kept and held-out indices by contiguous time blocks per class.
 
@@ -60,6 +62,7 @@ def time_block_split(
         block_size: images per block.
         block_seconds: length of a block in `positions` units (blocks start at the class's
             first image in each sequence).
+        class_names: names of the label values, for the messages (default: the values).
 
     Returns:
         `(kept_idx, held_idx)`: sorted int64 index arrays. Guard-gap images are in neither.
@@ -71,6 +74,10 @@ def time_block_split(
     positions, labels, seq = _check_block_args(
         positions, labels, fraction, gap, sequences, block_size, block_seconds
     )
+
+    def named(cls) -> str:
+        return repr(class_names[int(cls)]) if class_names is not None else str(cls)
+
     held = np.zeros(len(labels), bool)
     blocks: dict[int, tuple[int, int, int]] = {}  # class -> (images, blocks, held-out blocks)
     last_block: dict[int, np.ndarray] = {}  # class -> indices of its last block in time
@@ -81,7 +88,7 @@ def time_block_split(
         n_blocks = int(block_of.max()) + 1 if len(idx) else 0
         if n_blocks < 2:
             raise ValueError(
-                f"class {cls}: {len(idx)} frames make {n_blocks} block(s); need at least 2 for "
+                f"class {named(cls)}: {len(idx)} frames make {n_blocks} block(s); need at least 2 for "
                 "a train and a validation block (use smaller blocks or more frames)."
             )
         n_held = min(max(1, round(fraction * n_blocks)), n_blocks - 1)
@@ -105,13 +112,13 @@ def time_block_split(
     for cls, (n, n_blocks, _) in blocks.items():
         if not kept[labels == cls].any():
             raise ValueError(
-                f"class {cls}: {n} frames in {n_blocks} blocks leave no training frame after "
+                f"class {named(cls)}: {n} frames in {n_blocks} blocks leave no training frame after "
                 f"a guard gap of {gap} frame(s) around its validation block(s), even with only "
                 "its last block held out; use smaller blocks, a smaller gap or more frames."
             )
     if short:
         warnings.warn(
-            f"class(es) {', '.join(map(str, short))}: too few frames for {fraction:.0%} of "
+            f"class(es) {', '.join(map(named, short))}: too few frames for {fraction:.0%} of "
             f"their blocks in validation with a guard gap of {gap}; each holds out only its "
             "last block instead.",
             stacklevel=2,
@@ -241,7 +248,13 @@ def split_imageset(
             )
     elif imageset.order is not None:
         train_idx, val_idx = time_block_split(
-            imageset.order, labels, val_fraction, gap, seed, sequences=imageset.sequence
+            imageset.order,
+            labels,
+            val_fraction,
+            gap,
+            seed,
+            sequences=imageset.sequence,
+            class_names=imageset.classes,
         )
     elif imageset.groups is not None:
         from sklearn.model_selection import StratifiedGroupKFold
