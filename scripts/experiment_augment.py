@@ -10,9 +10,9 @@ trainer's defaults (a fingerprint of `trainer.config.build_config()`) have not c
 Runs go seed-major (every preset and set at seed 0, then seed 1, ...) and the plain presets
 before the fluid variants, so a grid cut short by time still compares like with like.
 
-    nohup nice -n 10 python scripts/experiment_augment.py --out runs/augment_study \\
-        &> runs/augment_study.log &
-    python scripts/experiment_augment.py --out runs/augment_study --report_only \\
+    nohup python scripts/experiment_augment.py --out runs/augment_study --tag r22 \\
+        &> runs/augment_study.log &        # 81 runs, about 1.5 h on the 2-core VM
+    python scripts/experiment_augment.py --out runs/augment_study --tag r22 --report_only \\
         --figure docs/images/augment_study.png --publish
 
 `--publish` writes the runs into `cellkeras/augment/study_results.json`, from which every
@@ -236,7 +236,12 @@ def main() -> None:
     )
     parser.add_argument("--presets", nargs="+", default=list(PLAIN_PRESETS))
     parser.add_argument("--variants", nargs="*", default=list(FLUID_VARIANTS))
-    parser.add_argument("--variant_sets", nargs="*", default=["embryo6-end"], choices=list(SETS))
+    parser.add_argument(
+        "--variant_sets",
+        nargs="*",
+        default=["embryo6-end", "ndev_nuclei", "synthetic"],
+        choices=list(SETS),
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--real_sets_cache", type=Path, default=Path("runs/real_sets"))
     parser.add_argument("--workers", type=int, default=2, help="runs at the same time")
