@@ -196,13 +196,15 @@ def _augmentation_study(out: Path, preset: str) -> str:
         return ""
     runs = published["runs"]
     study_figure(runs, out / AUGMENT_STUDY_PNG, highlight=preset)
-    found = answer(runs, preset) or f"<code>{html.escape(preset)}</code> was not in the study"
+    found = html.escape(answer(runs, preset)) or (
+        f"<code>{html.escape(preset)}</code> was not in the study"
+    )
     seeds = len({r["seed"] for r in runs})
     text = (
         "Which augmentation helps cell images: every preset trained through this trainer at its "
         f"defaults on real sets and synthetic cells, {seeds} seeds each "
         f"({html.escape(published['machine'])}). Test accuracy of this run's preset, per set: "
-        f"{html.escape(found)}. The default preset is the one with the best validation "
+        f"{found}. The default preset is the one with the best validation "
         "accuracy (test images were not used to choose)."
     )
     return figure(AUGMENT_STUDY_PNG, text, "augmentation study")

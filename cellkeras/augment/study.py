@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 PUBLISHED = Path(__file__).with_name("study_results.json")
-# Validation accuracies closer than this are one test image or less apart on the study's
-# sets (embryo validation blocks hold ~60 images): not a difference to choose by.
+# Validation accuracies closer than this are less than one image apart on the embryo's
+# validation blocks (~56 images) and a few on the larger sets: not a difference to choose by.
 TIE = 0.01
 
 
@@ -81,7 +81,7 @@ def choose_default(stats: dict[tuple[str, str], dict[str, Any]]) -> dict[str, An
 
 
 def load_published(path: Path = PUBLISHED) -> dict[str, Any] | None:
-    """The published study (``{"runs": [...], "commit": ..., "machine": ...}``) or None."""
+    """The published study (``{"runs": [...], "commits": [...], "machine": ...}``) or None."""
     if not path.is_file():
         return None
     return json.loads(path.read_text())

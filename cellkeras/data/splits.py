@@ -79,7 +79,7 @@ def time_block_split(
         return repr(class_names[int(cls)]) if class_names is not None else str(cls)
 
     held = np.zeros(len(labels), bool)
-    blocks: dict[int, tuple[int, int, int]] = {}  # class -> (images, blocks, held-out blocks)
+    blocks: dict[int, tuple[int, int]] = {}  # class -> (images, blocks)
     last_block: dict[int, np.ndarray] = {}  # class -> indices of its last block in time
     for k, cls in enumerate(np.unique(labels)):
         idx = np.flatnonzero(labels == cls)
@@ -91,25 +91,13 @@ def time_block_split(
                 f"class {named(cls)}: {len(idx)} frames make {n_blocks} block(s); need at least 2 for "
                 "a train and a validation block (use smaller blocks or more frames)."
             )
-        n_held = min(max(1, round(fraction * n_blocks)), n_blocks - 1)
-        # One held-out block per stratum keeps them spread over the class's time range.
-        edges = np.round(np.linspace(0, n_blocks, n_held + 1)).astype(np.int64)
         # Seeded per class so one class's draw does not depend on the classes before it.
-        rng = np.random.default_rng([seed % 2**32, k])
-        chosen = [rng.integers(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        chosen = _spread_blocks(n_blocks, fraction, np.random.default_rng([seed % 2**32, k]))
         held[idx[np.isin(block_of, chosen)]] = True
-        blocks[int(cls)] = (len(idx), n_blocks, n_held)
+        blocks[int(cls)] = (len(idx), n_blocks)
         last_block[int(cls)] = idx[block_of == n_blocks - 1]
-    kept = ~held & (_places_to_held(positions, seq, held) > gap)
-    short = [cls for cls in blocks if not kept[labels == cls].any()]
-    if short:
-        # A class too short for its spread-out blocks and their guard gaps (a brief stage of a
-        # time-lapse) holds out only its last block, which needs a gap on one side alone.
-        for cls in short:
-            held[labels == cls] = False
-            held[last_block[cls]] = True
-        kept = ~held & (_places_to_held(positions, seq, held) > gap)
-    for cls, (n, n_blocks, _) in blocks.items():
+    kept, short = _kept_after_gaps(positions, seq, labels, held, gap, last_block)
+    for cls, (n, n_blocks) in blocks.items():
         if not kept[labels == cls].any():
             raise ValueError(
                 f"class {named(cls)}: {n} frames in {n_blocks} blocks leave no training frame after "
@@ -124,6 +112,30 @@ def time_block_split(
             stacklevel=2,
         )
     return np.flatnonzero(kept).astype(np.int64), np.flatnonzero(held).astype(np.int64)
+
+
+def _kept_after_gaps(positions, seq, labels, held, gap, last_block) -> tuple[np.ndarray, list]:
+    """The images kept for training once every image within `gap` steps of a held-out one is
+    dropped, and the classes left with none that were given their last block instead (`held`
+    is updated in place for them)."""
+    kept = ~held & (_places_to_held(positions, seq, held) > gap)
+    short = [cls for cls in last_block if not kept[labels == cls].any()]
+    if short:
+        # A class too short for its spread-out blocks and their guard gaps (a brief stage of a
+        # time-lapse) holds out only its last block, which needs a gap on one side alone.
+        for cls in short:
+            held[labels == cls] = False
+            held[last_block[cls]] = True
+        kept = ~held & (_places_to_held(positions, seq, held) > gap)
+    return kept, short
+
+
+def _spread_blocks(n_blocks: int, fraction: float, rng: np.random.Generator) -> list[int]:
+    """About `fraction` of `n_blocks` block numbers (at least 1, never all), one drawn within
+    each of equal strata of the range, so held-out blocks cover early and late times alike."""
+    n_held = min(max(1, round(fraction * n_blocks)), n_blocks - 1)
+    edges = np.round(np.linspace(0, n_blocks, n_held + 1)).astype(np.int64)
+    return [int(rng.integers(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def _check_block_args(positions, labels, fraction, gap, sequences, block_size, block_seconds):
