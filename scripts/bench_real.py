@@ -8,6 +8,8 @@ passed as `--data_dir`, TEST a held-out block of time), per seed, each run a fre
   automatic budget: the schedule depends on the data only);
 - `mobilenet_v2`: a standard Keras application (MobileNetV2, alpha 0.35, random init), same
   budget;
+- `nearest_in_time` (embryo sets): each TEST frame labelled by its nearest TRAIN frame in
+  time; not a classifier (it reads frame numbers), it measures how hard a cut is;
 - `hog_logreg`: no deep learning: logistic regression on HOG features (scikit-image) of the
   same TRAIN images, scored on the same TEST images (no seed: one run stands for all).
 
@@ -28,9 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 DEFAULT_SETS = ("embryo6:end", "embryo8:start", "embryo4:middle", "ndev_nuclei")
-DEFAULT_MODELS = ("default", "deep_narrow", "mobilenet_v2", "hog_logreg")
+DEFAULT_MODELS = ("default", "deep_narrow", "mobilenet_v2", "hog_logreg", "nearest_in_time")
+# Runs that draw nothing at random: one run stands for every seed.
+DETERMINISTIC = ("hog_logreg", "nearest_in_time")
 HOG_SIZE = (64, 96)  # embryo frames for HOG (height, width); nucleus patches stay 32 px
 
 
@@ -50,11 +56,14 @@ def set_root(spec: str) -> tuple[str, Path]:
     return spec, real_sets.build(name, cut or "end")
 
 
-def run_trainer(root: Path, model: str, seed: int, out: Path) -> dict:
+def run_trainer(
+    root: Path, model: str, seed: int, out: Path, trainer_flags: Sequence[str] = ()
+) -> dict:
     """One trainer run in a fresh process (op determinism is process-wide); its metrics."""
     folder = out / "runs" / f"{root.name}__{model}__seed{seed}"
     argv = [sys.executable, "-m", "trainer.task", f"--data_dir={root}", f"--seed={seed}"]
     argv += [f"--output_dir={folder}"] + ([] if model == "default" else [f"--model={model}"])
+    argv += list(trainer_flags)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     wall = None
     # A run that finished after its bench was stopped is taken as it is; one that was killed
@@ -64,6 +73,7 @@ def run_trainer(root: Path, model: str, seed: int, out: Path) -> dict:
         done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
         wall = round(time.perf_counter() - start, 1)
         log = folder.parent / f"{folder.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(done.stdout[-20000:] + done.stderr[-20000:])
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
@@ -129,6 +139,37 @@ def run_hog(root: Path) -> dict:
     }
 
 
+def run_nearest_in_time(root: Path) -> dict:
+    """Each TEST frame gets the stage of the TRAIN frame nearest to it in time (ties shared).
+
+    Not a classifier: it reads the frame numbers, which no model sees. It is the accuracy of
+    placing each stage boundary midway between the training frames on either side, i.e. of a
+    model that reads the time off the image perfectly and knows nothing else, so it says
+    how hard a cut is for anything that learns what the frames around a stage look like."""
+    import real_sets
+
+    rows = real_sets.read_manifest(root)
+    train = [(seq, frame, name.split("/")[1]) for name, seq, frame in rows if name[:6] == "TRAIN/"]
+    test = [(seq, frame, name.split("/")[1]) for name, seq, frame in rows if name[:5] == "TEST/"]
+    hits = []
+    for sequence, frame, stage in test:
+        distance = {}
+        for other_seq, other_frame, other_stage in train:
+            if other_seq == sequence:
+                gap = abs(other_frame - frame)
+                distance[other_stage] = min(gap, distance.get(other_stage, gap))
+        nearest = min(distance.values())
+        tied = [name for name, gap in distance.items() if gap == nearest]
+        hits.append(float(stage in tied) / len(tied))
+    return {
+        "test_accuracy": float(np.mean(hits)),
+        "test_accuracy_ci": [float(np.mean(hits))] * 2,
+        "train_seconds": 0.0,
+        "wall_seconds": 0.0,
+        "model_name": "nearest_in_time",
+    }
+
+
 def load_results(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
@@ -170,7 +211,7 @@ def markdown(results: dict[str, dict], sets: list[str], models: list[str]) -> st
                     f"{n} {np.mean([r['per_branch_test_accuracy'][n] for r in rows]):.3f}"
                     for n in names
                 )
-            seeds = "n/a (deterministic)" if model == "hog_logreg" else f"n={len(rows)}"
+            seeds = "n/a (deterministic)" if model in DETERMINISTIC else f"n={len(rows)}"
             lines.append(
                 f"| {spec} | {model} | {mean_sd} ({seeds}) | {worst} | "
                 + " / ".join(f"{a:.3f}" for a in accuracy)
@@ -189,7 +230,16 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_real")
     parser.add_argument("--table", action="store_true", help="print the table and stop")
+    parser.add_argument(
+        "--trainer_flags",
+        nargs="*",
+        default=[],
+        help="extra trainer flags for every run of a variant (e.g. --trainer_flags=--precise_bn); "
+        "give the variant its own --out",
+    )
     args = parser.parse_args()
+    args.trainer_flags = [flag for text in args.trainer_flags for flag in shlex.split(text)]
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.jsonl"
     results = load_results(results_path)
@@ -199,19 +249,27 @@ def main() -> None:
         for seed in args.seeds:
             for spec in args.sets:
                 for model in args.models:
-                    run_seed = 0 if model == "hog_logreg" else seed
+                    if model == "nearest_in_time" and not spec.startswith("embryo"):
+                        continue  # the classes are not stages of one time-lapse
+                    run_seed = 0 if model in DETERMINISTIC else seed
                     key = f"{spec}|{model}|{run_seed}"
                     if key in results:
                         continue
                     try:
                         if model == "hog_logreg":
                             row = run_hog(roots[spec])
+                        elif model == "nearest_in_time":
+                            row = run_nearest_in_time(roots[spec])
                         else:
-                            row = run_trainer(roots[spec], model, seed, args.out)
+                            row = run_trainer(
+                                roots[spec], model, seed, args.out, args.trainer_flags
+                            )
                     except RuntimeError as err:  # one failed run should not stop the grid
                         print(f"FAILED {key}: {err}", flush=True)
                         continue
                     row.update(key=key, set=spec, model=model, seed=run_seed)
+                    if args.trainer_flags and model not in DETERMINISTIC:
+                        row["trainer_flags"] = args.trainer_flags
                     results[key] = row
                     with results_path.open("a") as handle:
                         handle.write(json.dumps(row) + "\n")

@@ -78,14 +78,14 @@ def test_block(count: int, cut: str) -> tuple[int, int]:
     return start, start + size
 
 
-def _read_manifest(root: Path) -> list[tuple[str, str, float]]:
+def read_manifest(root: Path) -> list[tuple[str, str, float]]:
     with (root / MANIFEST_NAME).open(newline="") as handle:
         return [(r["filename"], r["sequence"], float(r["frame"])) for r in csv.DictReader(handle)]
 
 
 def split_tree(source: Path, out: Path, cut: str) -> Path:
     """Moves a manifest tree `source/<class>/...` into `out/{TRAIN,TEST}/<class>/...`."""
-    rows = _read_manifest(source)
+    rows = read_manifest(source)
     by_class: dict[str, list[tuple[str, str, float]]] = {}
     for row in rows:
         by_class.setdefault(row[0].split("/")[0], []).append(row)
@@ -153,7 +153,7 @@ def _split_nuclei_by_frame(source: Path, out: Path, name: str) -> Path:
     frames = sorted(set(groups.tolist()))
     first_test = frames[test_block(len(frames), "end")[0]]
     manifest = []
-    for filename, sequence, rank in _read_manifest(source):
+    for filename, sequence, rank in read_manifest(source):
         frame = groups[int(rank)]
         if frame == first_test - 1:
             continue
@@ -192,7 +192,7 @@ def build(name: str, cut: str = "end", cache: Path = DEFAULT_CACHE) -> Path:
 def split_counts(root: Path) -> dict[str, Counter]:
     """`{split: Counter(class -> images)}` of a built tree."""
     counts: dict[str, Counter] = {}
-    for filename, _, _ in _read_manifest(root):
+    for filename, _, _ in read_manifest(root):
         split, cls = filename.split("/")[:2]
         counts.setdefault(split, Counter())[cls] += 1
     return counts

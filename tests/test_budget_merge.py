@@ -20,7 +20,12 @@ from cellkeras.training import (
     stretch_to_steps,
     total_epochs,
 )
-from cellkeras.training.stacking import fit_weights, merged_scores
+from cellkeras.training.stacking import (
+    choose_merge,
+    cross_fitted_scores,
+    fit_weights,
+    merged_scores,
+)
 from trainer.config import build_config
 from trainer.inputs import resolve_schedule
 
@@ -125,6 +130,39 @@ def test_fit_weights_and_choice_never_fall_below_the_best_branch():
         merged_scores(labels, log_probs, weights)[0]
         >= merged_scores(labels, log_probs, np.array([0.0, 1.0]))[0]
     )
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_fitted_weights_compete_with_their_out_of_fold_score():
+    # Two right-on-every-image branches, one sharper: weights fitted on these images win the
+    # log-loss tie in sample, but scored out of fold they must pay for what they fitted.
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 40)
+    sharp = _log_softmax(4.0 * np.eye(3)[labels] + rng.normal(0, 0.5, (40, 3)))
+    noise = _log_softmax(rng.normal(0, 2.0, (40, 3)))
+    log_probs = np.stack([noise, sharp], axis=1)
+    in_sample = merged_scores(labels, log_probs, fit_weights(labels, log_probs))
+    out_of_fold = cross_fitted_scores(labels, log_probs, folds=4)
+    assert out_of_fold[1] > in_sample[1]
+    # Contiguous folds: fold k is images 10k..10k+9, merged with weights fitted on the rest.
+    mixed = []
+    for k in range(4):
+        part = np.arange(10 * k, 10 * k + 10)
+        rest = np.setdiff1d(np.arange(40), part)
+        mixed.append(
+            np.einsum("bnk,n->bk", log_probs[part], fit_weights(labels[rest], log_probs[rest]))
+        )
+    mixed = _log_softmax(np.concatenate(mixed))
+    assert out_of_fold[1] == pytest.approx(-mixed[np.arange(40), labels].mean())
+    chosen, weights, scores = choose_merge(labels, log_probs, ["noise", "sharp"])
+    assert scores["fitted"] == pytest.approx(cross_fitted_scores(labels, log_probs))
+    assert scores[chosen][0] == max(a for a, _ in scores.values())
+    assert chosen != "fitted" or np.allclose(weights, fit_weights(labels, log_probs))
+    in_sample_choice = choose_merge(labels, log_probs, ["noise", "sharp"], cross_fit=False)
+    assert in_sample_choice[2]["fitted"] == pytest.approx(in_sample)
 
 
 def test_fit_stacking_sets_the_weights_and_survives_a_save_load(tmp_path):

@@ -7,6 +7,7 @@ MODEL_NAMES = (
     "edge",
     "mobilenet_v2",
     "parallel_large",
+    "parallel_sepres",
     "parallel_small",
     "parallel_small_concat",
     "parallel_three",

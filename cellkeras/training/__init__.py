@@ -39,7 +39,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "stretch_to_steps",
             "total_epochs",
         ],
-        "stacking": ["fit_stacking", "stacked_merge"],
+        "stacking": ["choose_merge", "fit_stacking", "stacked_merge"],
         "trainers": [
             "AliasMergedMetrics",
             "compile_classifier",

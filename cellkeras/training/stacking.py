@@ -5,7 +5,8 @@ little about new images (the trainer's stage-wise head, trained so, falls below 
 branch). `fit_stacking` fits the weights of a `StackedMerge` on images no branch trained on,
 the validation split, by the merged log-loss, and then keeps whichever of the fitted weights,
 the plain average and each branch alone is most accurate on those images (ties by log-loss),
-so on them the merge is never below its best branch.
+so on them the merge is never below its best branch. The fitted weights compete with their
+out-of-fold score, so fitting the held-out images' noise does not win them the choice.
 
 ```
 report = fit_stacking(model, val_batches)   # sets model's merge weights in place
@@ -29,6 +30,8 @@ MAX_WEIGHT = 4.0
 # Pulls the weights gently towards the average, which matters when the held-out images are
 # too few or too easy to tell the branches apart (every branch right on every image).
 RIDGE = 1e-3
+# Folds for scoring the fitted weights on images they were not fitted on.
+CROSS_FIT_FOLDS = 5
 
 
 def stacked_merge(model: keras.Model) -> StackedMerge | None:
@@ -94,16 +97,59 @@ def fit_weights(labels: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
     return np.asarray(result.x, dtype=np.float64)
 
 
+def cross_fitted_scores(
+    labels: np.ndarray, log_probs: np.ndarray, folds: int = CROSS_FIT_FOLDS
+) -> tuple[float, float]:
+    """`(accuracy, mean log-loss)` of fitted weights scored out of fold: each of `folds`
+    contiguous runs of the images is merged with weights fitted on the others.
+
+    Contiguous, because held-out images come in time blocks whose neighbouring frames are
+    near-copies: folds dealt out image by image would fit on a frame and score its twin."""
+    parts = np.array_split(np.arange(len(labels)), min(folds, len(labels)))
+    if len(parts) < 2:
+        return merged_scores(labels, log_probs, fit_weights(labels, log_probs))
+    mixed = np.empty((len(labels), log_probs.shape[2]))
+    for part in parts:
+        rest = np.setdiff1d(np.arange(len(labels)), part)
+        weights = fit_weights(labels[rest], log_probs[rest])
+        mixed[part] = np.einsum("bnk,n->bk", log_probs[part], weights)
+    mixed = mixed - _logsumexp(mixed)
+    accuracy = float(np.mean(np.argmax(mixed, axis=-1) == labels))
+    return accuracy, float(-np.mean(mixed[np.arange(len(labels)), labels]))
+
+
+def choose_merge(
+    labels: np.ndarray, log_probs: np.ndarray, names: list[str] | None = None, cross_fit=True
+) -> tuple[str, np.ndarray, dict[str, tuple[float, float]]]:
+    """The merge weights to keep: `(chosen, weights, scores)` where `scores` maps each
+    candidate (fitted weights, the average, each branch alone) to `(accuracy, log-loss)` on
+    these held-out predictions. The most accurate wins, ties going to the lower log-loss (then
+    to that order).
+
+    `cross_fit`: the fitted weights are scored out of fold (`cross_fitted_scores`), like the
+    candidates that fit nothing; scored on the images they were fitted on, they win every
+    log-loss tie, even when they only fit those images' noise. Their weights are then fitted
+    on all the images."""
+    count = log_probs.shape[1]
+    names = names or [f"branch {i}" for i in range(count)]
+    candidates = {"fitted": fit_weights(labels, log_probs), "average": np.full(count, 1 / count)}
+    for index, name in enumerate(names):
+        candidates[f"{name} alone"] = np.eye(count)[index]
+    scores = {k: merged_scores(labels, log_probs, w) for k, w in candidates.items()}
+    if cross_fit:
+        scores["fitted"] = cross_fitted_scores(labels, log_probs)
+    order = list(candidates)
+    chosen = min(order, key=lambda k: (-scores[k][0], scores[k][1], order.index(k)))
+    return chosen, candidates[chosen], scores
+
+
 def fit_stacking(model: keras.Model, batches: Any) -> dict[str, Any]:
     """Sets the `StackedMerge` weights of `model` from held-out `batches` of
-    `(images, one_hot)`, and says what it chose.
-
-    Candidates: the fitted weights, the average, and each branch alone; the most accurate on
-    `batches` wins, ties going to the lower log-loss (then to that order).
+    `(images, one_hot)`, and says what it chose (`choose_merge`).
 
     Returns:
         `{"chosen", "weights" (branch -> weight), "images", "candidates" (name ->
-        {"accuracy", "log_loss"})}`.
+        {"accuracy", "log_loss"}, the fitted weights' out of fold)}`.
 
     Raises:
         ValueError: the model has no stacked merge, or `batches` holds no images.
@@ -115,17 +161,11 @@ def fit_stacking(model: keras.Model, batches: Any) -> dict[str, Any]:
     labels, log_probs = branch_log_probs(model, batches)
     if not len(labels):
         raise ValueError("fit_stacking needs held-out images; the batches are empty")
-    count = len(names)
-    candidates = {"fitted": fit_weights(labels, log_probs), "average": np.full(count, 1 / count)}
-    for index, name in enumerate(names):
-        candidates[f"{name} alone"] = np.eye(count)[index]
-    scores = {k: merged_scores(labels, log_probs, w) for k, w in candidates.items()}
-    order = list(candidates)
-    chosen = min(order, key=lambda k: (-scores[k][0], scores[k][1], order.index(k)))
-    layer.branch_weights.assign(candidates[chosen].astype("float32"))
+    chosen, weights, scores = choose_merge(labels, log_probs, names)
+    layer.branch_weights.assign(weights.astype("float32"))
     return {
         "chosen": chosen,
-        "weights": {n: round(float(w), 4) for n, w in zip(names, candidates[chosen], strict=True)},
+        "weights": {n: round(float(w), 4) for n, w in zip(names, weights, strict=True)},
         "images": int(len(labels)),
         "candidates": {
             k: {"accuracy": round(a, 4), "log_loss": round(loss, 4)}
