@@ -18,6 +18,7 @@ picks merge weights from validation alone and is scored on test:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -38,12 +39,19 @@ def run_log_probs(folder: Path) -> dict[str, np.ndarray]:
     from cellkeras.models import branch_names
     from cellkeras.training.schedule import parse_schedule
     from cellkeras.training.stacking import branch_log_probs
-    from trainer.config import build_config
+    from trainer.config import DataConfig, TrainConfig, build_config
     from trainer.inputs import Inputs
     from trainer.runtime import resolve_runtime
 
     saved = json.loads((folder / "config.json").read_text())
-    overrides = {f"{s}.{k}": v for s in ("data", "train") for k, v in saved[s].items()}
+    # Fields a later version dropped are left out (the bench's variants added some).
+    known = {
+        s: {f.name for f in dataclasses.fields(c)}
+        for s, c in (("data", DataConfig), ("train", TrainConfig))
+    }
+    overrides = {
+        f"{s}.{k}": v for s in ("data", "train") for k, v in saved[s].items() if k in known[s]
+    }
     config = build_config("default", overrides)
     config.output_dir = str(folder)
     runtime = resolve_runtime(config.train, config.output_dir)

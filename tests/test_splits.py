@@ -289,3 +289,40 @@ def test_three_way_split_refuses_what_it_cannot_do(kwargs, split, message):
     images = _paths_set(split=None if split is None else np.array(split, dtype=object))
     with pytest.raises(ValueError, match=message):
         three_way_split(images, **kwargs)
+
+
+def test_edge_blocks_hold_out_frames_before_and_after_every_training_frame():
+    order, labels = video_like()
+    train, val = time_block_split(order, labels, 0.2, 2, seed=5, placement="edges")
+    for cls in np.unique(labels):
+        rank = sorted_positions(order, labels, cls)
+        t = np.array([rank[i] for i in train if labels[i] == cls])
+        v = np.array([rank[i] for i in val if labels[i] == cls])
+        size = -(-len(rank) // 10)  # 10 blocks a class: the first and the last are held out
+        np.testing.assert_array_equal(np.sort(v), np.r_[0:size, len(rank) - size : len(rank)])
+        assert v.min() < t.min() and t.max() < v.max()
+        assert np.abs(t[:, None] - v[None, :]).min() > 2
+    # The edges do not depend on the seed; a third block comes from the end, then the start.
+    again = time_block_split(order, labels, 0.2, 2, seed=6, placement="edges")
+    np.testing.assert_array_equal(val, again[1])
+    first = order[labels == 0]  # 100 frames: 10 blocks of 10
+    three = time_block_split(first, labels[labels == 0], 0.3, 0, placement="edges")
+    assert np.unique(np.rint(first[three[1]] * 5).astype(int) // 10).tolist() == [0, 8, 9]
+    with pytest.raises(ValueError, match="unknown block placement 'middle'"):
+        time_block_split(order, labels, 0.2, placement="middle")
+
+
+def test_the_trainer_places_validation_blocks_as_asked():
+    from cellkeras.data.splits import three_way_split
+
+    order, labels = video_like(counts=(120, 80))
+    frames = ImageSet(
+        classes=["a", "b"], labels=labels, images=np.zeros((200, 2, 2, 1)), order=order
+    )
+    spread = three_way_split(frames, 0.2, seed=0, gap=2)
+    edges = three_way_split(frames, 0.2, seed=0, gap=2, val_placement="edges")
+    for cls in (0, 1):
+        rank = sorted_positions(order, labels, cls)
+        val = np.array([rank[i] for i in np.flatnonzero((edges == "val") & (labels == cls))])
+        assert val.min() == 0 and val.max() == len(rank) - 1
+    assert not np.array_equal(spread, edges)

@@ -60,6 +60,9 @@ class DataConfig:
             (per-image 1st-99.8th percentile stretch, for 12-bit data in 16-bit files).
         val_fraction: validation share carved from the training images (when the source has
             no VAL split).
+        val_blocks: where ordered images' (video frames') validation blocks lie in each class's
+            time range: spread (one drawn in each stretch of it) or edges (its last and first
+            blocks: frames before or after every training frame, as new recordings are).
         test_fraction: test share carved from the images when no test set is given (0: none).
         balance: class balancing in tf.data: oversample, or none.
         skip_bad_images: leave unreadable images out (listed in skipped.json) instead of
@@ -82,6 +85,7 @@ class DataConfig:
     channels: int | str | None = None
     normalization: str = "range"
     val_fraction: float = 0.2
+    val_blocks: str = "spread"
     test_fraction: float = 0.0
     balance: str | None = None
     skip_bad_images: bool = False

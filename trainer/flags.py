@@ -13,6 +13,7 @@ import dataclasses
 import re
 from typing import Any
 
+from cellkeras.data.splits import BLOCK_PLACEMENTS
 from trainer.config import (
     DISTRIBUTIONS,
     LATER_STAGE_MODES,
@@ -37,6 +38,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "training_mode": TRAINING_MODES,
     "later_stages": LATER_STAGE_MODES,
     "balance": ("oversample", "none"),
+    "val_blocks": BLOCK_PLACEMENTS,
 }
 # Run-level settings that are not part of a section.
 RUN_FLAGS = {

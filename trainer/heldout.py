@@ -95,6 +95,7 @@ def assign_splits(
         0.0 if has_val else data.val_fraction,
         0.0 if has_test else data.test_fraction,
         seed=config.train.seed,
+        val_placement=data.val_blocks,
     )
     if not has_val and not np.any(assigned == "val"):
         raise ValueError(

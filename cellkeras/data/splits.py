@@ -31,6 +31,7 @@ def time_block_split(
     block_size: int | None = None,
     block_seconds: float | None = None,
     class_names: Sequence[str] | None = None,
+    placement: str = "spread",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Splits ordered data into kept and held-out indices by contiguous time blocks per class.
 
@@ -39,9 +40,11 @@ def time_block_split(
 
     Within each class, images are sorted by (`sequences`, `positions`) and cut into contiguous
     blocks, either of `block_size` images or spanning `block_seconds` of `positions`. About
-    `fraction` of the blocks are held out, one drawn at random (from `seed`) within each of equal
-    strata of the class's time range, so they cover early and late parts of every class rather
-    than only its end. Then every kept image within `gap` frame steps of a held-out image in its
+    `fraction` of the blocks are held out: with `placement="spread"`, one drawn at random (from
+    `seed`) within each of equal strata of the class's time range, so they cover early and
+    late parts of every class rather than only its end; with `placement="edges"`, the class's
+    last and first blocks (then the next ones in), so the held-out frames lie before or after
+    every frame the class trains on, as a new recording's do. Then every kept image within `gap` frame steps of a held-out image in its
     sequence, of any class, is dropped from both sides: neighbouring frames are near-copies,
     whether or not a class boundary lies between them.
 
@@ -63,6 +66,7 @@ def time_block_split(
         block_seconds: length of a block in `positions` units (blocks start at the class's
             first image in each sequence).
         class_names: names of the label values, for the messages (default: the values).
+        placement: "spread" or "edges", where the held-out blocks lie (above).
 
     Returns:
         `(kept_idx, held_idx)`: sorted int64 index arrays. Guard-gap images are in neither.
@@ -71,6 +75,8 @@ def time_block_split(
         ValueError: bad arguments, or a class with too few images (or blocks) to give both a
             kept and a held-out block after the guard gaps; the message names the class.
     """
+    if placement not in BLOCK_PLACEMENTS:
+        raise ValueError(f"unknown block placement {placement!r}; known: {BLOCK_PLACEMENTS}")
     positions, labels, seq = _check_block_args(
         positions, labels, fraction, gap, sequences, block_size, block_seconds
     )
@@ -92,7 +98,10 @@ def time_block_split(
                 "a train and a validation block (use smaller blocks or more frames)."
             )
         # Seeded per class so one class's draw does not depend on the classes before it.
-        chosen = _spread_blocks(n_blocks, fraction, np.random.default_rng([seed % 2**32, k]))
+        if placement == "edges":
+            chosen = _edge_blocks(n_blocks, fraction)
+        else:
+            chosen = _spread_blocks(n_blocks, fraction, np.random.default_rng([seed % 2**32, k]))
         held[idx[np.isin(block_of, chosen)]] = True
         blocks[int(cls)] = (len(idx), n_blocks)
         last_block[int(cls)] = idx[block_of == n_blocks - 1]
@@ -130,10 +139,23 @@ def _kept_after_gaps(positions, seq, labels, held, gap, last_block) -> tuple[np.
     return kept, short
 
 
+def _held_count(n_blocks: int, fraction: float) -> int:
+    return min(max(1, round(fraction * n_blocks)), n_blocks - 1)
+
+
+def _edge_blocks(n_blocks: int, fraction: float) -> list[int]:
+    """About `fraction` of `n_blocks` block numbers taken from both ends inwards, the last
+    block first: last, first, second to last, second, ..."""
+    ends = [
+        b for pair in zip(range(n_blocks - 1, -1, -1), range(n_blocks), strict=True) for b in pair
+    ]
+    return sorted(list(dict.fromkeys(ends))[: _held_count(n_blocks, fraction)])
+
+
 def _spread_blocks(n_blocks: int, fraction: float, rng: np.random.Generator) -> list[int]:
     """About `fraction` of `n_blocks` block numbers (at least 1, never all), one drawn within
     each of equal strata of the range, so held-out blocks cover early and late times alike."""
-    n_held = min(max(1, round(fraction * n_blocks)), n_blocks - 1)
+    n_held = _held_count(n_blocks, fraction)
     edges = np.round(np.linspace(0, n_blocks, n_held + 1)).astype(np.int64)
     return [int(rng.integers(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
@@ -234,6 +256,7 @@ def split_imageset(
     val_fraction: float = 0.2,
     seed: int = 0,
     gap: int = 2,
+    placement: str = "spread",
 ) -> tuple[ImageSet, ImageSet]:
     """Splits an `ImageSet` into training and validation sets, the right way for its kind.
 
@@ -241,7 +264,7 @@ def split_imageset(
       kept: "val" images validate, or "test" images when there is no "val"; the rest train.
     * Ordered data (`ImageSet.order`, video frames) is cut by `time_block_split` into contiguous
       time blocks (per `ImageSet.sequence`) with `gap` frames left out around each validation
-      block.
+      block, the validation blocks placed as `placement` says.
     * Grouped data (`ImageSet.groups`) keeps each group on one side, stratified by class.
     * Anything else gets a stratified random split.
 
@@ -267,6 +290,7 @@ def split_imageset(
             seed,
             sequences=imageset.sequence,
             class_names=imageset.classes,
+            placement=placement,
         )
     elif imageset.groups is not None:
         from sklearn.model_selection import StratifiedGroupKFold
@@ -288,6 +312,7 @@ def split_imageset(
 
 
 SPLIT_NAMES = ("train", "val", "test")
+BLOCK_PLACEMENTS = ("spread", "edges")
 GAP = "gap"  # a guard-gap frame, left out of every split
 
 
@@ -298,6 +323,7 @@ def three_way_split(
     *,
     seed: int = 0,
     gap: int = 2,
+    val_placement: str = "spread",
 ) -> np.ndarray:
     """Assigns every image to "train", "val" or "test" ("gap" for guard-gap frames).
 
@@ -309,7 +335,8 @@ def three_way_split(
     held-out block (marked "gap"), groups stay whole, anything else is stratified at random.
     Both fractions are shares of the pool they are carved from (all images, or the source's
     training images when it gives a split); `val_fraction=0` carves no validation (it comes
-    from elsewhere), `test_fraction=0` no test.
+    from elsewhere), `test_fraction=0` no test. `val_placement` places the validation blocks
+    of ordered data (`time_block_split`'s `placement`; a carved test split is spread).
 
     Returns:
         (N,) array of "train" / "val" / "test" / "gap", one entry per image.
@@ -344,11 +371,11 @@ def three_way_split(
                 f"{imageset.name} already has a test split (a TEST folder); a test_fraction "
                 "would carve a second one from the training images: set it to 0"
             )
-        pool = _carve(imageset, pool, test_fraction, "test", assigned, seed, gap)
+        pool = _carve(imageset, pool, test_fraction, "test", assigned, seed, gap, "spread")
     if val_fraction > 0 and not np.any(given == "val"):
         # Carved from what the test carve left: scaled so it is `val_fraction` of the pool.
         share = val_fraction / (1.0 - test_fraction)
-        pool = _carve(imageset, pool, share, "val", assigned, seed, gap)
+        pool = _carve(imageset, pool, share, "val", assigned, seed, gap, val_placement)
     if not len(pool):
         raise ValueError(f"{imageset.name}: no training images left after the splits")
     return assigned
@@ -362,6 +389,7 @@ def _carve(
     assigned: np.ndarray,
     seed: int,
     gap: int,
+    placement: str,
 ) -> np.ndarray:
     """Holds out `fraction` of the images at `pool` by `split_imageset`, marking them `name`
     in `assigned` (guard-gap frames `GAP`); returns the indices left for training."""
@@ -374,7 +402,7 @@ def _carve(
     tagged = dataclasses.replace(
         imageset.subset(pool), split=None, box_labels=[np.array([i]) for i in range(len(pool))]
     )
-    kept, held = split_imageset(tagged, fraction, seed=seed, gap=gap)
+    kept, held = split_imageset(tagged, fraction, seed=seed, gap=gap, placement=placement)
 
     def positions(subset: ImageSet) -> np.ndarray:
         return np.array([int(b[0]) for b in subset.box_labels or []], dtype=np.int64)

@@ -6,6 +6,7 @@ MODEL_NAMES = (
     "deep_narrow",
     "edge",
     "mobilenet_v2",
+    "parallel_deep",
     "parallel_large",
     "parallel_sepres",
     "parallel_small",
