@@ -326,3 +326,20 @@ def test_the_trainer_places_validation_blocks_as_asked():
         val = np.array([rank[i] for i in np.flatnonzero((edges == "val") & (labels == cls))])
         assert val.min() == 0 and val.max() == len(rank) - 1
     assert not np.array_equal(spread, edges)
+
+
+def test_the_trainer_validates_on_each_stage_edges_by_default():
+    from trainer.config import build_config
+    from trainer.heldout import assign_splits
+
+    order, labels = video_like(counts=(120, 80))
+    frames = ImageSet(
+        classes=["a", "b"], labels=labels, images=np.zeros((200, 2, 2, 1)), order=order
+    )
+    assigned, _ = assign_splits(build_config(), frames, has_val=False, has_test=False)
+    for cls in (0, 1):
+        rank = sorted_positions(order, labels, cls)
+        val = [rank[i] for i in np.flatnonzero((assigned == "val") & (labels == cls))]
+        assert min(val) == 0 and max(val) == len(rank) - 1
+    spread = build_config(overrides={"data.val_blocks": "spread"})
+    assert not np.array_equal(assign_splits(spread, frames, False, False)[0], assigned)

@@ -23,19 +23,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "parallel_small": {"branches": ["edge", "deep_narrow"], "merge": "stacked"},
     # The seed's merge of the same pair: concatenated logits and a small dense head.
     "parallel_small_concat": {"branches": ["edge", "deep_narrow"], "merge": "concat"},
-    # The seed's deep-narrow branch next to the modern one, merged alike: two branches of
-    # comparable strength, built differently (full-resolution 5x5 convolutions vs strided
-    # depthwise-separable residual blocks).
-    "parallel_sepres": {"branches": ["sepres", "deep_narrow"], "merge": "stacked"},
-    # Two deep-narrow branches that differ in kernel size (5x5 and 3x3), merged alike: on
-    # real frames the deep-narrow branch extrapolates in time best, so its pair is one too.
-    "parallel_deep": {
-        "branches": [
-            "deep_narrow",
-            {"preset": "deep_narrow", "name": "deep_narrow_3x3", "kernel_size": 3},
-        ],
-        "merge": "stacked",
-    },
     # All three small branches: the edge map, the raw-image wide-shallow one and deep-narrow.
     "parallel_three": {"branches": ["edge", "wide_shallow", "deep_narrow"], "merge": "concat"},
     # More accuracy for more compute: the modern branch next to the seed's edge branch.

@@ -67,7 +67,11 @@ def merged_scores(
     labels: np.ndarray, log_probs: np.ndarray, weights: np.ndarray
 ) -> tuple[float, float]:
     """`(accuracy, mean log-loss)` of the merge with `weights` on these predictions."""
-    mixed = np.einsum("bnk,n->bk", log_probs, weights)
+    return _scores(labels, np.einsum("bnk,n->bk", log_probs, weights))
+
+
+def _scores(labels: np.ndarray, mixed: np.ndarray) -> tuple[float, float]:
+    """`(accuracy, mean log-loss)` of merged (unnormalized) log-probabilities."""
     mixed = mixed - _logsumexp(mixed)
     accuracy = float(np.mean(np.argmax(mixed, axis=-1) == labels))
     return accuracy, float(-np.mean(mixed[np.arange(len(labels)), labels]))
@@ -113,13 +117,14 @@ def cross_fitted_scores(
         rest = np.setdiff1d(np.arange(len(labels)), part)
         weights = fit_weights(labels[rest], log_probs[rest])
         mixed[part] = np.einsum("bnk,n->bk", log_probs[part], weights)
-    mixed = mixed - _logsumexp(mixed)
-    accuracy = float(np.mean(np.argmax(mixed, axis=-1) == labels))
-    return accuracy, float(-np.mean(mixed[np.arange(len(labels)), labels]))
+    return _scores(labels, mixed)
 
 
 def choose_merge(
-    labels: np.ndarray, log_probs: np.ndarray, names: list[str] | None = None, cross_fit=True
+    labels: np.ndarray,
+    log_probs: np.ndarray,
+    names: list[str] | None = None,
+    cross_fit: bool = True,
 ) -> tuple[str, np.ndarray, dict[str, tuple[float, float]]]:
     """The merge weights to keep: `(chosen, weights, scores)` where `scores` maps each
     candidate (fitted weights, the average, each branch alone) to `(accuracy, log-loss)` on
