@@ -223,3 +223,17 @@ def test_report_renders_in_headless_chromium(run_folder, tmp_path):
     small.write_bytes(out.read_bytes())
     script.shrink(small, crop_height=800, width=640)
     assert Image.open(small).size == (640, 400)
+
+
+def test_split_caption_says_where_a_time_lapse_validated(tmp_path):
+    from trainer.report_text import split_counts_table
+
+    rows = ["path,label,split"] + [f"f{i}.png,a,{s}" for i, s in enumerate(
+        ["val", "gap", "train", "train", "gap", "val"])]  # fmt: skip
+    (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
+    edges = " ".join(_text(split_counts_table(tmp_path / "split.csv", ["a"], "edges")).split())
+    assert "validation blocks are each class's first and last frames in time" in edges
+    spread = " ".join(_text(split_counts_table(tmp_path / "split.csv", ["a"], "spread")).split())
+    assert "spread over each class's time range" in spread
+    (tmp_path / "split.csv").write_text("path,label,split\nf0.png,a,train\nf1.png,a,val\n")
+    assert "validation blocks" not in split_counts_table(tmp_path / "split.csv", ["a"], "edges")

@@ -67,7 +67,7 @@ model {html.escape(metrics["model"])} ({metrics["parameters"]:,} parameters) ·
 {metrics["train_images"]} training / {metrics["val_images"]} validation images ·
 classes {html.escape(", ".join(classes))} · {metrics["total_seconds"]:.0f} s ·
 policy {html.escape(metrics["dtype_policy"])} · {metrics["replicas"]} replica(s)</p>
-<h2>Images per class and split</h2>{split_counts_table(out / "split.csv", classes)}
+<h2>Images per class and split</h2>{split_counts_table(out / "split.csv", classes, config.data.val_blocks)}
 <h2>Results per class</h2>{per_class}
 {_figures(out)}
 <h2>Mistakes</h2>{_mistakes_section(examples)}

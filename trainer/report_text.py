@@ -148,9 +148,16 @@ def read_split_counts(path: Path) -> dict[str, Counter]:
     return counts
 
 
-def split_counts_table(path: Path, classes: Sequence[str]) -> str:
+VAL_BLOCK_WORDS = {
+    "edges": "each class's first and last frames in time, so they measure frames before and "
+    "after every frame it trained on, as a new recording's are",
+    "spread": "spread over each class's time range",
+}
+
+
+def split_counts_table(path: Path, classes: Sequence[str], val_blocks: str | None = None) -> str:
     """Images of each class in each split, with totals and a caption; a note without
-    `split.csv`."""
+    `split.csv`. `val_blocks`: where a time-lapse's validation blocks were placed."""
     if not path.is_file():
         return "<p>no <code>split.csv</code> in the run folder</p>"
     counts = read_split_counts(path)
@@ -170,12 +177,18 @@ def split_counts_table(path: Path, classes: Sequence[str]) -> str:
     return table(["class", *(SPLIT_NAMES[s] for s in used), "total"], rows) + caption(
         "How many images of each class went where (every image is listed in "
         "<code>split.csv</code>). The model learnt from the training images only; the "
-        "validation images chose the best epoch and give the numbers on this page"
+        "validation images chose the best epoch and the merge's weights and give the numbers "
+        "on this page"
         + (", and the test images were scored once, at the end" if "test" in used else "")
         + (
             "; guard-gap frames sit between training and validation blocks of a time-lapse "
             "and are in no split, so near-identical neighbouring frames cannot leak"
             if "gap" in used
+            else ""
+        )
+        + (
+            f"; the validation blocks are {VAL_BLOCK_WORDS[val_blocks]}"
+            if "gap" in used and val_blocks in VAL_BLOCK_WORDS
             else ""
         )
         + f". {fewest}; a class with few images is learnt, and measured, less reliably."
