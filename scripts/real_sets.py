@@ -185,7 +185,12 @@ def build(name: str, cut: str = "end", cache: Path = DEFAULT_CACHE) -> Path:
             _split_nuclei_by_frame(_nuclei_patch_frames(name, work), staged, name)
         else:
             split_tree(_embryo_frames(name, work), staged, cut)
-        staged.rename(root)
+        try:
+            staged.rename(root)
+        except OSError:
+            if not (root / MANIFEST_NAME).is_file():
+                raise
+            # Another bench process built the same tree meanwhile: the trees are identical.
     return root
 
 
