@@ -87,7 +87,8 @@ class DataConfig:
     val_fraction: float = 0.2
     # "edges": validated on each stage's first and last frames, the merge's stacking sees which
     # branch extrapolates in time: the merged model then reached its best branch on all four
-    # real sets (two of four with "spread") at the same mean accuracy (docs/BENCHMARKS.md
+    # real sets (two of four with "spread") at the same mean accuracy, judged on their TEST
+    # blocks; on two sets checked afterwards, one better and one worse (docs/BENCHMARKS.md
     # "Real data").
     val_blocks: str = "edges"
     test_fraction: float = 0.0

@@ -97,11 +97,7 @@ def time_block_split(
                 f"class {named(cls)}: {len(idx)} frames make {n_blocks} block(s); need at least 2 for "
                 "a train and a validation block (use smaller blocks or more frames)."
             )
-        # Seeded per class so one class's draw does not depend on the classes before it.
-        if placement == "edges":
-            chosen = _edge_blocks(n_blocks, fraction)
-        else:
-            chosen = _spread_blocks(n_blocks, fraction, np.random.default_rng([seed % 2**32, k]))
+        chosen = _held_blocks(n_blocks, fraction, placement, seed, k)
         held[idx[np.isin(block_of, chosen)]] = True
         blocks[int(cls)] = (len(idx), n_blocks)
         last_block[int(cls)] = idx[block_of == n_blocks - 1]
@@ -137,6 +133,15 @@ def _kept_after_gaps(positions, seq, labels, held, gap, last_block) -> tuple[np.
             held[last_block[cls]] = True
         kept = ~held & (_places_to_held(positions, seq, held) > gap)
     return kept, short
+
+
+def _held_blocks(n_blocks: int, fraction: float, placement: str, seed: int, k: int) -> list[int]:
+    """The block numbers held out of the `k`-th class's `n_blocks` (`placement`: "edges" or
+    "spread"; a spread draw is seeded per class, so one class's draw does not depend on the
+    classes before it)."""
+    if placement == "edges":
+        return _edge_blocks(n_blocks, fraction)
+    return _spread_blocks(n_blocks, fraction, np.random.default_rng([seed % 2**32, k]))
 
 
 def _held_count(n_blocks: int, fraction: float) -> int:
