@@ -1,12 +1,15 @@
 """Detection speed: the window heat against the dense heat, and a 4096x4096 image in tiles.
 
 Part 1, in interleaved rounds on the same 512x512 images and the same model: `detect` with
-`heat="window"` (every window of the stride-4 grid through the classifier) and `heat="dense"`
-(the conv trunk once per image, `cellkeras.detect.dense`), the nuclei workflow's configuration
-(32 px windows, stride 4, per-window percentile normalization). The model is the
-`--preset=nuclei` architecture at its real size (`parallel_small`, 1 channel, 2 classes) with
-random weights (time does not depend on the weights), or a trained one with `--model`. Prints
-best-of-rounds and median seconds per image, their ratio, and the two heats' largest difference.
+`heat="window"` (every window of the stride-4 grid through the classifier), `heat="dense"`
+(the conv trunk once per image, `cellkeras.detect.dense`) and the default `heat="auto"` (what
+`cellkeras detect` does: dense when a check crop shows it equals the window heat), the nuclei
+workflow's configuration (32 px windows, stride 4, the image's size estimated and rescaled to
+12 px nuclei, the workflow's normalization, boxes included). The model is the
+`--preset=nuclei` architecture at its real size (1 channel, 2 classes; `--arch` for another)
+with random weights (time does not depend on the weights), or a trained one with `--model`
+(normalized as its card says). Prints best-of-rounds and median seconds per image, the window /
+dense ratio, and the two heats' largest difference.
 
 Part 2, each in a fresh subprocess: the dense heat of one N x N image (N = 1024, 4096) in
 overlapping 1024 px tiles, its time, and the growth of the process's peak resident memory
@@ -47,17 +50,23 @@ def nuclei_like(size: int, seed: int) -> np.ndarray:
     return np.clip(image, 0, 65535).astype(np.uint16)[..., None]
 
 
-def load(model_path: str | None):
+def load(model_path: str | None, arch: str | None = None):
+    """(model, normalization): a trained model and its card's, or the preset's architecture
+    (or `arch`) with random weights and the preset's normalization."""
+    from trainer.config import build_config
+
+    preset = build_config("nuclei")
     if model_path:
         from cellkeras.inference.loading import load_model_for_inference
 
-        return load_model_for_inference(model_path)[0]
+        model, info = load_model_for_inference(model_path)
+        return model, info.normalization
     import keras
 
     from cellkeras.models import create_model
 
     keras.utils.set_random_seed(0)
-    return create_model("parallel_small", 2, channels=1)
+    return create_model(arch or preset.train.model, 2, channels=1), preset.data.normalization
 
 
 def peak_rss_kib() -> int:
@@ -68,12 +77,12 @@ def peak_rss_kib() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def large_image_child(size: int, model_path: str | None) -> None:
+def large_image_child(size: int, model_path: str | None, arch: str | None) -> None:
     """Part 2 inside the subprocess: prints one JSON row."""
     from cellkeras.detect.dense import classifier_heatmap
 
-    model = load(model_path)
-    args = dict(window=32, stride=4, class_indices=[1], normalization="percentile")
+    model, normalization = load(model_path, arch)
+    args = dict(window=32, stride=4, class_indices=[1], normalization=normalization)
     classifier_heatmap(model, nuclei_like(256, 1), heat="dense", **args)  # warm-up, traces
     image = nuclei_like(size, 2)
     base = peak_rss_kib()
@@ -85,12 +94,12 @@ def large_image_child(size: int, model_path: str | None) -> None:
                       "heat_shape": list(heat.shape)}))  # fmt: skip
 
 
-def interleaved(model, images: list[np.ndarray], rounds: int) -> dict:
+def interleaved(model, normalization: str, images: list[np.ndarray], rounds: int) -> dict:
     from cellkeras.detect import DetectConfig, detect
 
     configs = {
-        heat: DetectConfig.for_workflow("nuclei", gate=0.0, heat=heat)
-        for heat in ("window", "dense")
+        heat: DetectConfig.for_workflow("nuclei", gate=0.0, heat=heat, normalization=normalization)
+        for heat in ("window", "dense", "auto")
     }
     for config in configs.values():  # warm-up: traces the predict functions
         detect(model, images[0][:96, :96], config)
@@ -118,7 +127,7 @@ def interleaved(model, images: list[np.ndarray], rounds: int) -> dict:
     }
 
 
-def real_frames(model, frames: list[int]) -> None:
+def real_frames(model, normalization: str, frames: list[int]) -> None:
     """F1@IoU0.5 and heat differences of both paths on labelled ndev frames (`--model`)."""
     from cellkeras.data.samples import instance_boxes, nuclei_sample
     from cellkeras.detect import DetectConfig, detect
@@ -128,7 +137,11 @@ def real_frames(model, frames: list[int]) -> None:
     for frame in frames:
         image, truth = sample.images[frame], instance_boxes(sample.labels[frame])[1]
         found = {
-            heat: detect(model, image, DetectConfig.for_workflow("nuclei", heat=heat))
+            heat: detect(
+                model,
+                image,
+                DetectConfig.for_workflow("nuclei", heat=heat, normalization=normalization),
+            )
             for heat in ("window", "dense")
         }
         diff = np.abs(found["window"].heatmap - found["dense"].heatmap)
@@ -145,21 +158,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=2, help="512x512 images per round")
     parser.add_argument("--model", default=None, help="a trained model (default: random weights)")
+    parser.add_argument(
+        "--arch", default=None, help="random-weight architecture (default: preset's)"
+    )
     parser.add_argument("--sizes", default="1024,4096", help="large image sides, comma-separated")
     parser.add_argument("--frames", default="", help="with --model: ndev frames to score, 7,8,9")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        large_image_child(args.child, args.model)
+        large_image_child(args.child, args.model, args.arch)
         return
-    model = load(args.model)
+    model, normalization = load(args.model, args.arch)
+    print(f"model {model.name} · normalization {normalization}", flush=True)
     if args.frames:
-        real_frames(model, [int(f) for f in args.frames.split(",")])
+        real_frames(model, normalization, [int(f) for f in args.frames.split(",")])
     images = [nuclei_like(512, seed) for seed in range(args.images)]
-    result = interleaved(model, images, args.rounds)
+    result = interleaved(model, normalization, images, args.rounds)
     best, median = result["best"], result["median"]
     print("| path | best s / 512x512 image | median | rounds |\n|---|---|---|---|")
-    for heat in ("window", "dense"):
+    for heat in ("window", "dense", "auto"):
         print(f"| {heat} | {best[heat]:.3f} | {median[heat]:.3f} | {args.rounds} |")
     print(
         f"ratio window / dense: best {best['window'] / best['dense']:.1f}x, median "
@@ -171,6 +188,7 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",") if s):
         command = [sys.executable, __file__, "--child", str(size)]
         command += ["--model", args.model] if args.model else []
+        command += ["--arch", args.arch] if args.arch else []
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         print(f"| {size}x{size} | {row['seconds']:.2f} | {row['peak_growth_mib']} |", flush=True)

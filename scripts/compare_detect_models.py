@@ -11,6 +11,10 @@ fields of scripts/bench_detect.py), in interleaved rounds over every (model, pat
 
 Command (the numbers in docs/BENCHMARKS.md):
     python scripts/compare_detect_models.py --models runs/nuclei_small,runs/nuclei_valid
+    python scripts/compare_detect_models.py --models runs/nuclei_old,runs/nuclei_frame
+(the second: the previous preset, `--preset=nuclei --model=parallel_small
+--normalization=percentile`, against the current `--preset=nuclei`; each model is normalized
+as its card says.)
 
 Machine: 2-core x86-64 CPU VM, no GPU, shared with other jobs, TensorFlow 2.21 / Keras 3.15.
 """
@@ -51,16 +55,20 @@ def frames(laptrack: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
+def config(normalization: str, heat: str, **overrides):
+    """The nuclei workflow's configuration with the model's own normalization (its card's)."""
+    from cellkeras.detect import DetectConfig
+
+    return DetectConfig.for_workflow("nuclei", heat=heat, normalization=normalization, **overrides)
+
+
 def score(models: dict, test: list) -> None:
-    from cellkeras.detect import DetectConfig, detect
+    from cellkeras.detect import detect
     from cellkeras.evaluate.detection import image_f1
 
-    for name, model in models.items():
+    for name, (model, normalization) in models.items():
         for frame, image, truth in test:
-            found = {
-                path: detect(model, image, DetectConfig.for_workflow("nuclei", heat=path))
-                for path in PATHS
-            }
+            found = {path: detect(model, image, config(normalization, path)) for path in PATHS}
             diff = np.abs(found["window"].heatmap - found["dense"].heatmap)
             row = {"model": name, "frame": frame, "true": len(truth)}
             row |= {f"f1_{p}": round(image_f1(f.boxes, truth), 3) for p, f in found.items()}
@@ -69,19 +77,20 @@ def score(models: dict, test: list) -> None:
 
 
 def timing(models: dict, rounds: int, count: int) -> None:
-    from cellkeras.detect import DetectConfig, detect
+    """Seconds per image of every (model, path), "auto" (what `detect` does by default) too."""
+    from cellkeras.detect import detect
 
     images = [nuclei_like(512, seed) for seed in range(count)]
-    pairs = [(name, path) for name in models for path in PATHS]
-    configs = {p: DetectConfig.for_workflow("nuclei", gate=0.0, heat=p) for p in PATHS}
-    for name, path in pairs:  # warm-up: traces the predict functions
-        detect(models[name], images[0][:96, :96], configs[path])
+    pairs = [(name, path) for name in models for path in (*PATHS, "auto")]
+    configs = {(n, p): config(models[n][1], p, gate=0.0) for n, p in pairs}
+    for name, path in pairs:  # warm-up: traces the predict functions, "auto" checks its crop
+        detect(models[name][0], images[0][:96, :96], configs[name, path])
     times: dict = {pair: [] for pair in pairs}
     for r in range(rounds):
         for name, path in pairs if r % 2 == 0 else pairs[::-1]:
             start = time.perf_counter()
             for image in images:
-                detect(models[name], image, configs[path])
+                detect(models[name][0], image, configs[name, path])
             times[name, path].append((time.perf_counter() - start) / len(images))
         print(json.dumps({"round": r, **{f"{n}/{p}": round(t[-1], 3) for (n, p), t in
                           times.items()}}), flush=True)  # fmt: skip
@@ -99,7 +108,8 @@ def main() -> None:
     args = parser.parse_args()
     from cellkeras.inference.loading import load_model_for_inference
 
-    models = {Path(m).name: load_model_for_inference(m)[0] for m in args.models.split(",")}
+    loaded = {Path(m).name: load_model_for_inference(m) for m in args.models.split(",")}
+    models = {name: (model, info.normalization) for name, (model, info) in loaded.items()}
     score(models, frames(args.laptrack))
     timing(models, args.rounds, args.images)
 

@@ -579,6 +579,15 @@ def main() -> None:
     parser.add_argument("--loso_synthetic", type=int, default=8, help="synthetic fields")
     parser.add_argument("--loso_from", nargs="+", default=[], help="loso_table: result folders")
     parser.add_argument(
+        "--loso_sweep", action="store_true",
+        help="diagnostics: each foreground rule's held-out F1, calibrated and oracle",
+    )  # fmt: skip
+    parser.add_argument("--loso_model", default="", help="classifier (default: the preset's)")
+    parser.add_argument(
+        "--loso_normalization", default="", help="range, percentile or frame_percentile "
+        "(default: the preset's)",
+    )  # fmt: skip
+    parser.add_argument(
         "--loso_extra", action=argparse.BooleanOptionalAction, default=True,
         help="the first seed also runs the labelled-diameter and Grad-CAM routes",
     )  # fmt: skip

@@ -141,7 +141,7 @@ def test_nuclei_preset_trains_a_model_that_detect_uses(tmp_path):
             "export_dir": str(tmp_path / "export"),
         },
     )
-    assert config.data.source == "nuclei" and config.data.normalization == "percentile"
+    assert config.data.source == "nuclei" and config.data.normalization == "frame_percentile"
     run(config, verbose=0)
     frame = tmp_path / "frame.png"
     assert cv2.imwrite(str(frame), nuclei_sample().images[7][:, :160])

@@ -18,6 +18,7 @@ from cellkeras.detect.dense import (
     window_percentiles,
 )
 from cellkeras.detect.heatmaps import normalize_windows, window_grid
+from cellkeras.io.images import normalize
 from cellkeras.models import BRANCH_PRESETS, create_model
 from tests.test_detect import tiny_cnn
 
@@ -203,3 +204,29 @@ def test_a_valid_padded_model_is_dense_exactly_up_to_the_image_border():
         ).max()
         > 1e-2
     )
+
+
+def test_frame_percentile_windows_share_one_stretch_so_the_dense_heat_is_exact():
+    # The image stretched once by its own percentiles: every window sees the same pixel values,
+    # so a valid-padded trunk's dense heat is the window heat, and "auto" takes it.
+    model, stride = valid_cnn(), 4
+    image = scene()[:45, :61]
+    stretched = normalize(image, "percentile")
+    reference = sliding_window_heatmap(model, stretched, 32, stride, [1], "range")
+    old = sliding_window_heatmap(model, image, 32, stride, [1], "frame_percentile")
+    np.testing.assert_array_equal(old, reference)
+    assert np.abs(old - sliding_window_heatmap(model, image, 32, stride, [1], "range")).max() > 0.05
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = classifier_heatmap(model, image, 32, stride, [1], "frame_percentile")
+    np.testing.assert_allclose(auto, old, atol=1e-5)
+
+
+def test_frame_percentile_tiles_stretch_by_the_whole_image():
+    # Tiles must not each stretch by their own percentiles: a dark tile would be brightened.
+    model = valid_cnn()
+    image = np.concatenate([scene()[:48, :64], (scene()[:48, :64] // 8)], axis=1)
+    kwargs = dict(window=32, stride=4, class_indices=[1], normalization="frame_percentile")
+    whole = classifier_heatmap(model, image, heat="dense", tile=10**6, **kwargs)
+    tiled = classifier_heatmap(model, image, heat="dense", tile=64, **kwargs)
+    np.testing.assert_allclose(tiled[:, :-24], whole[:, :-24], atol=1e-5)

@@ -202,3 +202,19 @@ def test_more_labels_than_uint16_holds_are_written_as_uint32(tmp_path):
     back = tifffile.imread(tmp_path / "many.tif")
     assert back.dtype == np.uint32 and np.array_equal(back, labels)
     assert pixel_size(tmp_path / "many.tif").um == pytest.approx(0.25)
+
+
+def test_a_run_folder_tells_the_normalization_it_trained_with(tmp_path):
+    # Trainer run folders keep the normalization in config.json, not metrics.json; detection
+    # must see it, or a frame_percentile model gets raw pixels and finds nothing.
+    from cellkeras.inference.loading import load_model_for_inference
+
+    tiny_model().save(tmp_path / "model.keras")
+    (tmp_path / "metrics.json").write_text(json.dumps({"classes": ["background", "nucleus"]}))
+    assert load_model_for_inference(tmp_path)[1].normalization == "range"
+    config = {"data": {"normalization": "frame_percentile"}, "train": {}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_model_for_inference(tmp_path)[1].normalization == "frame_percentile"
+    assert load_model_for_inference(tmp_path / "model.keras")[1].normalization == (
+        "frame_percentile"
+    )

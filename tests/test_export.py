@@ -215,10 +215,12 @@ def test_grey_in_graph_equals_training_grey_bit_for_bit(dtype):
     )
 
 
-def test_in_graph_percentile_normalization():
+@pytest.mark.parametrize("normalization", ["percentile", "frame_percentile"])
+def test_in_graph_percentile_normalization(normalization):
+    # A request image is its own frame: "frame_percentile" stretches it as "percentile" does.
     data = DECODE_CASES["png16_rgb"]()
     expected = decode_image(data, 3, normalization="percentile")
-    got = decode_image_bytes(tf.constant(data), 3, normalization="percentile").numpy()
+    got = decode_image_bytes(tf.constant(data), 3, normalization=normalization).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 

@@ -138,5 +138,33 @@ def test_local_foreground_keeps_dim_nuclei_whole():
     global_fg, local_fg = image_foreground(image), image_foreground(image, mode="local")
     assert global_fg[dim].mean() < 0.5 and local_fg[dim].mean() > 0.8
     assert local_fg[:, :4].sum() == 0  # plain background stays background
+    # A lower Otsu level keeps the dim nucleus too; a higher one loses more of it.
+    assert image_foreground(image, offset=-0.2)[dim].mean() > 0.8
+    assert image_foreground(image, offset=0.1)[dim].sum() <= global_fg[dim].sum()
     with pytest.raises(ValueError, match="foreground"):
         BoxParams(foreground="adaptive")
+
+
+def test_frame_normalized_patches_keep_their_brightness_relative_to_the_frame():
+    # A dim copy of a field gives the same frame-stretched patches as the field itself, and
+    # the pipeline only maps them to [0, 1] instead of stretching each patch again.
+    import dataclasses
+
+    from cellkeras.data import make_dataset
+    from cellkeras.io.images import normalize
+
+    field = synthetic_nuclei_sample(1, (64, 64), 6.0, seed=3)
+    dim = dataclasses.replace(field, images=(field.images // 4).astype(np.uint16))
+    kwargs = dict(sources="synthetic", patch_size=16, train_diameter=6.0, frame_normalize=True)
+    bright = multi_source_patches(loaded={"synthetic": field}, **kwargs)
+    darker = multi_source_patches(loaded={"synthetic": dim}, **kwargs)
+    assert bright.frame_normalized and bright.images.dtype == np.uint16
+    np.testing.assert_allclose(bright.images, darker.images, atol=2 * 65535 / 1000)
+    stretched = normalize(field.images[0][..., None], "frame_percentile")
+    assert bright.images.max() == 65535 and stretched.max() == 1.0
+    raw = multi_source_patches(loaded={"synthetic": field}, **{**kwargs, "frame_normalize": False})
+    assert not raw.frame_normalized and raw.images.max() < 65535
+    batch, _ = next(iter(make_dataset(bright, 16, False, 8, 1, normalization="frame_percentile")))
+    np.testing.assert_allclose(batch.numpy(), bright.images[:8] / 65535.0, atol=1e-6)
+    patch_stretch = normalize(bright.images[0], "percentile")
+    assert np.abs(batch.numpy()[0] - patch_stretch).max() > 0.05

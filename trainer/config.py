@@ -56,8 +56,10 @@ class DataConfig:
         synthetic_difficulty: how hard the synthetic classes are to tell apart (1 = default).
         channels: image channels: 1 grey, 3 RGB, or comma-separated channel indices of a
             multichannel image such as 0,2 (1, for one); default as stored.
-        normalization: range (integers divided by their type's maximum) or percentile
-            (per-image 1st-99.8th percentile stretch, for 12-bit data in 16-bit files).
+        normalization: range (integers divided by their type's maximum), percentile
+            (per-image 1st-99.8th percentile stretch, for 12-bit data in 16-bit files) or
+            frame_percentile (the same stretch over the frame a patch was cut from: the
+            nuclei patches; what detection then applies to a whole image once).
         val_fraction: validation share carved from the training images (when the source has
             no VAL split).
         val_blocks: where ordered images' (video frames') validation blocks lie in each class's
@@ -218,14 +220,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Nucleus-vs-background 32 px patches of three labelled sources (the ndev scratch assay, the
     # laptrack time-lapse, synthetic nuclei), each resized to 12 px nuclei; the validation split
     # holds out whole frames. Patch labels only: the classifier that
-    # `cellkeras detect` turns into nucleus boxes by sliding it over whole images. Percentile
-    # normalization per patch, as the export's serving signature repeats in-graph, so any
-    # fluorescence image's intensity scale works. About 2 minutes on a 2-core CPU.
+    # `cellkeras detect` turns into nucleus boxes by sliding it over whole images. Each frame is
+    # percentile-stretched before its patches are cut ("frame_percentile"), as detection
+    # stretches a whole image once, and the model has no zero padding (`valid_narrow`), so
+    # detection evaluates its trunk once per image and gets exactly the window classifier's heat
+    # (0.1-0.3 s a 512x512 image on 2 cores against 5 s window by window). Leave-one-source-out
+    # F1 was level with the previous per-patch-percentile parallel_small
+    # (scripts/experiment_detection.py --parts loso; docs/BENCHMARKS.md). About 2 minutes on a
+    # 2-core CPU.
     "nuclei": {
         "data.source": "nuclei",
         "data.nuclei_sources": "ndev,laptrack,synthetic",
         "data.channels": 1,
-        "data.normalization": "percentile",
+        "data.normalization": "frame_percentile",
+        "train.model": "valid_narrow",
         "train.schedule": "32:10",
         "train.batch_size": 32,
     },

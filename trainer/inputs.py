@@ -81,6 +81,7 @@ def load_data(config: RunConfig, strategy=None):
         channels=data.channels,
         seed=config.train.seed,
         skip_bad_images=data.skip_bad_images,
+        normalization=data.normalization,
     )
     images, channels = check_images(
         images,

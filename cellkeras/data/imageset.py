@@ -39,6 +39,9 @@ class ImageSet:
         split: optional array (N,) of "train" / "val" / "test" given by the source (blood-cell
             layout's TRAIN/TEST folders); `split_imageset` honours it.
         skipped: (path or row, reason) for inputs left out under `skip_bad_images`.
+        frame_normalized: the images are patches already stretched by the percentiles of the
+            frame each was cut from (stored as uint16, [0, 1] scaled by 65535), as the
+            "frame_percentile" normalization asks; the pipeline then only maps them to [0, 1].
         dropped_classes: classes a source left out under `skip_bad_images` because they had no
             images; `classes` no longer holds them, so label indices after them moved down.
         name: a short description for logs and galleries.
@@ -58,6 +61,7 @@ class ImageSet:
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     dropped_classes: list[str] = dataclasses.field(default_factory=list)
     name: str = ""
+    frame_normalized: bool = False
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)

@@ -104,6 +104,15 @@ def rescale_sample(sample: NucleiSample, scale: float) -> NucleiSample:
     return dataclasses.replace(sample, images=images, labels=labels, pixel_size_um=pixel)
 
 
+def stretch_frames(sample: NucleiSample) -> NucleiSample:
+    """Each frame percentile-stretched (`normalize`'s "frame_percentile"), stored as uint16."""
+    from cellkeras.io.images import normalize
+
+    stretched = [normalize(frame[..., None], "frame_percentile")[..., 0] for frame in sample.images]
+    images = np.round(np.stack(stretched) * 65535.0).astype(np.uint16)
+    return dataclasses.replace(sample, images=images)
+
+
 def _cap_background(patches: ImageSet, ratio: float, seed: int) -> ImageSet:
     background = np.flatnonzero(patches.labels == 0)
     limit = int(ratio * max(1, int((patches.labels == 1).sum())))
@@ -121,6 +130,7 @@ def multi_source_patches(
     train_diameter: float = TRAIN_DIAMETER,
     loaded: Mapping[str, NucleiSample] | None = None,
     max_background_ratio: float | None = 2.0,
+    frame_normalize: bool = False,
 ) -> ImageSet:
     """Nucleus/background patches (`nuclei_patches` rules) pooled over sources at one scale.
 
@@ -136,10 +146,14 @@ def multi_source_patches(
             patch are dropped at random (sparse fields such as the ndev scratch assay give
             five times more background than nuclei; the extra ones teach little and cost
             training time); None keeps all.
+        frame_normalize: stretch every rescaled frame by its own percentiles before cutting
+            (`stretch_frames`; the "frame_percentile" normalization), so a patch keeps its
+            brightness relative to its frame, as a window does in a detected image.
 
     Returns:
-        An `ImageSet` (classes ["background", "nucleus"], uint16 (N, s, s, 1) patches) whose
-        `groups` are ``source index * GROUP_STRIDE + frame``.
+        An `ImageSet` (classes ["background", "nucleus"], uint16 (N, s, s, 1) patches, raw or
+        frame-stretched as `frame_normalized` says) whose `groups` are
+        ``source index * GROUP_STRIDE + frame``.
     """
     names = parse_sources(sources)
     parts = []
@@ -147,6 +161,8 @@ def multi_source_patches(
         sample = (loaded or {}).get(name) or load_source(name, seed)
         scale = train_diameter / median_diameter(sample.labels)
         sample = rescale_sample(sample, scale)
+        if frame_normalize:
+            sample = stretch_frames(sample)
         # Smaller (downscaled) sources are cut at a finer grid so each still gives patches.
         stride = patch_size // 2 if min(sample.images.shape[1:]) >= 4 * patch_size else None
         stride = stride or max(1, patch_size // 4)
@@ -162,4 +178,5 @@ def multi_source_patches(
         images=np.concatenate([p.images for p in parts]),
         groups=np.concatenate([p.groups for p in parts]),
         name=f"nuclei patches {patch_size}px from {'+'.join(names)}",
+        frame_normalized=frame_normalize,
     )

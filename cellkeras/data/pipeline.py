@@ -60,6 +60,9 @@ def _pixels(
     normalization: str,
 ) -> tf.data.Dataset:
     """Resized float32 images in the set's order."""
+    if normalization == "frame_percentile":
+        # A whole image is its own frame; patches already stretched by theirs only need [0, 1].
+        normalization = "range" if imageset.frame_normalized else "frame_percentile"
 
     def resize(images):
         return tf.image.resize(images, size, method="bilinear", antialias=True)
@@ -161,7 +164,8 @@ def make_dataset(
             epoch holds `num_classes * largest class` images, every class exactly `largest
             class` of them, in a class order drawn anew each epoch); None keeps the stored
             frequencies.
-        normalization: "range" or "percentile", see `cellkeras.io.images`.
+        normalization: "range", "percentile" or "frame_percentile", see
+            `cellkeras.io.images` (a `frame_normalized` set is already stretched).
         seed: shuffling seed; None gives a different order on every run.
         cache_bytes: cache resized images in memory when they fit in this many bytes.
         drop_remainder: leave out the last batch when it is smaller than `batch_size`, so

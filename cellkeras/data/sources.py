@@ -376,13 +376,15 @@ def open_source(
     channels: Channels | str = None,
     seed: int = 0,
     skip_bad_images: bool = False,
+    normalization: str | None = None,
 ) -> ImageSet:
     """Opens any source by kind; "auto" picks it from the arguments given (a folder tree, a CSV,
     TFRecords, else the synthetic cells). The trainer and every command share this.
 
     `num_images`, `image_size` and `difficulty` shape the synthetic cells; `channels` their
     colour (and the embryo frames'). The packaged samples need their packages installed;
-    `nuclei_sources` names the labelled nuclei "nuclei" pools (`multi_source_patches`).
+    `nuclei_sources` names the labelled nuclei "nuclei" pools (`multi_source_patches`); with
+    `normalization="frame_percentile"` their frames are stretched before the patches are cut.
     `channels` may be channel indices (a tuple, or a string such as ``"0,2"``, checked by
     `parse_channels`); sources that make their images then make them in their default colour,
     and the indices are picked later (`check_images`, `make_dataset`).
@@ -416,7 +418,9 @@ def open_source(
     if source == "nuclei":
         from cellkeras.data.nuclei_sources import multi_source_patches
 
-        return multi_source_patches(nuclei_sources, seed=seed)
+        return multi_source_patches(
+            nuclei_sources, seed=seed, frame_normalize=normalization == "frame_percentile"
+        )
     from cellkeras.data.synthetic import generate_cells
 
     return generate_cells(

@@ -42,6 +42,7 @@ from cellkeras.detect.heatmaps import (
     as_hwc,
     grid_to_pixels,
     sliding_window_heatmap,
+    stretch_frame,
     tiled_heatmap,
     window_grid,
 )
@@ -291,16 +292,17 @@ def dense_heatmap(
         image: (H, W, C) pixels as stored.
         window, stride: as `sliding_window_heatmap` (the `dense_classifier`'s).
         class_indices: outputs whose probabilities are summed (default: all but index 0).
-        normalization: "range" (per pixel: as the window path) or "percentile" (each pixel
-            by the percentiles of the window centred on it, `normalize_locally`).
+        normalization: "range" (per pixel: as the window path), "percentile" (each pixel
+            by the percentiles of the window centred on it, `normalize_locally`) or
+            "frame_percentile" (the whole image once, exactly as the window path).
         head_batch: pooled vectors per head call.
 
     Returns:
         float32 (H, W) in [0, 1].
     """
-    image = as_hwc(image)
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
+    image, normalization = stretch_frame(as_hwc(image), normalization)
     height, width, channels = image.shape
     if class_indices is None:
         class_indices = list(range(1, int(dense.head.outputs[0].shape[-1]))) or [0]
@@ -448,9 +450,8 @@ def classifier_heatmap(
     """
     if heat not in HEAT_PATHS:
         raise ValueError(f"unknown heat path {heat!r}; known: {HEAT_PATHS}")
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
+    # Before any tiling: a frame's stretch is the whole image's, not each tile's.
+    image, normalization = stretch_frame(as_hwc(image), normalization)
     args = (window, stride, class_indices, normalization)
     dense = None
     if heat != "window":

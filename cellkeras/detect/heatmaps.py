@@ -58,6 +58,15 @@ def normalize_windows(windows: np.ndarray, normalization: str) -> np.ndarray:
     return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
 
 
+def stretch_frame(image: np.ndarray, normalization: str) -> tuple[np.ndarray, str]:
+    """`(image, normalization)` for the windows: under "frame_percentile" the whole image is
+    stretched once by its percentiles, as the training frames were before their patches were
+    cut, and the windows then take it as it is ("range" on [0, 1] floats); otherwise unchanged."""
+    if normalization != "frame_percentile":
+        return image, normalization
+    return normalize(as_hwc(image), "frame_percentile"), "range"
+
+
 def as_hwc(image: np.ndarray) -> np.ndarray:
     """One image as (H, W, C); a grey (H, W) image gains its channel axis."""
     image = np.asarray(image)
@@ -100,14 +109,15 @@ def sliding_window_heatmap(
         window: window side in pixels of `image`.
         stride: grid step in pixels, 1 <= stride <= window.
         class_indices: outputs whose probabilities are summed (default: all but index 0).
-        normalization: "range" or "percentile" (per window).
+        normalization: "range", "percentile" (per window) or "frame_percentile" (the whole
+            image once, `stretch_frame`).
         batch_size: windows per model call.
         input_size: side the windows are resized to before the model (default: `window`).
 
     Returns:
         float32 (H, W) in [0, 1].
     """
-    image = as_hwc(image)
+    image, normalization = stretch_frame(as_hwc(image), normalization)
     if not 1 <= stride <= window:
         raise ValueError(f"stride must be in [1, window={window}], got {stride}")
     height, width, channels = image.shape

@@ -43,8 +43,8 @@ class DetectConfig:
         layer_name: Grad-CAM layer (None: the explain module's default).
         branch: Grad-CAM branch of a ParallelCNN ("auto": "merged" for multi-branch models).
         classes: target class indices (None: every class not named "background").
-        normalization: how pixels become model input ("range" or "percentile"; per window for
-            the sliding window, per image for Grad-CAM).
+        normalization: how pixels become model input ("range"; "percentile": per window for
+            the sliding window, per image for Grad-CAM; "frame_percentile": per image for both).
         gate: the image gives no boxes when its heatmap's maximum (a target-class probability
             for the sliding window; probability times normalized CAM for Grad-CAM) is below this.
         train_diameter: cell diameter in pixels the model was trained on; with `cell_diameter`
@@ -108,8 +108,10 @@ class DetectConfig:
 
 # The per-workflow defaults, chosen by scripts/experiment_detection.py (docs/BENCHMARKS.md).
 WORKFLOWS: dict[str, dict[str, Any]] = {
-    # The `--preset=nuclei` patch classifier: 32 px "nucleus centred or not" windows with
-    # per-window percentile normalization as in training. Its heat regions are nuclei grown by
+    # The `--preset=nuclei` patch classifier: 32 px "nucleus centred or not" windows of the
+    # image stretched once by its percentiles, as its training frames were ("frame_percentile";
+    # a model trained on per-patch "percentile" says so in its card, and `cellkeras detect`
+    # follows the card). Its heat regions are nuclei grown by
     # the patches' central region, so they only say which image foreground is a nucleus: the
     # markers are the foreground's distance-transform peaks inside them (touching nuclei share
     # one hot region) and the boxes take the image's own Otsu foreground as extent. Threshold,
@@ -125,7 +127,7 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
         "method": "sliding_window",
         "window": 32,
         "stride": 4,
-        "normalization": "percentile",
+        "normalization": "frame_percentile",
         "gate": 0.5,
         "train_diameter": 12.0,
         "estimate_diameter": True,

@@ -44,6 +44,8 @@ from cellkeras.io.images import (
 )
 
 RUN_METRICS_FILE = "metrics.json"
+# The trainer writes its RunConfig here (trainer/task.py); `data.normalization` is read back.
+RUN_CONFIG_FILE = "config.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _run_metadata(folder: Path) -> dict[str, Any]:
+    """A trainer run folder's metrics, with the normalization its `config.json` trained with
+    (the metrics do not repeat it, and a model fed otherwise sees other pixels)."""
+    meta = _read_json(folder / RUN_METRICS_FILE)
+    data = _read_json(folder / RUN_CONFIG_FILE).get("data", {})
+    if "normalization" not in meta and isinstance(data, dict) and "normalization" in data:
+        meta["normalization"] = data["normalization"]
+    return meta
+
+
 def _locate(path: Path) -> tuple[Path, dict[str, Any]]:
     """The `.keras` file under `path` and the metadata (card or run metrics) found beside it."""
     from cellkeras.serving.check import resolve_version_dir
@@ -97,11 +109,11 @@ def _locate(path: Path) -> tuple[Path, dict[str, Any]]:
                 f"{path} is not a model: expected an export folder, a version folder, a run "
                 "folder or a .keras file"
             )
-        return path, _read_json(path.parent / RUN_METRICS_FILE)
+        return path, _run_metadata(path.parent)
     if not path.exists():
         raise FileNotFoundError(f"model path {path} does not exist")
     if (path / MODEL_FILE).is_file() and not (path / "saved_model.pb").is_file():
-        return path / MODEL_FILE, _read_json(path / RUN_METRICS_FILE)  # a trainer run folder
+        return path / MODEL_FILE, _run_metadata(path)  # a trainer run folder
     version_dir = resolve_version_dir(path)  # FileNotFoundError with a clear message otherwise
     model_file = version_dir / MODEL_FILE
     if not model_file.is_file():

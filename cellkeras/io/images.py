@@ -33,6 +33,13 @@ stored type onto [0, 1], the same for every image, so intensities stay comparabl
 "percentile" stretches each channel between its 1st and 99.8th percentile (for 12-bit data
 stored in 16-bit files, where "range" gives a nearly black image, and for float or signed data).
 
+"frame_percentile" is the same stretch computed over the whole frame a patch was cut from
+rather than over the patch, as StarDist and Cellpose normalize an image once. On a whole image
+(what `normalize` gets) it is "percentile". Patch sources that honour it (the nuclei patches)
+stretch each frame before cutting and mark the set `frame_normalized`, and detection stretches
+the whole image once; so overlapping windows share their normalization and the dense heat
+(`cellkeras.detect.dense`) equals the window classifier's exactly.
+
 Grey conversion
 ---------------
 RGB becomes grey as ``floor(r * w[0] + g * w[1] + b * w[2])`` with `LUMA_WEIGHTS` rounded to
@@ -82,7 +89,9 @@ FLOAT_SLACK = 0.01
 TIFF_CODECS_PACKAGE = "imagecodecs"
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
-NORMALIZATIONS = ("range", "percentile")
+NORMALIZATIONS = ("range", "percentile", "frame_percentile")
+# The normalizations that stretch by percentiles (of the image, or of the frame it came from).
+PERCENTILE_NORMALIZATIONS = ("percentile", "frame_percentile")
 # The low and high percentiles of the "percentile" normalization, per channel; the in-graph
 # serving decode and detection's per-window normalization use the same.
 NORMALIZE_PERCENTILES: tuple[float, float] = (1.0, 99.8)
@@ -354,7 +363,7 @@ def normalize(
     floating = np.issubdtype(pixels.dtype, np.floating)
     if floating and not np.all(np.isfinite(pixels)):
         raise ImageError(source, "holds NaN or infinite values")
-    if normalization == "percentile":
+    if normalization in PERCENTILE_NORMALIZATIONS:
         values = pixels.astype(np.float32)
         low, high = np.percentile(values, NORMALIZE_PERCENTILES, axis=(0, 1), keepdims=True)
         return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)

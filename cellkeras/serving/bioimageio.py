@@ -48,7 +48,12 @@ import cellkeras
 from cellkeras.io.display import to_display_rgb
 from cellkeras.io.files import replace_folder
 from cellkeras.io.formats import MODEL_FILE
-from cellkeras.io.images import NORMALIZATIONS, NORMALIZE_PERCENTILES, normalize
+from cellkeras.io.images import (
+    NORMALIZATIONS,
+    NORMALIZE_PERCENTILES,
+    PERCENTILE_NORMALIZATIONS,
+    normalize,
+)
 
 RDF_FILE = "rdf.yaml"
 WEIGHTS_ZIP = "tf_saved_model_bundle.zip"
@@ -163,7 +168,7 @@ def _readme(
     how = (
         f"per image and channel, the {low:g}th and {high:g}th percentiles map to 0 and 1, "
         "then values are clipped to [0, 1]"
-        if normalization == "percentile"
+        if normalization in PERCENTILE_NORMALIZATIONS
         else "integer pixels divided by their type's maximum (uint8 / 255, uint16 / 65535); "
         "float images must already lie in [0, 1]"
     )
@@ -181,7 +186,7 @@ def _readme(
         f"- tensor `input`, axes batch, y, x, channel; float32; resize images to "
         f"{image_size[0]}x{image_size[1]} first (cellkeras resizes bilinearly, antialiased).",
         f"- normalization `{normalization}`: {how}. The description's preprocessing does this "
-        "(`scale_range` + `clip`)." if normalization == "percentile" else
+        "(`scale_range` + `clip`)." if normalization in PERCENTILE_NORMALIZATIONS else
         f"- normalization `{normalization}`: {how}; the `input` tensor takes the normalized "
         "image (`clip` to [0, 1] is the only preprocessing step).", "",
         "## Weights", "",
