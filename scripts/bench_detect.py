@@ -117,7 +117,10 @@ def interleaved(model, normalization: str, images: list[np.ndarray], rounds: int
             json.dumps({"round": r, **{k: round(v[-1], 3) for k, v in times.items()}}), flush=True
         )
     diff = [np.abs(a - b) for a, b in zip(heats["window"], heats["dense"], strict=True)]
-    corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(*heats.values(), strict=True)]
+    corr = [
+        np.corrcoef(a.ravel(), b.ravel())[0, 1]
+        for a, b in zip(heats["window"], heats["dense"], strict=True)
+    ]
     return {
         "best": {k: min(v) for k, v in times.items()},
         "median": {k: statistics.median(v) for k, v in times.items()},

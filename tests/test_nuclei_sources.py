@@ -138,9 +138,6 @@ def test_local_foreground_keeps_dim_nuclei_whole():
     global_fg, local_fg = image_foreground(image), image_foreground(image, mode="local")
     assert global_fg[dim].mean() < 0.5 and local_fg[dim].mean() > 0.8
     assert local_fg[:, :4].sum() == 0  # plain background stays background
-    # A lower Otsu level keeps the dim nucleus too; a higher one loses more of it.
-    assert image_foreground(image, offset=-0.2)[dim].mean() > 0.8
-    assert image_foreground(image, offset=0.1)[dim].sum() <= global_fg[dim].sum()
     with pytest.raises(ValueError, match="foreground"):
         BoxParams(foreground="adaptive")
 

@@ -74,8 +74,6 @@ class BoxParams:
         foreground: the image foreground for `extent="image"`: "otsu" (global Otsu) or
             "local" (also pixels above their neighbourhood's mean, for dim nuclei;
             `image_foreground`).
-        foreground_offset: added to Otsu's level (on the image's 0.5-99.8 percentile scale,
-            as the classical baseline's offset): below 0 keeps more of dim nuclei.
         min_area: smallest region in pixels (after splitting); see `area_limits_px` for µm².
         max_area: largest region in pixels, None for no limit.
         border: "keep" every box, or "drop" boxes that touch the image border (cut cells).
@@ -91,7 +89,6 @@ class BoxParams:
     erode: int = 0
     extent: str = "heat"
     foreground: str = "otsu"
-    foreground_offset: float = 0.0
     min_area: float = 4.0
     max_area: float | None = None
     border: str = "keep"
@@ -302,15 +299,12 @@ def non_max_suppression(
     return kept[np.argsort(-scores[kept], kind="stable")]
 
 
-def image_foreground(
-    image: np.ndarray, sigma: float = 1.0, mode: str = "otsu", offset: float = 0.0
-) -> np.ndarray:
+def image_foreground(image: np.ndarray, sigma: float = 1.0, mode: str = "otsu") -> np.ndarray:
     """Otsu foreground of an image (channels averaged, Gaussian-smoothed by `sigma` pixels).
 
     The classical baseline's mask, and the extent source of `BoxParams(extent="image")`. With
     `mode="local"` pixels brighter than their neighbourhood's mean (`LOCAL_SIGMA`) and above
-    `LOCAL_FLOOR` of the way from the background's median to Otsu's level count too. `offset`
-    shifts Otsu's level on the stretched scale (the floor follows it).
+    `LOCAL_FLOOR` of the way from the background's median to Otsu's level count too.
     """
     if mode not in FOREGROUND_MODES:
         raise ValueError(f"unknown foreground {mode!r}; known: {FOREGROUND_MODES}")
@@ -320,7 +314,7 @@ def image_foreground(
         grey = cv2.GaussianBlur(grey, (0, 0), sigma)
     low, high = np.percentile(grey, [0.5, 99.8])
     grey = np.clip((grey - low) / max(float(high - low), 1e-6), 0.0, 1.0)
-    level = threshold_heatmap(grey, "otsu") + float(offset)
+    level = threshold_heatmap(grey, "otsu")
     foreground = grey > level
     if mode == "local" and foreground.any() and not foreground.all():
         background = float(np.median(grey[~foreground]))
@@ -408,9 +402,7 @@ def heatmap_to_instances(
             raise ValueError("extent='image' needs the image, of the heatmap's height and width")
         from skimage.segmentation import watershed
 
-        foreground = image_foreground(
-            image, mode=params.foreground, offset=params.foreground_offset
-        )
+        foreground = image_foreground(image, mode=params.foreground)
         distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
         markers = image_markers(
             mask & foreground,

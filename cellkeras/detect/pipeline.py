@@ -111,18 +111,19 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
     # The `--preset=nuclei` patch classifier: 32 px "nucleus centred or not" windows of the
     # image stretched once by its percentiles, as its training frames were ("frame_percentile";
     # a model trained on per-patch "percentile" says so in its card, and `cellkeras detect`
-    # follows the card). Its heat regions are nuclei grown by
-    # the patches' central region, so they only say which image foreground is a nucleus: the
-    # markers are the foreground's distance-transform peaks inside them (touching nuclei share
-    # one hot region) and the boxes take the image's own Otsu foreground as extent. Threshold,
-    # erosion and marker distance calibrated on frame 6 (F1@0.5 0.935 on frames 7-9, Otsu +
-    # watershed 0.919). Stride 4: a quarter of stride 2's windows, no worse (0.926 at stride 2).
-    # Without --cell_diameter the nuclei's size is measured on the image (`estimate_diameter`)
-    # and the image rescaled to the 12 px the preset's sources are resized to. The
-    # leave-one-source-out calibrations of the multi-source preset chose 0.7-0.98 / 1-5 / 4
-    # and mostly the "local" foreground, and did not reach the baseline on laptrack
-    # (docs/BENCHMARKS.md, "Nuclei from unseen microscopes"), so these stay until a choice is
-    # stable across seeds; `cellkeras calibrate` freezes others per model.
+    # follows the card). Its heat regions are nuclei grown by the patches' central region, so
+    # they only say which image foreground is a nucleus: the markers are the foreground's
+    # distance-transform peaks inside them (touching nuclei share one hot region) and the boxes
+    # take the image's own foreground as extent, the "local" one (dim nuclei whole). Stride 4:
+    # a quarter of stride 2's windows, no worse (0.926 at stride 2 on ndev). Without
+    # --cell_diameter the nuclei's size is measured on the image (`estimate_diameter`) and the
+    # image rescaled to the 12 px the preset's sources are resized to. Foreground, threshold,
+    # erosion and marker distance are the leave-one-source-out calibrations' most frequent
+    # choice (each calibrated on frames of the sources its classifier trained on, never on the
+    # held-out one: "local" 5 of 6, 0.7 4 of 6, erosion 1 5 of 6, distance 4 6 of 6;
+    # docs/BENCHMARKS.md, "Nuclei from unseen microscopes"); the ndev-only calibration before
+    # (Otsu, 0.95 / 5 / 5) scored laptrack 0.78 against these settings' 0.88 there.
+    # `cellkeras calibrate` freezes others per model.
     "nuclei": {
         "method": "sliding_window",
         "window": 32,
@@ -133,12 +134,13 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
         "estimate_diameter": True,
         "boxes": {
             "threshold": "fixed",
-            "value": 0.95,
-            "min_peak": 0.95,
-            "erode": 5,
+            "value": 0.7,
+            "min_peak": 0.7,
+            "erode": 1,
             "extent": "image",
+            "foreground": "local",
             "split": "distance",
-            "min_distance": 5.0,
+            "min_distance": 4.0,
             "min_area": 12.0,
             "score": "max",
             "nms_iou": 0.3,
