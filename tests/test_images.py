@@ -48,6 +48,7 @@ def test_percentile_normalization_stretches_dim_16bit():
     stretched = decode_image(_encode(pixels, ".png"), normalization="percentile")
     assert ranged.max() < 0.07
     assert stretched.min() == 0.0 and stretched.max() == 1.0
+    assert stretched.dtype == ranged.dtype == np.float32
 
 
 def test_cmyk_jpeg_becomes_rgb():

@@ -85,6 +85,11 @@ def test_files_and_tfrecords_give_the_same_pixels(class_tree, tmp_path):
     np.testing.assert_allclose(a[0], b[0])
     grey = next(iter(make_dataset(checked, 10, training=False, batch_size=4, channels=1)))
     assert grey[0].shape == (4, 10, 10, 1)
+    # Stretched files decode to float32 as the pipeline declares (float64 once broke it).
+    for normalization in ("percentile", "frame_percentile"):
+        kwargs = dict(batch_size=4, channels=channels, normalization=normalization)
+        stretched = next(iter(make_dataset(checked, 10, training=True, **kwargs)))[0].numpy()
+        assert stretched.dtype == np.float32 and stretched.max() > 0
 
 
 def test_augment_receives_a_dict_and_only_in_training():

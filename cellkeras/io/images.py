@@ -366,7 +366,11 @@ def normalize(
     if normalization in PERCENTILE_NORMALIZATIONS:
         values = pixels.astype(np.float32)
         low, high = np.percentile(values, NORMALIZE_PERCENTILES, axis=(0, 1), keepdims=True)
-        return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
+        # np.percentile answers in float64, which would make the result float64 too: the
+        # pipeline's decoder promises float32 (a float64 image failed every file-backed
+        # --normalization=percentile run).
+        stretched = (values - low) / np.maximum(high - low, 1e-6)
+        return np.clip(stretched, 0.0, 1.0).astype(np.float32)
     if np.issubdtype(pixels.dtype, np.unsignedinteger):
         return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
     if np.issubdtype(pixels.dtype, np.signedinteger):
