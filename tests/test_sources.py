@@ -182,3 +182,24 @@ def test_check_images_finds_what_normalization_would_refuse(tmp_path):
     with pytest.raises(BadInputError, match="1.tif: float pixels span 900 to 900"):
         check_images(images, verbose=False, normalization="range")
     assert len(check_images(images, verbose=False, normalization="percentile")[0]) == 2
+
+
+def test_check_images_warns_about_12_bit_data_under_range(tmp_path):
+    import warnings
+
+    rng = np.random.default_rng(0)
+    for cls, top in (("a", 1200), ("b", 4000)):  # 12-bit camera data in 16-bit files
+        for i in range(3):
+            write_png(tmp_path / "dim" / cls / f"{i}.png", rng.integers(0, top, (9, 9), np.uint16))
+            write_png(
+                tmp_path / "full" / cls / f"{i}.png", rng.integers(0, 60000, (9, 9), np.uint16)
+            )
+    dim = load_class_folders(tmp_path / "dim")
+    with pytest.warns(
+        UserWarning, match=r"at most 6\.1% of their range.*--normalization=percentile"
+    ):
+        check_images(dim, verbose=False, normalization="range")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_images(dim, verbose=False, normalization="percentile")
+        check_images(load_class_folders(tmp_path / "full"), verbose=False, normalization="range")

@@ -278,6 +278,37 @@ def _csv_position(row: list[str], columns: dict[str, int]) -> tuple[float | None
     return frame, sequence
 
 
+# 16-bit images whose brightest pixels stay below this share of 65535 hold 12-bit (or fewer)
+# data; under "range" they reach the network as values of at most 0.06, and training on them
+# was unstable: on the ndev nucleus patches (brightest pixels ~1,200) validation accuracy
+# flipped between 0.16 and 0.99 from epoch to epoch and 3 of 18 runs ended at a constant
+# prediction, none of 16 with "percentile" (docs/BENCHMARKS.md, "Real data").
+DIM_RANGE_SHARE = 1 / 16
+
+
+def _range_used(pixels: np.ndarray) -> float | None:
+    """The brightest pixel as a share of a 16-bit image's type maximum (None: another type)."""
+    if pixels.dtype != np.uint16 or not pixels.size:
+        return None
+    return float(pixels.max()) / 65535.0
+
+
+def _warn_if_dim(shares: list[float | None], name: str) -> None:
+    """Warns when 16-bit images use a small part of their range under "range"."""
+    known = [share for share in shares if share is not None]
+    if not known or len(known) < len(shares) / 2:
+        return
+    top = float(np.percentile(known, 99))
+    if top < DIM_RANGE_SHARE:
+        warnings.warn(
+            f"{name}: the 16-bit images use at most {top:.1%} of their range (brightest pixels "
+            f"~{round(top * 65535)} of 65535, e.g. 12-bit camera data), so under "
+            "--normalization=range the network sees values below "
+            f"{DIM_RANGE_SHARE:.2f} and trains unstably; use --normalization=percentile",
+            stacklevel=3,
+        )
+
+
 def check_images(
     imageset: ImageSet,
     channels: Channels = None,
@@ -314,17 +345,17 @@ def check_images(
     stored = imageset.paths if imageset.paths is not None else imageset.encoded
     names = imageset.paths or [f"{imageset.name} record {i}" for i in range(len(stored))]
 
-    def probe(i: int) -> tuple[int, str | None]:
+    def probe(i: int) -> tuple[int, str | None, float | None]:
         try:
             data = Path(stored[i]).read_bytes() if imageset.paths is not None else stored[i]
             pixels = select_channels(decode_raw(data, max_pixels, min_side, names[i]), channels)
             if normalization is not None:
                 normalize(pixels, normalization, names[i])
-            return pixels.shape[-1], None
+            return pixels.shape[-1], None, _range_used(pixels)
         except ImageError as err:
-            return 0, err.reason
+            return 0, err.reason, None
         except OSError as err:
-            return 0, f"cannot be read ({err})"
+            return 0, f"cannot be read ({err})", None
 
     import keras  # deferred: listing a folder should not load TensorFlow
 
@@ -336,12 +367,14 @@ def check_images(
             results.append(result)
             if progress is not None and (len(results) % 64 == 0 or len(results) == len(stored)):
                 progress.update(len(results))
-    bad = [(names[i], why) for i, (_, why) in enumerate(results) if why is not None]
+    bad = [(names[i], why) for i, (_, why, _) in enumerate(results) if why is not None]
     if bad and not skip_bad_images:
         raise BadInputError(bad, "Pass skip_bad_images (--skip_bad_images) to leave them out.")
-    good = [i for i, (_, why) in enumerate(results) if why is None]
+    good = [i for i, (_, why, _) in enumerate(results) if why is None]
     if not good:
         raise BadInputError(bad or [(imageset.name, "no images")])
+    if normalization == "range":
+        _warn_if_dim([results[i][2] for i in good], imageset.name)
     counts = {results[i][0] for i in good}
     if len(counts) > 1 and counts != {1, 3}:
         raise BadInputError(
