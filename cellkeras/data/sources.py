@@ -303,8 +303,8 @@ def _warn_if_dim(shares: list[float | None], name: str) -> None:
         warnings.warn(
             f"{name}: the 16-bit images use at most {top:.1%} of their range (brightest pixels "
             f"~{round(top * 65535)} of 65535, e.g. 12-bit camera data), so under "
-            "--normalization=range the network sees values below "
-            f"{DIM_RANGE_SHARE:.2f} and trains unstably; use --normalization=percentile",
+            f"--normalization=range the network sees values of at most {top:.2f}, and training "
+            "on such data was unstable here; use --normalization=percentile",
             stacklevel=3,
         )
 
