@@ -286,23 +286,7 @@ def nuclei_experiment(args: argparse.Namespace, out: Path) -> dict:
         results.setdefault("max_box_acc_v2", {})[f"stride {stride}"] = max_box_acc_v2(
             test_h, test_t
         )
-    # The baseline, its two parameters calibrated on the same frame.
-    best = None
-    for sigma in (0.0, 1.0, 2.0):
-        for min_distance in (3, 4, 5, 6, 8):
-            pred = [otsu_watershed(images[f], sigma, min_distance) for f in cal_frames]
-            f1 = score(pred, [truth[f] for f in cal_frames])["f1@0.5"]
-            if best is None or f1 > best[0]:
-                best = (f1, sigma, min_distance)
-    _, sigma, min_distance = best
-    pred = [otsu_watershed(images[f], sigma, min_distance) for f in test_frames]
-    baseline = {
-        "method": "Otsu + watershed (baseline)",
-        "sigma": sigma,
-        "min_distance": min_distance,
-        "calibration_f1@0.5": best[0],
-        **score(pred, [truth[f] for f in test_frames]),
-    }
+    baseline = calibrated_baseline(images, truth, cal_frames, test_frames)
     log(f"baseline: {json.dumps(baseline)}")
     results["methods"].append(baseline)
 
@@ -320,6 +304,26 @@ def nuclei_experiment(args: argparse.Namespace, out: Path) -> dict:
     stride = 4 if 4 in args.nuclei_strides else args.nuclei_strides[0]  # the default
     nuclei_figure(images[7], heats_by_stride[stride][7], truth[7], model, stride, results)
     return results
+
+
+def calibrated_baseline(images: dict, truth: dict, cal_frames: list, test_frames: list) -> dict:
+    """Otsu + watershed, its two parameters calibrated on the calibration frames."""
+    best = None
+    for sigma in (0.0, 1.0, 2.0):
+        for min_distance in (3, 4, 5, 6, 8):
+            pred = [otsu_watershed(images[f], sigma, min_distance) for f in cal_frames]
+            f1 = score(pred, [truth[f] for f in cal_frames])["f1@0.5"]
+            if best is None or f1 > best[0]:
+                best = (f1, sigma, min_distance)
+    _, sigma, min_distance = best
+    pred = [otsu_watershed(images[f], sigma, min_distance) for f in test_frames]
+    return {
+        "method": "Otsu + watershed (baseline)",
+        "sigma": sigma,
+        "min_distance": min_distance,
+        "calibration_f1@0.5": best[0],
+        **score(pred, [truth[f] for f in test_frames]),
+    }
 
 
 def nuclei_figure(image, heat, truth, model, stride, results) -> None:
