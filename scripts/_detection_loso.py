@@ -59,7 +59,7 @@ ERODE = [1, 3, 5]
 # 0.873; docs/BENCHMARKS.md), so the grid stays small.
 MIN_DISTANCE = [4.0, 5.0]
 CALIBRATION_SYNTHETIC = 2
-FOREGROUNDS = ("otsu", "local")
+FOREGROUNDS = ("otsu", "local", "auto")
 BASE_SIGMA = [0.0, 1.0, 2.0, 3.0]
 BASE_MIN_DISTANCE = [3, 4, 6, 8, 10, 12]
 BASE_OFFSET = [-0.1, -0.05, 0.0, 0.05, 0.1]

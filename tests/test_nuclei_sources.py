@@ -142,6 +142,34 @@ def test_local_foreground_keeps_dim_nuclei_whole():
         BoxParams(foreground="adaptive")
 
 
+@pytest.mark.parametrize("dim_level", [1400.0, 4000.0])
+def test_auto_foreground_takes_the_rule_that_gives_nucleus_sized_cells(dim_level):
+    # Textured dim nuclei: global Otsu keeps only their bright specks (fragments); bright
+    # uniform nuclei: both rules find them whole. "auto" must score at least as many
+    # nucleus-sized cells as the better of the two, on either image.
+    from cellkeras.detect.boxes import BoxParams, heatmap_to_instances, sized_like
+
+    rng = np.random.default_rng(1)
+    image = np.full((96, 96), 100.0, np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    centres = [(16 + 32 * (i % 3), 16 + 32 * (i // 3)) for i in range(9)]
+    for k, (cx, cy) in enumerate(centres):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
+        level = 4000.0 if k < 3 else dim_level
+        image[disc] = level * (0.6 + 0.8 * rng.random(disc.sum()))
+    image += rng.normal(0, 20, image.shape)
+    heat = np.ones(image.shape, np.float32)
+    base = dict(threshold="fixed", value=0.5, min_peak=0.5, extent="image", split="distance",
+                min_distance=4.0, min_area=4.0, auto_diameter=12.0)  # fmt: skip
+    sized = {}
+    for mode in ("otsu", "local", "auto"):
+        _, _, labels = heatmap_to_instances(heat, BoxParams(**base, foreground=mode), image)
+        sized[mode] = sized_like(labels, 12.0)
+    assert sized["auto"] == max(sized["otsu"], sized["local"]) >= 8
+    if dim_level < 2000:
+        assert sized["local"] > sized["otsu"]  # the dim nuclei need the local rule here
+
+
 def test_frame_normalized_patches_keep_their_brightness_relative_to_the_frame():
     # A dim copy of a field gives the same frame-stretched patches as the field itself, and
     # the pipeline only maps them to [0, 1] instead of stretching each patch again.

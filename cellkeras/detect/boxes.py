@@ -35,7 +35,13 @@ SPLIT_MODES = (None, "distance", "heat")
 BORDER_POLICIES = ("keep", "drop")
 SCORE_MODES = ("mean", "max")
 EXTENT_MODES = ("heat", "image")
-FOREGROUND_MODES = ("otsu", "local")
+FOREGROUND_MODES = ("otsu", "local", "auto")
+# "auto" foreground: per image, the rule ("otsu" or "local") that gives more instances of a
+# nucleus's size, 0.5-2x the area of a disc of `BoxParams.auto_diameter`. Global Otsu breaks
+# dim nuclei into fragments (too small), "local" grows and joins bright ones (too large);
+# leave-one-source-out, it took Otsu on every ndev frame and "local" on laptrack (F1@0.5
+# 0.905 and 0.882, against one rule for both: 0.873 / 0.882; docs/BENCHMARKS.md).
+AUTO_AREA_RANGE = (0.5, 2.0)
 # "local" foreground: a pixel also counts when brighter than its neighbourhood's Gaussian mean
 # (this sigma, pixels: about 0.6 nucleus diameters at the nuclei workflow's 12 px scale) and
 # above this fraction of the way from the background level to Otsu's level. Dim nuclei that a
@@ -71,9 +77,12 @@ class BoxParams:
             region holds one marker per peak of the foreground's distance transform (of the
             heat) inside it, so touching nuclei whose hot regions merged are still split
             (`image_markers`). Needs `image` in `heatmap_to_boxes`.
-        foreground: the image foreground for `extent="image"`: "otsu" (global Otsu) or
+        foreground: the image foreground for `extent="image"`: "otsu" (global Otsu),
             "local" (also pixels above their neighbourhood's mean, for dim nuclei;
-            `image_foreground`).
+            `image_foreground`) or "auto" (per image, whichever of the two gives more
+            instances of about `auto_diameter`; `AUTO_AREA_RANGE`).
+        auto_diameter: the cells' diameter in the map's pixels, for `foreground="auto"` (the
+            nuclei workflow rescales images so that it is the training diameter).
         min_area: smallest region in pixels (after splitting); see `area_limits_px` for µm².
         max_area: largest region in pixels, None for no limit.
         border: "keep" every box, or "drop" boxes that touch the image border (cut cells).
@@ -89,6 +98,7 @@ class BoxParams:
     erode: int = 0
     extent: str = "heat"
     foreground: str = "otsu"
+    auto_diameter: float = 12.0
     min_area: float = 4.0
     max_area: float | None = None
     border: str = "keep"
@@ -306,8 +316,8 @@ def image_foreground(image: np.ndarray, sigma: float = 1.0, mode: str = "otsu") 
     `mode="local"` pixels brighter than their neighbourhood's mean (`LOCAL_SIGMA`) and above
     `LOCAL_FLOOR` of the way from the background's median to Otsu's level count too.
     """
-    if mode not in FOREGROUND_MODES:
-        raise ValueError(f"unknown foreground {mode!r}; known: {FOREGROUND_MODES}")
+    if mode not in ("otsu", "local"):  # "auto" picks between these two per image
+        raise ValueError(f"unknown foreground {mode!r}; known: otsu, local")
     image = np.asarray(image, np.float32)
     grey = image.mean(axis=-1) if image.ndim == 3 else image
     if sigma > 0:
@@ -359,6 +369,32 @@ def image_markers(
     return markers
 
 
+def image_instances(
+    heat: np.ndarray, mask: np.ndarray, image: np.ndarray, params: BoxParams, mode: str
+) -> np.ndarray:
+    """`extent="image"` labels: the hot part of the image's `mode` foreground as markers, grown
+    over that foreground by a watershed on its distance transform."""
+    from skimage.segmentation import watershed
+
+    foreground = image_foreground(image, mode=mode)
+    distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
+    markers = image_markers(
+        mask & foreground,
+        foreground,
+        None if params.split is None else distance if params.split == "distance" else heat,
+        params.min_distance,
+    )
+    return watershed(-distance, markers, mask=foreground).astype(np.int32)
+
+
+def sized_like(labels: np.ndarray, diameter: float) -> int:
+    """How many labelled regions have 0.5-2x (`AUTO_AREA_RANGE`) the area of a `diameter` disc."""
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    disc = math.pi * float(diameter) ** 2 / 4.0
+    low, high = AUTO_AREA_RANGE
+    return int(((areas >= low * disc) & (areas <= high * disc)).sum())
+
+
 def heatmap_to_boxes(
     heat: np.ndarray, params: BoxParams | None = None, image: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -400,17 +436,9 @@ def heatmap_to_instances(
     if params.extent == "image":
         if image is None or np.asarray(image).shape[:2] != heat.shape:
             raise ValueError("extent='image' needs the image, of the heatmap's height and width")
-        from skimage.segmentation import watershed
-
-        foreground = image_foreground(image, mode=params.foreground)
-        distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
-        markers = image_markers(
-            mask & foreground,
-            foreground,
-            None if params.split is None else distance if params.split == "distance" else heat,
-            params.min_distance,
-        )
-        labels = watershed(-distance, markers, mask=foreground).astype(np.int32)
+        modes = ("otsu", "local") if params.foreground == "auto" else (params.foreground,)
+        candidates = [image_instances(heat, mask, image, params, mode) for mode in modes]
+        labels = max(candidates, key=lambda c: sized_like(c, params.auto_diameter))
     elif params.split is None:
         labels = contour_labels(mask)
     else:

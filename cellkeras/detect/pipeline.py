@@ -114,15 +114,16 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
     # follows the card). Its heat regions are nuclei grown by the patches' central region, so
     # they only say which image foreground is a nucleus: the markers are the foreground's
     # distance-transform peaks inside them (touching nuclei share one hot region) and the boxes
-    # take the image's own foreground as extent, the "local" one (dim nuclei whole). Stride 4:
+    # take the image's own foreground as extent: per image, global Otsu or the "local" rule
+    # (dim nuclei whole), whichever gives more nucleus-sized instances at the 12 px the image
+    # is rescaled to ("auto"; it took Otsu on every ndev frame and "local" on laptrack). Stride 4:
     # a quarter of stride 2's windows, no worse (0.926 at stride 2 on ndev). Without
     # --cell_diameter the nuclei's size is measured on the image (`estimate_diameter`) and the
-    # image rescaled to the 12 px the preset's sources are resized to. Foreground, threshold,
-    # erosion and marker distance are the leave-one-source-out calibrations' most frequent
-    # choice (each calibrated on frames of the sources its classifier trained on, never on the
-    # held-out one: "local" 5 of 6, 0.7 4 of 6, erosion 1 5 of 6, distance 4 6 of 6;
-    # docs/BENCHMARKS.md, "Nuclei from unseen microscopes"); the ndev-only calibration before
-    # (Otsu, 0.95 / 5 / 5) scored laptrack 0.78 against these settings' 0.88 there.
+    # image rescaled to the 12 px the preset's sources are resized to. Threshold, erosion and
+    # marker distance are the leave-one-source-out calibrations' most frequent choice (each
+    # calibrated on frames of the sources its classifier trained on, never on the held-out
+    # one: 0.7 4 of 6, erosion 1 5 of 6, distance 4 6 of 6; docs/BENCHMARKS.md, "Nuclei from
+    # unseen microscopes").
     # `cellkeras calibrate` freezes others per model.
     "nuclei": {
         "method": "sliding_window",
@@ -138,7 +139,8 @@ WORKFLOWS: dict[str, dict[str, Any]] = {
             "min_peak": 0.7,
             "erode": 1,
             "extent": "image",
-            "foreground": "local",
+            "foreground": "auto",
+            "auto_diameter": 12.0,
             "split": "distance",
             "min_distance": 4.0,
             "min_area": 12.0,
