@@ -224,10 +224,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # percentile-stretched before its patches are cut ("frame_percentile"), as detection
     # stretches a whole image once, and the model has no zero padding (`valid_narrow`), so
     # detection evaluates its trunk once per image and gets exactly the window classifier's heat
-    # (0.1-0.3 s a 512x512 image on 2 cores against 5 s window by window). Leave-one-source-out
-    # F1 was level with the previous per-patch-percentile parallel_small
-    # (scripts/experiment_detection.py --parts loso; docs/BENCHMARKS.md). About 2 minutes on a
-    # 2-core CPU.
+    # (0.28-0.35 s a 512x512 image on 2 cores against 2.1 s window by window,
+    # scripts/bench_detect.py). Leave-one-source-out F1 was level with the previous
+    # per-patch-percentile parallel_small (scripts/experiment_detection.py --parts loso;
+    # docs/BENCHMARKS.md). About 40 s on a 2-core CPU.
     "nuclei": {
         "data.source": "nuclei",
         "data.nuclei_sources": "ndev,laptrack,synthetic",
