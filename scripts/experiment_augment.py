@@ -48,7 +48,7 @@ from cellkeras.augment.study import (  # noqa: E402
     summarize,
 )
 
-PLAIN_PRESETS = ("none", "basic", "fluid", "randaugment", "mix", "gridmask")
+PLAIN_PRESETS = ("none", "basic", "fluid", "intensity", "randaugment", "mix", "gridmask")
 FLUID_VARIANTS = ("fluid_half", "fluid_double", "fluid_elastic")
 # name -> (real_sets name and cut, or "synthetic")
 SETS = {

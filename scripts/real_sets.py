@@ -17,6 +17,7 @@ Sets (see `SETS`):
 so a benchmark can look at more than one cut of the same data.
 
     python scripts/real_sets.py embryo6 --cut end --out /tmp/sets   # prints the tree's path
+    python scripts/real_sets.py embryo6 --cut end --brightness      # and each block's brightness
 """
 
 from __future__ import annotations
@@ -203,15 +204,41 @@ def split_counts(root: Path) -> dict[str, Counter]:
     return counts
 
 
+def brightness_by_block(root: Path) -> list[tuple[str, str, float, float, float, float]]:
+    """`(split, class, first frame, last frame, lowest, highest mean pixel value)` per block of
+    a built tree, in time order: whether brightness alone drifts with time (a cue that a
+    classifier can learn and that does not carry to a held-out time block)."""
+    from PIL import Image
+
+    blocks: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for filename, _, frame in read_manifest(root):
+        split, cls = filename.split("/")[:2]
+        mean = float(np.asarray(Image.open(root / filename), dtype=np.float64).mean())
+        blocks.setdefault((split, cls), []).append((frame, mean))
+    rows = []
+    for (split, cls), values in blocks.items():
+        frames, means = zip(*values, strict=True)
+        rows.append((split, cls, min(frames), max(frames), min(means), max(means)))
+    return sorted(rows, key=lambda row: row[2])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=SETS)
     parser.add_argument("--cut", choices=CUTS, default="end")
     parser.add_argument("--out", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument(
+        "--brightness", action="store_true", help="print each time block's mean pixel values"
+    )
     args = parser.parse_args()
     root = build(args.name, args.cut, args.out)
     for split, counts in sorted(split_counts(root).items()):
         print(f"{split}: {sum(counts.values())} images, {dict(sorted(counts.items()))}")
+    if args.brightness:
+        for split, cls, first, last, low, high in brightness_by_block(root):
+            print(
+                f"  {split:5} {cls:16} frames {first:5.0f}-{last:5.0f}  mean {low:6.1f}-{high:6.1f}"
+            )
     print(root)
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cellkeras.data import BadInputError, check_images, load_class_folders, load_labels_csv
+from cellkeras.data.imageset import ImageSet
 from tests.conftest import write_png
 
 
@@ -203,3 +204,24 @@ def test_check_images_warns_about_12_bit_data_under_range(tmp_path):
         warnings.simplefilter("error")
         check_images(dim, verbose=False, normalization="percentile")
         check_images(load_class_folders(tmp_path / "full"), verbose=False, normalization="range")
+
+
+def test_auto_normalization_stretches_dim_16_bit_images_only(tmp_path):
+    from cellkeras.data.sources import choose_normalization
+
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        write_png(tmp_path / "dim" / "a" / f"{i}.png", rng.integers(0, 1200, (9, 9), np.uint16))
+        write_png(tmp_path / "full" / "a" / f"{i}.png", rng.integers(0, 60000, (9, 9), np.uint16))
+        write_png(tmp_path / "bytes" / "a" / f"{i}.png", rng.integers(0, 40, (9, 9), np.uint8))
+    chosen, why = choose_normalization(load_class_folders(tmp_path / "dim"))
+    assert chosen == "percentile" and "1.8% of their range" in why
+    assert choose_normalization(load_class_folders(tmp_path / "full"))[0] == "range"
+    # Dim 8-bit data is left alone: the rule is for 12-bit data in 16-bit files.
+    assert choose_normalization(load_class_folders(tmp_path / "bytes"))[0] == "range"
+    in_memory = ImageSet(
+        images=rng.integers(0, 900, (3, 9, 9, 1), np.uint16),
+        labels=np.zeros(3, np.int64),
+        classes=["a"],
+    )
+    assert choose_normalization(in_memory)[0] == "percentile"

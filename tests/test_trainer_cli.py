@@ -31,6 +31,7 @@ def run_cli(*args, cwd=None):
         (["--epochs=3"], "use --schedule=SIZE:EPOCHS"),
         (["--learning_rat=0.1"], "did you mean --learning_rate?"),
         (["--training_mode=together"], "joint|stagewise"),
+        (["--normalization=percentil"], "did you mean 'percentile'?"),
     ],
 )
 def test_a_mistake_is_one_line_exit_2_and_no_folder(tmp_path, args, message):
@@ -67,7 +68,7 @@ def test_help_exits_0_without_loading_tensorflow_and_shows_the_preset_defaults()
 
 def test_help_lists_every_flag_with_its_value():
     text = help_text()
-    for name in ("--data_dir=None", "--model=parallel_small", "--normalization=range"):
+    for name in ("--data_dir=None", "--model=parallel_small", "--normalization=auto"):
         assert name in text
 
 

@@ -45,3 +45,40 @@ def test_channel_indices_and_a_dropped_class_through_the_trainer(tmp_path):
 
     model = keras.models.load_model(tmp_path / "run" / "model.keras")
     assert model.inputs[0].shape[-1] == 2
+
+
+@pytest.mark.slow
+def test_auto_normalization_stretches_12_bit_data_and_the_run_folder_keeps_the_choice(
+    tmp_path, capsys
+):
+    from cellkeras.inference.loading import load_model_for_inference
+    from tests.conftest import write_png
+    from trainer.config import build_config
+    from trainer.task import run
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(["a", "b"]):
+        for i in range(8):
+            write_png(
+                tmp_path / "tree" / name / f"{i}.png",
+                rng.integers(0, 600 + 600 * k, (16, 16), dtype=np.uint16),  # 12-bit camera data
+            )
+    config = build_config(
+        "smoke",
+        {
+            "data.data_dir": str(tmp_path / "tree"),
+            "train.schedule": "16:1",
+            "train.batch_size": 4,
+            "train.model": "edge",
+            "train.augment": "none",
+        },
+    )
+    assert config.data.normalization == "auto"
+    config.output_dir = str(tmp_path / "run")
+    run(config, verbose=0)
+    assert "normalization: auto -> percentile (the 16-bit images use at most 1.8%" in (
+        capsys.readouterr().out
+    )
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["normalization"] == "percentile"
+    assert load_model_for_inference(tmp_path / "run")[1].normalization == "percentile"

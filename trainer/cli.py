@@ -80,7 +80,7 @@ def check_config(config: RunConfig) -> None:
     """
     from cellkeras.augment.preset_names import AUGMENTATION_PRESETS
     from cellkeras.data.sources import SOURCE_KINDS
-    from cellkeras.io.images import parse_channels
+    from cellkeras.io.images import NORMALIZATIONS, parse_channels
     from cellkeras.models.names import MODEL_NAMES
     from cellkeras.training.schedule import parse_schedule
 
@@ -88,6 +88,7 @@ def check_config(config: RunConfig) -> None:
     _check_name("model", train.model, MODEL_NAMES)
     _check_name("augment", train.augment, list(AUGMENTATION_PRESETS))
     _check_name("source", data.source, ("auto", *SOURCE_KINDS))
+    _check_name("normalization", data.normalization, ("auto", *NORMALIZATIONS))
     try:
         if train.schedule is not None:
             parse_schedule(train.schedule)

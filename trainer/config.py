@@ -56,10 +56,12 @@ class DataConfig:
         synthetic_difficulty: how hard the synthetic classes are to tell apart (1 = default).
         channels: image channels: 1 grey, 3 RGB, or comma-separated channel indices of a
             multichannel image such as 0,2 (1, for one); default as stored.
-        normalization: range (integers divided by their type's maximum), percentile
-            (per-image 1st-99.8th percentile stretch, for 12-bit data in 16-bit files) or
-            frame_percentile (the same stretch over the frame a patch was cut from: the
-            nuclei patches; what detection then applies to a whole image once).
+        normalization: auto (percentile for 16-bit images that use under 1/16 of their
+            range, such as 12-bit camera data, else range; the run's config.json holds the
+            choice), range (integers divided by their type's maximum), percentile (per-image
+            1st-99.8th percentile stretch) or frame_percentile (the same stretch over the
+            frame a patch was cut from: the nuclei patches; what detection then applies to a
+            whole image once).
         val_fraction: validation share carved from the training images (when the source has
             no VAL split).
         val_blocks: where ordered images' (video frames') validation blocks lie in each class's
@@ -85,7 +87,7 @@ class DataConfig:
     synthetic_size: int = 96
     synthetic_difficulty: float = 1.0
     channels: int | str | None = None
-    normalization: str = "range"
+    normalization: str = "auto"
     val_fraction: float = 0.2
     # "edges": validated on each stage's first and last frames, the merge's stacking sees which
     # branch extrapolates in time: the merged model then reached its best branch on all four

@@ -18,7 +18,7 @@ import numpy as np
 from cellkeras.augment import build_augmenter, strength_for_size
 from cellkeras.data import load_tfrecords, make_dataset
 from cellkeras.data.imageset import ImageSet
-from cellkeras.data.sources import check_images, open_source
+from cellkeras.data.sources import check_images, choose_normalization, open_source
 from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
 from cellkeras.io.images import decode_raw, parse_channels
 from cellkeras.models.registry import model_min_side
@@ -46,7 +46,8 @@ from trainer.sharding import (
 
 def load_data(config: RunConfig, strategy=None):
     """Reads the configured source and checks every image; returns (ImageSet, channels,
-    `trainer.sharding.InputSharding`).
+    `trainer.sharding.InputSharding`, normalization), the last "auto" resolved
+    (`cellkeras.data.sources.choose_normalization`).
 
     Under a multi-worker `strategy`, TFRecords are sharded by file at the source: each worker
     reads and checks only its share of the files (`files[i::workers]` of the sorted list), so
@@ -83,13 +84,28 @@ def load_data(config: RunConfig, strategy=None):
         skip_bad_images=data.skip_bad_images,
         normalization=data.normalization,
     )
+    normalization = resolve_normalization(data.normalization, images)
     images, channels = check_images(
         images,
         data.channels,
         skip_bad_images=data.skip_bad_images,
-        normalization=data.normalization,
+        normalization=normalization,
     )
-    return images, channels, dataclasses.replace(sharding, images=len(images))
+    return images, channels, dataclasses.replace(sharding, images=len(images)), normalization
+
+
+def resolve_normalization(requested: str, images: ImageSet, strategy=None) -> str:
+    """`requested`, or for "auto" what the images call for (printed with the reason). Workers
+    that each read a share of the files agree: "percentile" if any share is dim."""
+    if requested != "auto":
+        return requested
+    chosen, why = choose_normalization(images)
+    if strategy is not None and is_multi_worker(strategy):
+        votes = agree_across_workers(strategy, int(chosen == "percentile"))
+        chosen = "percentile" if max(votes) else "range"
+        why += f"; {sum(votes)} of {len(votes)} workers' shares are dim"
+    print(f"normalization: auto -> {chosen} ({why})")
+    return chosen
 
 
 def _load_tfrecord_share(config: RunConfig, strategy):
@@ -110,18 +126,19 @@ def _load_tfrecord_share(config: RunConfig, strategy):
     images = load_tfrecords(
         share, resolve_classes=lambda named, count: agree_on_classes(strategy, named, count)
     )
+    normalization = resolve_normalization(data.normalization, images, strategy)
     images, channels = check_images(
         images,
         data.channels,
         skip_bad_images=data.skip_bad_images,
-        normalization=data.normalization,
+        normalization=normalization,
     )
     if data.channels is None:
         # As for all files read at once: RGB wins over grey (a grey-only share is replicated).
         channels = max(agree_across_workers(strategy, channels))
     sharding = InputSharding("file", tuple(share), len(files), len(images))
     print(f"input sharding: file · {role.name} · " + json.dumps(sharding.to_dict()))
-    return images, channels, sharding
+    return images, channels, sharding, normalization
 
 
 def parse_strength_ramp(spec: str) -> tuple[float, float]:
@@ -250,7 +267,13 @@ class Inputs:
             if steps is not None and steps < 1:
                 raise ValueError(f"train.{name} must be at least 1 (or None), got {steps}")
         parse_strength_ramp(config.train.stage_strength)  # before any image is read
-        images, channels, sharding = load_data(config, runtime.strategy)
+        images, channels, sharding, normalization = load_data(config, runtime.strategy)
+        # Every later step (the pipelines, config.json, the export, the card) reads the
+        # resolved value, never "auto".
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, normalization=normalization)
+        )
+        data_cfg = config.data
         val_given = None
         if data_cfg.eval_tfrecords:
             val_given = load_tfrecords(data_cfg.eval_tfrecords, classes=images.classes)

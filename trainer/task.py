@@ -361,6 +361,7 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
     keras.utils.set_random_seed(train_cfg.seed)
     # Data first: a bad input fails the run before it leaves a folder behind.
     inputs = Inputs.load(config, runtime)
+    config = inputs.config  # with what the data decided ("auto" normalization resolved)
     stages = resolve_schedule(config, inputs)
     out = _start_run_folder(config, runtime)
     (out / "skipped.json").write_text(json.dumps(inputs.skipped, indent=2) + "\n")

@@ -9,7 +9,7 @@ identity, so it can also sit at the front of a model.
 
 Strength: 0 is the identity for every preset; 1 is the seed's setting; values in between and
 above scale every magnitude linearly (distortion, rotation, translation, crop, RandAugment
-magnitude, mixing alpha). Flips are on for any strength above 0. The trainer rebuilds the
+magnitude, mixing alpha, the spread of gain and gamma). Flips are on for any strength above 0. The trainer rebuilds the
 augmenter at every progressive-resizing stage with `strength_for_size(...)`.
 """
 
@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from cellkeras.augment.fluid import FluidDistortion
 from cellkeras.augment.gridmask import SeededGridMask
+from cellkeras.augment.intensity import DEFAULT_GAIN, DEFAULT_GAMMA, IntensityJitter
 from cellkeras.augment.preset_names import AUGMENTATION_PRESETS, FLUID_VARIANTS
 from cellkeras.augment.seeding import drawing_from
 
@@ -37,6 +38,9 @@ _MIXUP_ALPHA = 0.2
 _CUTMIX_ALPHA = 1.0
 _GRIDMASK_RATIO = 0.5  # keras-cv's default: masked square side U(0, 0.5) x grid unit
 _GRIDMASK_ROTATION = 0.15  # keras-cv's default, fraction of a turn
+# Layers that draw once per batch through `self._random_generator`, so a per-batch seed can
+# stand in for it (`drawing_from`).
+_BATCH_DRAWING_LAYERS = (FluidDistortion, IntensityJitter)
 
 
 @keras.saving.register_keras_serializable(package="cellkeras")
@@ -102,7 +106,7 @@ class Augmenter(keras.layers.Layer):
                 data = layer(data)
                 continue
             layer_seed = tf.random.experimental.stateless_fold_in(seed, index)
-            if isinstance(layer, FluidDistortion):
+            if isinstance(layer, _BATCH_DRAWING_LAYERS):
                 with drawing_from(layer, layer_seed):
                     data = layer(data)
             elif isinstance(layer, SeededGridMask):
@@ -200,6 +204,9 @@ def build_augmenter(
         return Augmenter(**common)
     if preset == "basic":
         return Augmenter(layers=[FluidDistortion(**{**_basic_geometry(s, seed), **kw})], **common)
+    if preset == "intensity":
+        args = dict(gain=DEFAULT_GAIN * s, gamma=DEFAULT_GAMMA * s, seed=seed)
+        return Augmenter(layers=[IntensityJitter(**{**args, **kw})], **common)
     if preset == "gridmask":
         # GridMask (Chen et al. 2020) is meant on top of the usual geometric augmentation, so
         # the preset is "basic" followed by the mask; compared with "basic" it isolates the mask.

@@ -293,20 +293,61 @@ def _range_used(pixels: np.ndarray) -> float | None:
     return float(pixels.max()) / 65535.0
 
 
-def _warn_if_dim(shares: list[float | None], name: str) -> None:
-    """Warns when 16-bit images use a small part of their range under "range"."""
+def _dim_share(shares: list[float | None]) -> float | None:
+    """The images' brightest share of their range (99th percentile over images) when most are
+    16-bit and that share is under `DIM_RANGE_SHARE`; None otherwise."""
     known = [share for share in shares if share is not None]
     if not known or len(known) < len(shares) / 2:
-        return
+        return None
     top = float(np.percentile(known, 99))
-    if top < DIM_RANGE_SHARE:
+    return top if top < DIM_RANGE_SHARE else None
+
+
+def _warn_if_dim(shares: list[float | None], name: str) -> None:
+    """Warns when 16-bit images use a small part of their range under "range"."""
+    top = _dim_share(shares)
+    if top is not None:
         warnings.warn(
             f"{name}: the 16-bit images use at most {top:.1%} of their range (brightest pixels "
             f"~{round(top * 65535)} of 65535, e.g. 12-bit camera data), so under "
             f"--normalization=range the network sees values of at most {top:.2f}, and training "
-            "on such data was unstable here; use --normalization=percentile",
+            "on such data was unstable here; use --normalization=percentile (or leave it at "
+            "auto)",
             stacklevel=3,
         )
+
+
+AUTO_NORMALIZATION_SAMPLE = 256  # images decoded to choose; evenly spaced through the set
+
+
+def choose_normalization(imageset: ImageSet) -> tuple[str, str]:
+    """What `normalization="auto"` means for these images: `(normalization, why)`.
+
+    "percentile" for 16-bit images that use under `DIM_RANGE_SHARE` of their range (12-bit
+    camera data, on which training under "range" was unstable), else "range": on the embryo
+    frames, 8-bit, a per-image stretch cost 0.17 mean test accuracy on one time-block cut and
+    gained 0.04 on another (docs/BENCHMARKS.md, "Real data"), so it is not the default for
+    data that fills its range. Decodes at most `AUTO_NORMALIZATION_SAMPLE` images.
+    """
+    if imageset.images is not None:
+        shares = [_range_used(image) for image in imageset.images]
+    else:
+        stored = imageset.paths if imageset.paths is not None else imageset.encoded
+        picked = np.unique(np.linspace(0, len(stored) - 1, AUTO_NORMALIZATION_SAMPLE).round())
+        shares = []
+        for i in picked.astype(int):
+            data = Path(stored[i]).read_bytes() if imageset.paths is not None else stored[i]
+            try:
+                shares.append(_range_used(decode_raw(data, source=str(stored[i])[:200])))
+            except (ImageError, OSError):
+                continue  # check_images reports it, with every other bad image
+    top = _dim_share(shares)
+    if top is None:
+        return "range", "the images fill their type's range"
+    return "percentile", (
+        f"the 16-bit images use at most {top:.1%} of their range (brightest ~{round(top * 65535)}"
+        " of 65535)"
+    )
 
 
 def check_images(
