@@ -205,21 +205,20 @@ def split_counts(root: Path) -> dict[str, Counter]:
 
 
 def brightness_by_block(root: Path) -> list[tuple[str, str, float, float, float, float]]:
-    """`(split, class, first frame, last frame, lowest, highest mean pixel value)` per block of
-    a built tree, in time order: whether brightness alone drifts with time (a cue that a
-    classifier can learn and that does not carry to a held-out time block)."""
+    """`(split, class, first frame, last frame, lowest, highest mean pixel value)` per time
+    block of a built tree (a run of one sequence's frames in one split and class), in time
+    order: whether brightness alone drifts with time, a cue a classifier can learn."""
     from PIL import Image
 
-    blocks: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for filename, _, frame in read_manifest(root):
+    rows: list[list] = []
+    for filename, sequence, frame in sorted(read_manifest(root), key=lambda r: (r[1], r[2])):
         split, cls = filename.split("/")[:2]
         mean = float(np.asarray(Image.open(root / filename), dtype=np.float64).mean())
-        blocks.setdefault((split, cls), []).append((frame, mean))
-    rows = []
-    for (split, cls), values in blocks.items():
-        frames, means = zip(*values, strict=True)
-        rows.append((split, cls, min(frames), max(frames), min(means), max(means)))
-    return sorted(rows, key=lambda row: row[2])
+        if not rows or rows[-1][:3] != [sequence, split, cls]:
+            rows.append([sequence, split, cls, frame, frame, mean, mean])
+        row = rows[-1]
+        row[4], row[5], row[6] = frame, min(row[5], mean), max(row[6], mean)
+    return [tuple(row[1:]) for row in rows]
 
 
 def main() -> None:

@@ -77,5 +77,15 @@ def test_config_round_trip_and_bad_arguments():
     layer = IntensityJitter(gain=0.3, gamma=0.2, seed=7)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert (restored.gain, restored.gamma, restored.seed) == (0.3, 0.2, 7)
+    images = _dim_images(4)
+    np.testing.assert_array_equal(restored(images).numpy(), layer(images).numpy())
     with pytest.raises(ValueError, match="gain and gamma"):
         IntensityJitter(gain=-0.1)
+    with pytest.raises(TypeError, match="float images"):
+        IntensityJitter()(tf.zeros((1, 4, 4, 1), tf.uint8))
+
+
+def test_negative_values_are_clamped_before_the_power():
+    images = tf.constant(np.full((2, 4, 4, 1), -0.2, np.float32))
+    out = IntensityJitter(seed=0)(images).numpy()
+    assert np.isfinite(out).all() and out.max() == 0.0

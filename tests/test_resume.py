@@ -220,3 +220,23 @@ def test_a_killed_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path,
     assert history.read_text() == (tmp_path / "whole" / "history.csv").read_text()
     for a, b in zip(_weights(tmp_path / "whole"), _weights(tmp_path / "killed"), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_different_configuration_is_refused_naming_what_changed(tmp_path):
+    import dataclasses
+
+    from trainer.checkpoint import EPOCH_PREFIX, PROGRESS, RunProgress
+
+    saved = build_config("smoke")
+    saved.data.normalization = "range"
+    fingerprint = {
+        "data": dataclasses.asdict(saved.data),
+        "train": dataclasses.asdict(saved.train),
+    }
+    epoch = tmp_path / "checkpoint" / f"{EPOCH_PREFIX}1"
+    epoch.mkdir(parents=True)
+    (epoch / PROGRESS).write_text(json.dumps({"fingerprint": fingerprint}))
+    now = build_config("smoke")
+    now.data.normalization = "percentile"
+    with pytest.raises(ValueError, match=r"data\.normalization: 'range' -> 'percentile'"):
+        RunProgress.resume_or_start(tmp_path / "checkpoint", now)

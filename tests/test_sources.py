@@ -215,7 +215,7 @@ def test_auto_normalization_stretches_dim_16_bit_images_only(tmp_path):
         write_png(tmp_path / "full" / "a" / f"{i}.png", rng.integers(0, 60000, (9, 9), np.uint16))
         write_png(tmp_path / "bytes" / "a" / f"{i}.png", rng.integers(0, 40, (9, 9), np.uint8))
     chosen, why = choose_normalization(load_class_folders(tmp_path / "dim"))
-    assert chosen == "percentile" and "1.8% of their range" in why
+    assert chosen == "percentile" and "4 of 4 sampled images are 16-bit" in why and "1.8%" in why
     assert choose_normalization(load_class_folders(tmp_path / "full"))[0] == "range"
     # Dim 8-bit data is left alone: the rule is for 12-bit data in 16-bit files.
     assert choose_normalization(load_class_folders(tmp_path / "bytes"))[0] == "range"
@@ -225,3 +225,8 @@ def test_auto_normalization_stretches_dim_16_bit_images_only(tmp_path):
         classes=["a"],
     )
     assert choose_normalization(in_memory)[0] == "percentile"
+    # Workers holding shares of the files decide on their summed counts, as one process would:
+    # a dim share among mostly bright ones is stretched no more than it would be alone.
+    dim = load_class_folders(tmp_path / "dim")
+    assert choose_normalization(dim, counts=(8, 8, 4))[0] == "range"
+    assert choose_normalization(dim, counts=(8, 8, 0))[0] == "percentile"

@@ -76,7 +76,7 @@ def test_auto_normalization_stretches_12_bit_data_and_the_run_folder_keeps_the_c
     assert config.data.normalization == "auto"
     config.output_dir = str(tmp_path / "run")
     run(config, verbose=0)
-    assert "normalization: auto -> percentile (the 16-bit images use at most 1.8%" in (
+    assert "normalization: auto -> percentile (16 of 16 sampled images are 16-bit" in (
         capsys.readouterr().out
     )
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

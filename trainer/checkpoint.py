@@ -109,9 +109,17 @@ class RunProgress(keras.callbacks.Callback):
             return progress
         state = json.loads((source / PROGRESS).read_text())
         if state["fingerprint"] != fingerprint:
+            changed = [
+                f"{part}.{name}: {saved.get(name)!r} -> {value!r}"
+                for part, fields in fingerprint.items()
+                for saved in [state["fingerprint"].get(part, {})]
+                for name, value in fields.items()
+                if saved.get(name) != value
+            ]
             raise ValueError(
                 f"{source.parent.parent} holds an unfinished run with a different "
-                "configuration; pass another --output_dir, or delete the folder to start over"
+                f"configuration ({'; '.join(changed) or 'fields differ'}); pass the saved "
+                "values to continue it, another --output_dir, or delete the folder to start over"
             )
         progress.epochs_done = state["epochs_done"]
         progress.best_val_accuracy = state["best_val_accuracy"]

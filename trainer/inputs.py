@@ -18,7 +18,13 @@ import numpy as np
 from cellkeras.augment import build_augmenter, strength_for_size
 from cellkeras.data import load_tfrecords, make_dataset
 from cellkeras.data.imageset import ImageSet
-from cellkeras.data.sources import check_images, choose_normalization, open_source
+from cellkeras.data.sources import (
+    check_images,
+    choose_normalization,
+    dim_counts,
+    open_source,
+    range_shares,
+)
 from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
 from cellkeras.io.images import decode_raw, parse_channels
 from cellkeras.models.registry import model_min_side
@@ -96,14 +102,15 @@ def load_data(config: RunConfig, strategy=None):
 
 def resolve_normalization(requested: str, images: ImageSet, strategy=None) -> str:
     """`requested`, or for "auto" what the images call for (printed with the reason). Workers
-    that each read a share of the files agree: "percentile" if any share is dim."""
+    that each read a share of the files add up their counts and apply one rule to the sum."""
     if requested != "auto":
         return requested
-    chosen, why = choose_normalization(images)
+    counts = None
     if strategy is not None and is_multi_worker(strategy):
-        votes = agree_across_workers(strategy, int(chosen == "percentile"))
-        chosen = "percentile" if max(votes) else "range"
-        why += f"; {sum(votes)} of {len(votes)} workers' shares are dim"
+        mine = dim_counts(range_shares(images))
+        per_worker = local_replicas(strategy)  # one value per replica comes back
+        counts = tuple(sum(agree_across_workers(strategy, c)[::per_worker]) for c in mine)
+    chosen, why = choose_normalization(images, counts)
     print(f"normalization: auto -> {chosen} ({why})")
     return chosen
 
@@ -261,7 +268,6 @@ class Inputs:
             ValueError: too few training images for one full global batch, or a bad
                 `train.stage_strength` (checked before any image is read).
         """
-        data_cfg = config.data
         for name in ("steps_per_epoch", "validation_steps"):
             steps = getattr(config.train, name)
             if steps is not None and steps < 1:

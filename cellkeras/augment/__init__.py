@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "fluid": ["FluidDistortion"],
         "fold": ["fold_geometric"],
         "gridmask": ["SeededGridMask"],
+        "intensity": ["IntensityJitter"],
         "preset_names": ["AUGMENTATION_PRESETS"],
         "presets": ["Augmenter", "build_augmenter", "strength_for_size"],
     },

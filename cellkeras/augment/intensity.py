@@ -7,7 +7,10 @@ last (`python scripts/real_sets.py embryo6 --brightness`), so brightness alone o
 frames in time, and a model that leans on it sends the last frames of a stage to the next one.
 Each image here gets ``clip(gain * x ** gamma, 0, 1)`` with gain and gamma drawn log-uniformly,
 so brightness and contrast stop telling the classes apart and shape has to (nnU-Net's
-multiplicative brightness and gamma augmentations, in one step).
+multiplicative brightness and gamma augmentations, in one step). Where brightness is part of
+what a class is, that costs accuracy: on the embryo's time-block cuts it did (0.64 against 0.81
+on embryo6:end, seeds 0-1; docs/BENCHMARKS.md "Real data"), since expression there builds up
+with development. One gain and gamma serve every channel of an image.
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ class IntensityJitter(keras.layers.Layer):
             return inputs
         data = dict(inputs) if isinstance(inputs, dict) else {"images": inputs}
         images = data["images"]
+        if not images.dtype.is_floating:
+            raise TypeError(
+                f"IntensityJitter takes float images in [0, 1], got {images.dtype.name}: "
+                "normalize them first (the pipeline hands it float32)"
+            )
         batch = tf.shape(images)[0]
         gain = self._log_uniform(batch, self.gain)
         gamma = self._log_uniform(batch, self.gamma)

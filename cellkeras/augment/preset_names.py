@@ -9,7 +9,7 @@ AUGMENTATION_PRESETS: dict[str, str] = {
     "rotated up to 0.15 turn, masked pixels 0)",
     "randaugment": "keras-cv RandAugment, 2 ops per image, magnitude 0.5",
     "intensity": "per image, gain 0.5-2x and gamma 0.67-1.5 (log-uniform), clipped to [0, 1]: "
-    "brightness and contrast that drift with exposure, stain or time stop telling classes apart",
+    "brightness and contrast that drift with exposure or stain stop telling classes apart",
     "mix": "keras-cv MixUp (alpha 0.2) or CutMix (alpha 1.0), one of the two per batch; needs labels",
 }
 """Known preset names and what each does at strength 1."""

@@ -9,8 +9,9 @@ identity, so it can also sit at the front of a model.
 
 Strength: 0 is the identity for every preset; 1 is the seed's setting; values in between and
 above scale every magnitude linearly (distortion, rotation, translation, crop, RandAugment
-magnitude, mixing alpha, the spread of gain and gamma). Flips are on for any strength above 0. The trainer rebuilds the
-augmenter at every progressive-resizing stage with `strength_for_size(...)`.
+magnitude, mixing alpha, the spread of gain and gamma). Flips are on for any strength above
+0. The trainer rebuilds the augmenter at every progressive-resizing stage with
+`strength_for_size(...)`.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ class Augmenter(keras.layers.Layer):
         self.rgb_only = rgb_only
 
     def call(self, inputs, training: bool | None = True, seed=None):
-        """`seed`: an int (2,) tensor the batch's `FluidDistortion` draws are a function of
-        (stateless; `cellkeras.data.make_dataset` passes one per batch), and so are
+        """`seed`: an int (2,) tensor the batch's `FluidDistortion` and `IntensityJitter` draws
+        are a function of (stateless; `cellkeras.data.make_dataset` passes one per batch), and so are
         `SeededGridMask`'s, image by image; None draws from the layers' seeded generators.
         Other keras-cv layers always draw from their generators."""
         if training is False or not self.augmentation_layers:
@@ -177,8 +178,8 @@ def build_augmenter(
         num_classes: one-hot encodes integer labels (B,) before mixing; one-hot labels need
             nothing.
         **kw: overrides for the preset's main layer: `FluidDistortion` arguments for "basic" and
-            "fluid" (e.g. `mode="elastic"`, `bounding_box_format="xyxy"`), `SeededGridMask`
-            arguments for "gridmask", `RandAugment` arguments for "randaugment".
+            "fluid" (e.g. `mode="elastic"`, `bounding_box_format="xyxy"`), `IntensityJitter`
+            arguments for "intensity", `SeededGridMask` arguments for "gridmask", `RandAugment` arguments for "randaugment".
 
     Returns:
         An `Augmenter` layer.

@@ -7,9 +7,9 @@ run, whose generator starts afresh, replays the first epoch's draws. `StatelessD
 in for the generator during one call, with its `uniform` and `normal` drawn by stateless ops
 from a seed, which `cellkeras.data.make_dataset` derives from (run seed, epoch, batch index).
 
-It only fits layers that draw once per batch with batch-shaped calls (`FluidDistortion`):
-keras-cv layers that draw inside a `tf.map_fn` over images would give every image of the
-batch the same draws, so they keep their generators.
+It only fits layers that draw once per batch with batch-shaped calls (`FluidDistortion`,
+`IntensityJitter`): keras-cv layers that draw inside a `tf.map_fn` over images would give
+every image of the batch the same draws, so they keep their generators.
 """
 
 from __future__ import annotations

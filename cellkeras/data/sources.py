@@ -293,14 +293,29 @@ def _range_used(pixels: np.ndarray) -> float | None:
     return float(pixels.max()) / 65535.0
 
 
-def _dim_share(shares: list[float | None]) -> float | None:
-    """The images' brightest share of their range (99th percentile over images) when most are
-    16-bit and that share is under `DIM_RANGE_SHARE`; None otherwise."""
+DIM_BRIGHT_SHARE = 0.01  # this share of dim images may reach DIM_RANGE_SHARE (outliers)
+
+
+def dim_counts(shares: list[float | None]) -> tuple[int, int, int]:
+    """`(images, 16-bit images, 16-bit images reaching DIM_RANGE_SHARE)`: counts, so that
+    workers holding shares of the files can add theirs up and apply `counts_are_dim` alike."""
     known = [share for share in shares if share is not None]
-    if not known or len(known) < len(shares) / 2:
+    return len(shares), len(known), sum(share >= DIM_RANGE_SHARE for share in known)
+
+
+def counts_are_dim(images: int, sixteen_bit: int, bright: int) -> bool:
+    """Most images are 16-bit, and at most `DIM_BRIGHT_SHARE` of those use 1/16 of the range."""
+    return (
+        sixteen_bit > 0 and sixteen_bit >= images / 2 and bright <= DIM_BRIGHT_SHARE * sixteen_bit
+    )
+
+
+def _dim_share(shares: list[float | None]) -> float | None:
+    """The images' brightest share of their range (99th percentile over the 16-bit ones) when
+    `counts_are_dim`; None otherwise."""
+    if not counts_are_dim(*dim_counts(shares)):
         return None
-    top = float(np.percentile(known, 99))
-    return top if top < DIM_RANGE_SHARE else None
+    return float(np.percentile([share for share in shares if share is not None], 99))
 
 
 def _warn_if_dim(shares: list[float | None], name: str) -> None:
@@ -320,34 +335,48 @@ def _warn_if_dim(shares: list[float | None], name: str) -> None:
 AUTO_NORMALIZATION_SAMPLE = 256  # images decoded to choose; evenly spaced through the set
 
 
-def choose_normalization(imageset: ImageSet) -> tuple[str, str]:
+def range_shares(imageset: ImageSet) -> list[float | None]:
+    """Each image's brightest pixel as a share of its 16-bit range (None: another type), for
+    up to `AUTO_NORMALIZATION_SAMPLE` images evenly spaced through the set. Unreadable images
+    are passed over: `check_images` reports them, with every other bad one."""
+    if imageset.images is not None:
+        return [_range_used(image) for image in imageset.images]
+    stored = imageset.paths if imageset.paths is not None else imageset.encoded
+    if not stored:
+        return []
+    picked = np.unique(np.linspace(0, len(stored) - 1, AUTO_NORMALIZATION_SAMPLE).round())
+    shares = []
+    for i in picked.astype(int):
+        data = Path(stored[i]).read_bytes() if imageset.paths is not None else stored[i]
+        try:
+            shares.append(_range_used(decode_raw(data, source=str(stored[i])[:200])))
+        except (ImageError, OSError):
+            continue
+    return shares
+
+
+def choose_normalization(
+    imageset: ImageSet, counts: tuple[int, int, int] | None = None
+) -> tuple[str, str]:
     """What `normalization="auto"` means for these images: `(normalization, why)`.
 
     "percentile" for 16-bit images that use under `DIM_RANGE_SHARE` of their range (12-bit
     camera data, on which training under "range" was unstable), else "range": on the embryo
     frames, 8-bit, a per-image stretch cost 0.17 mean test accuracy on one time-block cut and
     gained 0.04 on another (docs/BENCHMARKS.md, "Real data"), so it is not the default for
-    data that fills its range. Decodes at most `AUTO_NORMALIZATION_SAMPLE` images.
+    data that fills its range. Decodes at most `AUTO_NORMALIZATION_SAMPLE` images. `counts`
+    (`dim_counts` summed over every worker's share of the files) decide instead when given, so
+    that workers choose as one process reading every file would.
     """
-    if imageset.images is not None:
-        shares = [_range_used(image) for image in imageset.images]
-    else:
-        stored = imageset.paths if imageset.paths is not None else imageset.encoded
-        picked = np.unique(np.linspace(0, len(stored) - 1, AUTO_NORMALIZATION_SAMPLE).round())
-        shares = []
-        for i in picked.astype(int):
-            data = Path(stored[i]).read_bytes() if imageset.paths is not None else stored[i]
-            try:
-                shares.append(_range_used(decode_raw(data, source=str(stored[i])[:200])))
-            except (ImageError, OSError):
-                continue  # check_images reports it, with every other bad image
-    top = _dim_share(shares)
-    if top is None:
+    shares = range_shares(imageset)
+    images, sixteen_bit, bright = dim_counts(shares) if counts is None else counts
+    if not counts_are_dim(images, sixteen_bit, bright):
         return "range", "the images fill their type's range"
-    return "percentile", (
-        f"the 16-bit images use at most {top:.1%} of their range (brightest ~{round(top * 65535)}"
-        " of 65535)"
-    )
+    why = f"{sixteen_bit - bright} of {images} sampled images are 16-bit and use under 1/16 of it"
+    top = _dim_share(shares)
+    if top is not None:
+        why += f", at most {top:.1%} (brightest ~{round(top * 65535)} of 65535)"
+    return "percentile", why
 
 
 def check_images(
