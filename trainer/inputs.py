@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,12 +20,13 @@ from cellkeras.data.imageset import ImageSet
 from cellkeras.data.sources import (
     check_images,
     choose_normalization,
+    decoded_sample,
     dim_counts,
     open_source,
     range_shares,
 )
 from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
-from cellkeras.io.images import decode_raw, parse_channels
+from cellkeras.io.images import parse_channels
 from cellkeras.models.registry import model_min_side
 from cellkeras.training import (
     DEFAULT_SCHEDULE,
@@ -191,12 +191,7 @@ def typical_size(images: ImageSet, sample: int = 16) -> tuple[int, int]:
     sequence or a folder tree is one size throughout, or nearly so)."""
     if images.images is not None:
         return tuple(int(v) for v in images.images.shape[1:3])
-    stored = images.paths if images.paths is not None else images.encoded
-    picks = np.unique(np.linspace(0, len(stored) - 1, min(sample, len(stored))).astype(int))
-    sizes = []
-    for i in picks:
-        data = Path(stored[i]).read_bytes() if images.paths is not None else stored[i]
-        sizes.append(decode_raw(data, source=str(stored[i])[:200]).shape[:2])
+    sizes = [pixels.shape[:2] for pixels in decoded_sample(images, sample)]
     height, width = np.median(np.array(sizes), axis=0)
     return int(height), int(width)
 

@@ -335,24 +335,30 @@ def _warn_if_dim(shares: list[float | None], name: str) -> None:
 AUTO_NORMALIZATION_SAMPLE = 256  # images decoded to choose; evenly spaced through the set
 
 
-def range_shares(imageset: ImageSet) -> list[float | None]:
-    """Each image's brightest pixel as a share of its 16-bit range (None: another type), for
-    up to `AUTO_NORMALIZATION_SAMPLE` images evenly spaced through the set. Unreadable images
-    are passed over: `check_images` reports them, with every other bad one."""
-    if imageset.images is not None:
-        return [_range_used(image) for image in imageset.images]
+def decoded_sample(imageset: ImageSet, count: int) -> list[np.ndarray]:
+    """Up to `count` of a file- or bytes-backed set's images, evenly spaced through it, decoded
+    as stored. Unreadable ones are passed over: `check_images` reports them, with every other
+    bad image."""
     stored = imageset.paths if imageset.paths is not None else imageset.encoded
     if not stored:
         return []
-    picked = np.unique(np.linspace(0, len(stored) - 1, AUTO_NORMALIZATION_SAMPLE).round())
-    shares = []
-    for i in picked.astype(int):
-        data = Path(stored[i]).read_bytes() if imageset.paths is not None else stored[i]
+    picks = np.unique(np.linspace(0, len(stored) - 1, min(count, len(stored))).astype(int))
+    decoded = []
+    for i in picks:
         try:
-            shares.append(_range_used(decode_raw(data, source=str(stored[i])[:200])))
+            data = Path(stored[i]).read_bytes() if imageset.paths is not None else stored[i]
+            decoded.append(decode_raw(data, source=str(stored[i])[:200]))
         except (ImageError, OSError):
             continue
-    return shares
+    return decoded
+
+
+def range_shares(imageset: ImageSet) -> list[float | None]:
+    """Each image's brightest pixel as a share of its 16-bit range (None: another type), for
+    up to `AUTO_NORMALIZATION_SAMPLE` images evenly spaced through the set."""
+    if imageset.images is not None:
+        return [_range_used(image) for image in imageset.images]
+    return [_range_used(pixels) for pixels in decoded_sample(imageset, AUTO_NORMALIZATION_SAMPLE)]
 
 
 def choose_normalization(
@@ -371,8 +377,11 @@ def choose_normalization(
     shares = range_shares(imageset)
     images, sixteen_bit, bright = dim_counts(shares) if counts is None else counts
     if not counts_are_dim(images, sixteen_bit, bright):
-        return "range", "the images fill their type's range"
-    why = f"{sixteen_bit - bright} of {images} sampled images are 16-bit and use under 1/16 of it"
+        return "range", "not mostly 16-bit images using under 1/16 of their range"
+    why = (
+        f"{sixteen_bit - bright} of {images} sampled images are 16-bit and use under 1/16 of "
+        "their range"
+    )
     top = _dim_share(shares)
     if top is not None:
         why += f", at most {top:.1%} (brightest ~{round(top * 65535)} of 65535)"
