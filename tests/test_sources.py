@@ -207,7 +207,7 @@ def test_check_images_warns_about_12_bit_data_under_range(tmp_path):
 
 
 def test_auto_normalization_stretches_dim_16_bit_images_only(tmp_path):
-    from cellkeras.data.sources import choose_normalization
+    from cellkeras.data.dim_images import choose_normalization
 
     rng = np.random.default_rng(1)
     for i in range(4):

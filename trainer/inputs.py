@@ -16,15 +16,14 @@ import numpy as np
 
 from cellkeras.augment import build_augmenter, strength_for_size
 from cellkeras.data import load_tfrecords, make_dataset
-from cellkeras.data.imageset import ImageSet
-from cellkeras.data.sources import (
-    check_images,
+from cellkeras.data.dim_images import (
     choose_normalization,
     decoded_sample,
     dim_counts,
-    open_source,
     range_shares,
 )
+from cellkeras.data.imageset import ImageSet
+from cellkeras.data.sources import check_images, open_source
 from cellkeras.data.tfrecord import expand_tfrecord_paths, shard_tfrecord_files
 from cellkeras.io.images import parse_channels
 from cellkeras.models.registry import model_min_side
@@ -53,7 +52,7 @@ from trainer.sharding import (
 def load_data(config: RunConfig, strategy=None):
     """Reads the configured source and checks every image; returns (ImageSet, channels,
     `trainer.sharding.InputSharding`, normalization), the last "auto" resolved
-    (`cellkeras.data.sources.choose_normalization`).
+    (`cellkeras.data.dim_images.choose_normalization`).
 
     Under a multi-worker `strategy`, TFRecords are sharded by file at the source: each worker
     reads and checks only its share of the files (`files[i::workers]` of the sorted list), so
@@ -105,12 +104,13 @@ def resolve_normalization(requested: str, images: ImageSet, strategy=None) -> st
     that each read a share of the files add up their counts and apply one rule to the sum."""
     if requested != "auto":
         return requested
-    counts = None
+    shares, counts = range_shares(images), None
     if strategy is not None and is_multi_worker(strategy):
-        mine = dim_counts(range_shares(images))
         per_worker = local_replicas(strategy)  # one value per replica comes back
-        counts = tuple(sum(agree_across_workers(strategy, c)[::per_worker]) for c in mine)
-    chosen, why = choose_normalization(images, counts)
+        counts = tuple(
+            sum(agree_across_workers(strategy, c)[::per_worker]) for c in dim_counts(shares)
+        )
+    chosen, why = choose_normalization(images, counts, shares)
     print(f"normalization: auto -> {chosen} ({why})")
     return chosen
 

@@ -229,6 +229,13 @@ def build_augmenter(
             seed=seed,
         )
         return Augmenter(layers=[FluidDistortion(**{**args, **kw})], **common)
+    return _keras_cv_augmenter(preset, s, seed, common, kw)
+
+
+def _keras_cv_augmenter(
+    preset: str, s: float, seed: int | None, common: dict, kw: dict
+) -> Augmenter:
+    """The presets built from keras-cv layers: "randaugment" and "mix"."""
     import keras_cv  # imported here: keras-cv's full layer set is slow to import
 
     # keras-cv's vectorized layers test `if seed:`, so seed 0 would draw from TensorFlow's

@@ -59,9 +59,10 @@ def normalize_windows(windows: np.ndarray, normalization: str) -> np.ndarray:
 
 
 def stretch_frame(image: np.ndarray, normalization: str) -> tuple[np.ndarray, str]:
-    """`(image, normalization)` for the windows of an (H, W, C) image: under "frame_percentile" the whole image is
-    stretched once by its percentiles, as the training frames were before their patches were
-    cut, and the windows then take it as it is ("range" on [0, 1] floats); otherwise unchanged."""
+    """`(image, normalization)` for the windows of an (H, W, C) image: under "frame_percentile"
+    the whole image is stretched once by its percentiles, as the training frames were before
+    their patches were cut, and the windows then take it as it is ("range" on [0, 1] floats);
+    otherwise unchanged."""
     if normalization != "frame_percentile":
         return image, normalization
     return normalize(image, "frame_percentile"), "range"
