@@ -21,7 +21,8 @@ For each real source (ndev, laptrack) held out in turn:
   calibration), and the sliding window with the labelled diameter instead of the estimate.
 Seeds 0, 1, 2 (`--loso_seeds`) for cellkeras; mean +- sd over seeds; seconds per image.
 `--loso_sweep` adds diagnostics that choose nothing: each foreground rule's held-out F1 with its
-settings calibrated on the training sources and with the held-out frames' own best settings.
+settings calibrated on the training sources, the same with the heat's gate off, and with the
+held-out frames' own best settings.
 """
 
 from __future__ import annotations
@@ -198,27 +199,28 @@ def evaluate_route(model, config, cal, test, score, labelled=False) -> dict:
 
 def foreground_sweep(model, config, cal, test, score) -> dict:
     """Diagnostics, not a choice: per foreground rule, the held-out F1@0.5 with that rule's
-    settings calibrated on the training sources, and with the best settings for the held-out
-    frames themselves (an oracle, as the baseline's grid is)."""
+    settings calibrated on the training sources, the same without the heat's gate (every
+    foreground part a marker: what the classifier adds), and with the best settings for the
+    held-out frames themselves (an oracle, as the baseline's grid is)."""
     cal_rows, test_rows = heats_for(model, cal[0], config), heats_for(model, test[0], config)
     shapes = [im.shape[:2] for im in test[0]]
+
+    def held_out_f1(params: BoxParams) -> float:
+        return score([f for f, _ in boxes_back(test_rows, params, shapes)], test[1])["f1@0.5"]
+
     rows = {}
     for foreground in FOREGROUNDS:
         frozen, calibration = frozen_params(cal_rows, cal[1], config.boxes, (foreground,))
-        found = boxes_back(test_rows, frozen, shapes)
         oracle, _ = frozen_params(test_rows, test[1], config.boxes, (foreground,))
-        best = boxes_back(test_rows, oracle, shapes)
         rows[foreground] = {
             "calibration_f1@0.5": calibration["f1"],
-            "held_out_f1@0.5": score([f for f, _ in found], test[1])["f1@0.5"],
-            "held_out_oracle_f1@0.5": score([f for f, _ in best], test[1])["f1@0.5"],
-            "calibrated": [
-                frozen.foreground_offset,
-                frozen.value,
-                frozen.erode,
-                frozen.min_distance,
-            ],
-            "oracle": [oracle.foreground_offset, oracle.value, oracle.erode, oracle.min_distance],
+            "held_out_f1@0.5": held_out_f1(frozen),
+            "held_out_f1@0.5_no_gate": held_out_f1(
+                dataclasses.replace(frozen, value=0.0, min_peak=0.0)
+            ),
+            "held_out_oracle_f1@0.5": held_out_f1(oracle),
+            "calibrated": [frozen.value, frozen.erode, frozen.min_distance],
+            "oracle": [oracle.value, oracle.erode, oracle.min_distance],
         }
     return rows
 
