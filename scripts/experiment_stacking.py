@@ -12,7 +12,13 @@ picks merge weights from validation alone and is scored on test:
   scored out of fold;
 - `average`, `fitted`, each branch `alone`, and `oracle` (the best of those on test, a bound).
 
+`--seed_ensembles` instead groups the runs that differ only in their seed (`NAME__seedK`),
+merges each run as the trainer did (the cross-fitted rule), and scores the average of the
+group's test probabilities: what an ensemble of those seeds would have scored, with no new
+training.
+
     python scripts/experiment_stacking.py runs/var/*/runs/*__seed*   # prints the table
+    python scripts/experiment_stacking.py --seed_ensembles runs/var/edges/runs/*__seed*
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -85,14 +92,51 @@ def rule_weights(labels: np.ndarray, log_probs: np.ndarray) -> dict[str, np.ndar
     return rules
 
 
+def trainer_merged_probs(data: dict[str, np.ndarray]) -> np.ndarray:
+    """(B, K) test probabilities of a run merged as the trainer merges it (cross-fitted)."""
+    from cellkeras.training.stacking import choose_merge
+
+    log_probs = data["test_log_probs"]
+    weights = np.ones(1)
+    if log_probs.shape[1] > 1:
+        weights = choose_merge(data["val_labels"], data["val_log_probs"], cross_fit=True)[1]
+    mixed = np.einsum("bnk,n->bk", log_probs, weights)
+    mixed = np.exp(mixed - mixed.max(axis=-1, keepdims=True))
+    return mixed / mixed.sum(axis=-1, keepdims=True)
+
+
+def seed_ensembles(folders: list[Path]) -> None:
+    groups: dict[str, list[Path]] = {}
+    for folder in folders:
+        groups.setdefault(re.sub(r"__seed\d+$", "", folder.name), []).append(folder)
+    print("| runs | seeds | test accuracy per seed | mean | ensemble of the seeds |")
+    print("|---|---|---|---|---|")
+    for name, members in sorted(groups.items()):
+        data = [run_log_probs(folder) for folder in members]
+        labels = data[0]["test_labels"]
+        probs = [trainer_merged_probs(d) for d in data]
+        each = [float(np.mean(p.argmax(-1) == labels)) for p in probs]
+        together = float(np.mean(np.mean(probs, axis=0).argmax(-1) == labels))
+        print(
+            f"| {name} | {len(members)} | {' / '.join(f'{a:.3f}' for a in each)} | "
+            f"{np.mean(each):.3f} | {together:.3f} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     from cellkeras.training.stacking import merged_scores
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--seed_ensembles", action="store_true")
     args = parser.parse_args()
+    finished = sorted(f for f in args.folders if (f / "model.keras").is_file())
+    if args.seed_ensembles:
+        seed_ensembles(finished)
+        return
     table: dict[str, list[float]] = {}
-    for folder in sorted(f for f in args.folders if (f / "model.keras").is_file()):
+    for folder in finished:
         data = run_log_probs(folder)
         if data["val_log_probs"].shape[1] < 2:
             continue
