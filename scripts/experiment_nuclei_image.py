@@ -10,7 +10,7 @@
    its labels; F1@0.5 over all frames. No heat involved: this isolates the foreground.
 3. What the labels leave out: the Otsu rule's false positives at IoU 0.5 that overlap no
    labelled nucleus at all (box IoU < 0.1 with every one), per source, and a gallery of them
-   (`--audit_png`). On ndev these are mostly nuclei the annotation skipped, which caps the
+   (`--audit_png`, the first 72). On ndev these are mostly nuclei the annotation skipped, which caps the
    precision that any detector that finds every nucleus can score there.
 
 Command (about a minute on the shared 2-core machine):
@@ -44,6 +44,7 @@ FOREGROUND_BOXES = BoxParams(
 # merge or loose box of one: it lies where the labels have nothing.
 NO_OVERLAP_IOU = 0.1
 AUDIT_CROP = 32
+REPO = Path(__file__).resolve().parents[1]
 
 
 def size_rows(samples: dict) -> dict:
@@ -66,13 +67,14 @@ def size_rows(samples: dict) -> dict:
 
 def foreground_rows(samples: dict) -> dict:
     rows = {}
-    params = FOREGROUND_BOXES
     for name, sample in samples.items():
         scaled = rescale_sample(sample, 12.0 / median_diameter(sample.labels))
         truth = [scaled.boxes(f) for f in range(len(scaled))]
         for mode in ("otsu", "local"):
             pred = [
-                heatmap_to_boxes(image_foreground(im, mode=mode).astype(np.float32), params)
+                heatmap_to_boxes(
+                    image_foreground(im, mode=mode).astype(np.float32), FOREGROUND_BOXES
+                )
                 for im in scaled.images
             ]
             result = detection_scores([b for b, _ in pred], [s for _, s in pred], truth)
@@ -131,7 +133,7 @@ def _crop(shown: np.ndarray, truth: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--audit_png", type=Path, default=Path("docs/images/ndev_unlabelled.png"))
+    parser.add_argument("--audit_png", type=Path, default=REPO / "docs/images/ndev_unlabelled.png")
     args = parser.parse_args()
     real = {name: load_source(name) for name in ("ndev", "laptrack")}
     synthetic = {
