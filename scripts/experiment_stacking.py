@@ -94,15 +94,15 @@ def rule_weights(labels: np.ndarray, log_probs: np.ndarray) -> dict[str, np.ndar
 
 def trainer_merged_probs(data: dict[str, np.ndarray]) -> np.ndarray:
     """(B, K) test probabilities of a run merged as the trainer merges it (cross-fitted)."""
+    from scipy.special import softmax
+
     from cellkeras.training.stacking import choose_merge
 
     log_probs = data["test_log_probs"]
     weights = np.ones(1)
     if log_probs.shape[1] > 1:
         weights = choose_merge(data["val_labels"], data["val_log_probs"], cross_fit=True)[1]
-    mixed = np.einsum("bnk,n->bk", log_probs, weights)
-    mixed = np.exp(mixed - mixed.max(axis=-1, keepdims=True))
-    return mixed / mixed.sum(axis=-1, keepdims=True)
+    return softmax(np.einsum("bnk,n->bk", log_probs, weights), axis=-1)
 
 
 def seed_ensembles(folders: list[Path]) -> None:

@@ -79,9 +79,9 @@ class Augmenter(keras.layers.Layer):
 
     def call(self, inputs, training: bool | None = True, seed=None):
         """`seed`: an int (2,) tensor the batch's `FluidDistortion` and `IntensityJitter` draws
-        are a function of (stateless; `cellkeras.data.make_dataset` passes one per batch), and so are
-        `SeededGridMask`'s, image by image; None draws from the layers' seeded generators.
-        Other keras-cv layers always draw from their generators."""
+        are a function of (stateless; `cellkeras.data.make_dataset` passes one per batch), and
+        so are `SeededGridMask`'s, image by image; None draws from the layers' seeded
+        generators. Other keras-cv layers always draw from their generators."""
         if training is False or not self.augmentation_layers:
             return inputs
         is_dict = isinstance(inputs, dict)
@@ -179,7 +179,8 @@ def build_augmenter(
             nothing.
         **kw: overrides for the preset's main layer: `FluidDistortion` arguments for "basic" and
             "fluid" (e.g. `mode="elastic"`, `bounding_box_format="xyxy"`), `IntensityJitter`
-            arguments for "intensity", `SeededGridMask` arguments for "gridmask", `RandAugment` arguments for "randaugment".
+            arguments for "intensity", `SeededGridMask` arguments for "gridmask", `RandAugment`
+            arguments for "randaugment".
 
     Returns:
         An `Augmenter` layer.

@@ -22,6 +22,8 @@ from cellkeras.io.images import ImageError, decode_raw
 # flipped between 0.16 and 0.99 from epoch to epoch and 3 of 18 runs ended at a constant
 # prediction, none of 16 with "percentile" (docs/BENCHMARKS.md, "Real data").
 DIM_RANGE_SHARE = 1 / 16
+DIM_BRIGHT_SHARE = 0.01  # this share of dim images may reach DIM_RANGE_SHARE (outliers)
+AUTO_NORMALIZATION_SAMPLE = 256  # images decoded to choose; evenly spaced through the set
 
 
 def range_used(pixels: np.ndarray) -> float | None:
@@ -29,9 +31,6 @@ def range_used(pixels: np.ndarray) -> float | None:
     if pixels.dtype != np.uint16 or not pixels.size:
         return None
     return float(pixels.max()) / 65535.0
-
-
-DIM_BRIGHT_SHARE = 0.01  # this share of dim images may reach DIM_RANGE_SHARE (outliers)
 
 
 def dim_counts(shares: list[float | None]) -> tuple[int, int, int]:
@@ -68,9 +67,6 @@ def warn_if_dim(shares: list[float | None], name: str) -> None:
             "auto)",
             stacklevel=3,
         )
-
-
-AUTO_NORMALIZATION_SAMPLE = 256  # images decoded to choose; evenly spaced through the set
 
 
 def decoded_sample(imageset: ImageSet, count: int) -> list[np.ndarray]:
