@@ -12,15 +12,26 @@
    labelled nucleus at all (box IoU < 0.1 with every one), per source, and a gallery of them
    (`--audit_png`, the first 72). On ndev these are mostly nuclei the annotation skipped, which caps the
    precision that any detector that finds every nucleus can score there.
+4. `--grid_choice`: can the image alone pick the baseline's setting? The leave-one-source-out
+   baseline (`scripts/_detection_loso.py`) takes the best of its 120-point Otsu + watershed grid
+   by the held-out labels. Here each image picks a setting with no label, by a size criterion
+   scored on its boxes against the estimated diameter (`estimate_diameter`): "sized" (boxes
+   with 0.5-2x the area of a diameter square), "net" (sized minus the rest: fragments and
+   merges count against) or "frac" (the sized share). The criterion is chosen on synthetic
+   fields (8-24 px) only, then scored per image and as one vote per source (the setting with
+   the highest criterion summed over the source's frames) on ndev and laptrack, beside the
+   label-chosen oracle.
 
-Command (about a minute on the shared 2-core machine):
-    python scripts/experiment_nuclei_image.py
+Command (about a minute on the shared 2-core machine; `--grid_choice` adds about 5):
+    python scripts/experiment_nuclei_image.py [--grid_choice]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +56,7 @@ FOREGROUND_BOXES = BoxParams(
 NO_OVERLAP_IOU = 0.1
 AUDIT_CROP = 32
 REPO = Path(__file__).resolve().parents[1]
+GRID_CRITERIA = ("sized", "net", "frac")
 
 
 def size_rows(samples: dict) -> dict:
@@ -131,9 +143,56 @@ def _crop(shown: np.ndarray, truth: np.ndarray, box: np.ndarray) -> np.ndarray:
     return np.kron(rgb, np.ones((3, 3, 1), np.uint8))
 
 
+def size_criteria(boxes: np.ndarray, diameter: float) -> dict:
+    """Label-free scores of one segmentation: how many boxes have a nucleus' size."""
+    if len(boxes) == 0:
+        return dict.fromkeys(GRID_CRITERIA, 0.0)
+    boxes = np.asarray(boxes, np.float64)
+    area = np.maximum(boxes[:, 2] - boxes[:, 0], 1) * np.maximum(boxes[:, 3] - boxes[:, 1], 1)
+    sized = (area >= 0.5 * diameter**2) & (area <= 2.0 * diameter**2)
+    return {"sized": float(sized.sum()), "net": float(2 * sized.sum() - len(boxes)),
+            "frac": float(sized.mean())}  # fmt: skip
+
+
+def grid_choice_rows(samples: dict) -> dict:
+    """Per source: the oracle's F1@0.5 and each criterion's, per image and as one vote."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from _detection_loso import BASE_MIN_DISTANCE, BASE_OFFSET, BASE_SIGMA, otsu_watershed
+
+    grid = list(itertools.product(BASE_SIGMA, BASE_MIN_DISTANCE, BASE_OFFSET))
+    rows = {}
+    for name, sample in samples.items():
+        truth = [sample.boxes(f) for f in range(len(sample))]
+        # per[i][g]: frame i segmented with setting g, and its criteria
+        per = []
+        for image in sample.images:
+            diameter = estimate_diameter(image)
+            segmented = [otsu_watershed(image[..., None], *setting) for setting in grid]
+            per.append([(pred, size_criteria(pred[0], diameter)) for pred in segmented])
+
+        def f1(picks, per=per, truth=truth):
+            pred = [per[i][g][0] for i, g in enumerate(picks)]
+            result = detection_scores([b for b, _ in pred], [s for _, s in pred], truth)
+            return result["iou0.5"]["f1"]
+
+        frames = range(len(per))
+        by_setting = [f1([g] * len(per)) for g in range(len(grid))]
+        row = {"oracle": max(by_setting), "oracle_setting": grid[int(np.argmax(by_setting))]}
+        for c in GRID_CRITERIA:
+            row[f"{c} per image"] = f1([max(range(len(grid)), key=lambda g, i=i: per[i][g][1][c])
+                                        for i in frames])  # fmt: skip
+            votes = [sum(per[i][g][1][c] for i in frames) for g in range(len(grid))]
+            row[f"{c} per source"] = by_setting[int(np.argmax(votes))]
+        rows[name] = row
+        print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                for k, v in row.items()}), flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--audit_png", type=Path, default=REPO / "docs/images/ndev_unlabelled.png")
+    parser.add_argument("--grid_choice", action="store_true", help="also part 4 (~5 min)")
     args = parser.parse_args()
     real = {name: load_source(name) for name in ("ndev", "laptrack")}
     synthetic = {
@@ -147,7 +206,21 @@ def main() -> None:
     foreground = foreground_rows(mixed)
     print("unmatched Otsu boxes: on a labelled nucleus or where the labels have none")
     unlabelled = unlabelled_rows(real, args.audit_png)
-    print(json.dumps({"size": size, "foreground": foreground, "unlabelled": unlabelled}, indent=1))
+    rows = {"size": size, "foreground": foreground, "unlabelled": unlabelled}
+    if args.grid_choice:
+        print("the baseline's grid chosen without labels, F1@0.5 (criterion chosen on synthetic)")
+        development = {
+            f"synthetic {d} px": synthetic_nuclei_sample(4, (192, 192), d, seed=100 + d)
+            for d in (8, 12, 18, 24)
+        }
+        rows["grid_choice"] = grid_choice_rows({**development, **real})
+        chosen = max(
+            GRID_CRITERIA,
+            key=lambda c: np.mean([rows["grid_choice"][n][f"{c} per image"] for n in development]),
+        )
+        print(f"criterion chosen on the synthetic fields: {chosen}")
+        rows["grid_choice_criterion"] = chosen
+    print(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
