@@ -40,7 +40,7 @@ import numpy as np
 from cellkeras.data.nuclei_sources import load_source, median_diameter, rescale_sample
 from cellkeras.data.synthetic_nuclei import synthetic_nuclei_sample
 from cellkeras.detect import BoxParams, heatmap_to_boxes
-from cellkeras.detect.boxes import image_foreground
+from cellkeras.detect.boxes import AUTO_AREA_RANGE, image_foreground
 from cellkeras.detect.draw import TRUE_COLOUR, draw_boxes, save_rgb
 from cellkeras.detect.size import estimate_diameter
 from cellkeras.evaluate.detection import box_iou, detection_scores, match_boxes
@@ -149,7 +149,9 @@ def size_criteria(boxes: np.ndarray, diameter: float) -> dict:
         return dict.fromkeys(GRID_CRITERIA, 0.0)
     boxes = np.asarray(boxes, np.float64)
     area = np.maximum(boxes[:, 2] - boxes[:, 0], 1) * np.maximum(boxes[:, 3] - boxes[:, 1], 1)
-    sized = (area >= 0.5 * diameter**2) & (area <= 2.0 * diameter**2)
+    # The "auto" foreground's nucleus-size range; a disc's bounding box has area diameter**2.
+    low, high = AUTO_AREA_RANGE
+    sized = (area >= low * diameter**2) & (area <= high * diameter**2)
     return {"sized": float(sized.sum()), "net": float(2 * sized.sum() - len(boxes)),
             "frac": float(sized.mean())}  # fmt: skip
 
