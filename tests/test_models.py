@@ -94,6 +94,15 @@ def test_unknown_branch_and_merge_raise():
         ParallelCNN(NUM_CLASSES, branches=["edge", "edge"])
 
 
+@pytest.mark.parametrize("name", ["merge", "merged"])
+def test_branch_names_the_model_uses_itself_are_rejected(name):
+    # A branch "merge" would own a layer `merge_logits`, the head's; "merged" would replace the
+    # analysis model's merged output.
+    branches = [{**TINY_BRANCHES[0], "name": name}, TINY_BRANCHES[1]]
+    with pytest.raises(ValueError, match=f"\\['{name}'\\].*another `name`"):
+        ParallelCNN(NUM_CLASSES, branches=branches)
+
+
 def test_grayscale_and_four_channel_inputs():
     for channels in (1, 4):
         model = ParallelCNN(NUM_CLASSES, channels=channels, branches=TINY_BRANCHES)
@@ -222,12 +231,30 @@ def test_fit_stagewise_skips_head_of_average_merge(eager):
     assert "head" not in histories
 
 
+@pytest.mark.parametrize("name", ["head", "all"])
+def test_stagewise_training_rejects_branches_named_like_its_phases(eager, name):
+    # A branch "head" would be taken for the merge head's phase, "all" for joint training.
+    branches = [{**TINY_BRANCHES[0], "name": name}, TINY_BRANCHES[1]]
+    model = ParallelCNN(NUM_CLASSES, branches=branches)
+    data = (_images(4), _one_hot(4))
+    before = _weights(model)
+    with pytest.raises(ValueError, match=f"named \\['{name}'\\]"):
+        fit_stagewise(model, data, epochs_per_branch=1, head_epochs=1, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _weights(model), strict=True))
+
+
 def test_fit_joint_reports_merged_and_branch_accuracy(eager):
     model = _tiny()
     data = (_images(4), _one_hot(4))
     history = fit_joint(model, data, data, epochs=1, optimizer="adam", verbose=0)
     for key in ("loss", "accuracy", "val_accuracy", "edge_accuracy", "val_wide_shallow_accuracy"):
         assert key in history, key
+    # `loss` is the served (merged) output's; the optimised total adds the branch losses.
+    for prefix in ("", "val_"):
+        total = history[f"{prefix}loss"][0] + 0.3 * (
+            history[f"{prefix}edge_loss"][0] + history[f"{prefix}wide_shallow_loss"][0]
+        )
+        assert history[f"{prefix}total_loss"][0] == pytest.approx(total, rel=1e-4)
     single = create_model("edge", NUM_CLASSES)
     history = fit_joint(single, data, data, epochs=1, verbose=0)
     assert "val_accuracy" in history

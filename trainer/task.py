@@ -43,7 +43,6 @@ from cellkeras.serving.export import export_model
 from cellkeras.training import (
     HEAD,
     JOINT,
-    JOINT_HEAD,
     PhaseRunner,
     adam_with_cosine_decay,
     fit_stacking,
@@ -151,7 +150,7 @@ def _train(
         # best.keras keeps the best classifier, so only phases that fit the whole model's
         # output count (a stage-wise branch's accuracy is not the model's), and only at the
         # final size (BEST_RULE).
-        joint = phase.part in (JOINT, JOINT_HEAD)
+        joint = phase.is_joint
         competes = (joint or phase.part == HEAD) and phase.stage.size == stages[-1].size
         progress.watch(
             runner.model if competes else None,

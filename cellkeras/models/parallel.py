@@ -25,6 +25,9 @@ from cellkeras.models.branches import build_branch, resolve_branch
 from cellkeras.models.layers import StackedMerge, WeightedAverage
 
 MERGES = ("concat", "average", "weighted", "stacked")
+# A branch's layers are named after it (`<name>_logits`), which for these would clash with the
+# merge head's `merge_*` layers or the analysis model's "merged" output.
+RESERVED_BRANCH_NAMES = ("merge", "merged")
 
 
 def _policy_name(dtype: Any) -> str | None:
@@ -90,6 +93,12 @@ class ParallelCNN(keras.Model):
         names = [s["name"] for s in specs]
         if not specs or len(set(names)) != len(names):
             raise ValueError(f"Need at least one branch, with unique names; got {names}.")
+        reserved = sorted(set(names) & set(RESERVED_BRANCH_NAMES))
+        if reserved:
+            raise ValueError(
+                f"Branch names {reserved} are taken by the model itself (reserved: "
+                f"{', '.join(RESERVED_BRANCH_NAMES)}); give the branch spec another `name`."
+            )
         policy = _policy_name(dtype)
 
         # === Functional graph ===

@@ -80,9 +80,10 @@ def keras_fit(
 
     `steps_per_epoch`: `train_data` holds every epoch back to back, and `fit` reads this many
     batches of one iterator per epoch (None: it holds one epoch, iterated afresh each time)."""
-    inputs = {"x": train_data[0], "y": train_data[1]} if isinstance(train_data, tuple) else {}
+    images, labels = train_data if isinstance(train_data, tuple) else (train_data, None)
     return fit_model.fit(
-        **(inputs or {"x": train_data}),
+        x=images,
+        y=labels,
         validation_data=validation_data,
         initial_epoch=initial_epoch,
         epochs=epochs,
@@ -91,10 +92,6 @@ def keras_fit(
         steps_per_epoch=steps_per_epoch,
         shuffle=False,  # make_dataset already reshuffles every epoch
     )
-
-
-def is_joint(phase: Phase) -> bool:
-    return phase.part in (JOINT, JOINT_HEAD)
 
 
 @dataclasses.dataclass
@@ -134,14 +131,12 @@ class PhaseRunner:
     def compiled_for(self, phase: Phase, previous: keras.Model | None = None):
         """The compiled model to fit in `phase` and its label function (`previous`: the
         model the phase before fitted, whose optimizer joint training carries on)."""
-        joint = is_joint(phase)
-        epochs = sum(p.stage.epochs for p in self.phases if is_joint(p) == joint and (
-            joint or p.part == phase.part))  # fmt: skip
+        joint = phase.is_joint
         with self.scope():
             if previous is not None and joint:
                 optimizer = previous.optimizer
             else:
-                optimizer = self.optimizer_factory(epochs)
+                optimizer = self.optimizer_factory(self.optimizer_epochs(phase))
             if not joint:
                 fitted = stagewise_trainer(
                     self.model, phase.part, optimizer, jit_compile=self.jit_compile
@@ -155,12 +150,19 @@ class PhaseRunner:
                 self.model, optimizer, self.branch_loss_weight, jit_compile=self.jit_compile
             )
 
+    def optimizer_epochs(self, phase: Phase) -> int:
+        """The epochs one optimizer (and its learning-rate decay) spans: every joint phase
+        together, or every phase of one stage-wise part."""
+        if phase.is_joint:
+            return sum(p.stage.epochs for p in self.phases if p.is_joint)
+        return sum(p.stage.epochs for p in self.phases if p.part == phase.part)
+
     def phase_that_saved(self, epochs_done: int) -> Phase:
         """The phase whose compiled model holds the state after `epochs_done` epochs: a joint
         run's optimizer was built over the whole model in its first phase; a stage-wise
         part's in that part."""
         index = next((i for i, end in enumerate(self.ends) if epochs_done <= end), -1)
-        return self.phases[0] if is_joint(self.phases[index]) else self.phases[index]
+        return self.phases[0] if self.phases[index].is_joint else self.phases[index]
 
     def run(
         self,

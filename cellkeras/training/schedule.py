@@ -80,6 +80,9 @@ HEAD = "head"
 JOINT = "all"
 JOINT_HEAD = "all, head only"
 
+# A branch named like a marker would be skipped, or trained as the whole model.
+PHASE_MARKERS = (HEAD, JOINT, JOINT_HEAD)
+
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
@@ -90,6 +93,11 @@ class Phase:
     part: str
     stage_index: int
     stage: Stage
+
+    @property
+    def is_joint(self) -> bool:
+        """Whether the phase belongs to joint training (one optimizer over all its phases)."""
+        return self.part in (JOINT, JOINT_HEAD)
 
     def __str__(self) -> str:
         return str(self.stage) if self.part == JOINT else f"{self.part} {self.stage}"

@@ -20,6 +20,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from scipy.special import logsumexp
 
 from cellkeras.models.layers import StackedMerge
 from cellkeras.models.parallel import branch_names
@@ -53,26 +54,27 @@ def branch_log_probs(model: keras.Model, batches: Any) -> tuple[np.ndarray, np.n
         outputs = logits(images, training=False)
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
         stacked = np.stack([np.asarray(o, dtype=np.float64) for o in outputs], axis=1)
-        parts.append(stacked - _logsumexp(stacked))
+        parts.append(stacked - logsumexp(stacked, axis=-1, keepdims=True))
         labels.append(np.argmax(np.asarray(one_hot), axis=-1))
     return np.concatenate(labels), np.concatenate(parts)
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    top = x.max(axis=-1, keepdims=True)
-    return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
 
 
 def merged_scores(
     labels: np.ndarray, log_probs: np.ndarray, weights: np.ndarray
 ) -> tuple[float, float]:
     """`(accuracy, mean log-loss)` of the merge with `weights` on these predictions."""
-    return _scores(labels, np.einsum("bnk,n->bk", log_probs, weights))
+    return _scores(labels, _merged_log_probs(log_probs, weights))
+
+
+def _merged_log_probs(log_probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The stacked merge's log-softmax: the branches' log-probabilities weighted and summed,
+    then normalized (what `StackedMerge` computes)."""
+    mixed = np.einsum("bnk,n->bk", log_probs, weights)
+    return mixed - logsumexp(mixed, axis=-1, keepdims=True)
 
 
 def _scores(labels: np.ndarray, mixed: np.ndarray) -> tuple[float, float]:
-    """`(accuracy, mean log-loss)` of merged (unnormalized) log-probabilities."""
-    mixed = mixed - _logsumexp(mixed)
+    """`(accuracy, mean log-loss)` of merged log-probabilities."""
     accuracy = float(np.mean(np.argmax(mixed, axis=-1) == labels))
     return accuracy, float(-np.mean(mixed[np.arange(len(labels)), labels]))
 
@@ -87,8 +89,7 @@ def fit_weights(labels: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
     rows = np.arange(len(labels))
 
     def loss_and_grad(weights: np.ndarray) -> tuple[float, np.ndarray]:
-        mixed = np.einsum("bnk,n->bk", log_probs, weights)
-        mixed = mixed - _logsumexp(mixed)
+        mixed = _merged_log_probs(log_probs, weights)
         probs = np.exp(mixed)
         # d(-log p_y)/dw_n = E_p[log p_n] - log p_n(y), averaged over the images.
         grad = np.einsum("bk,bnk->bn", probs, log_probs) - log_probs[rows, :, labels]
@@ -116,7 +117,7 @@ def cross_fitted_scores(
     for part in parts:
         rest = np.setdiff1d(np.arange(len(labels)), part)
         weights = fit_weights(labels[rest], log_probs[rest])
-        mixed[part] = np.einsum("bnk,n->bk", log_probs[part], weights)
+        mixed[part] = _merged_log_probs(log_probs[part], weights)
     return _scores(labels, mixed)
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import keras
 
-from cellkeras.models.layers import StackedMerge
 from cellkeras.models.parallel import analysis_model, branch_models, branch_names
-from cellkeras.training.schedule import HEAD
+from cellkeras.training.schedule import HEAD, PHASE_MARKERS
+from cellkeras.training.stacking import stacked_merge
 
 
 def compile_classifier(
@@ -80,10 +80,20 @@ def set_trainable(
 
 class AliasMergedMetrics(keras.callbacks.Callback):
     """Renames `[val_]merged_<metric>` to `[val_]<metric>` in the logs, so callbacks and the
-    history see the merged output under the same names as a plain single-output fit."""
+    history see the merged output under the same names as a plain single-output fit.
+
+    `loss` so becomes the merged output's loss, the one a user compares across runs and
+    restore-best reads: the optimised total adds the auxiliary branch losses (and for a
+    "stacked" merge leaves the merged one out), so it is not the served model's loss. The total
+    stays in the logs as `[val_]total_loss`."""
 
     def _alias(self, logs: dict | None) -> None:
-        for key in list(logs or {}):
+        if not logs:
+            return
+        for prefix in ("", "val_"):
+            if f"{prefix}merged_loss" in logs and f"{prefix}loss" in logs:
+                logs[f"{prefix}total_loss"] = logs[f"{prefix}loss"]
+        for key in list(logs):
             for prefix in ("", "val_"):
                 if key.startswith(f"{prefix}merged_"):
                     logs[prefix + key[len(prefix) + len("merged_") :]] = logs[key]
@@ -102,13 +112,6 @@ def _per_output_labels(data: Any, keys: Sequence[str]) -> Any:
         images, labels = data
         return images, {k: labels for k in keys}
     return data.map(lambda images, labels: (images, {k: labels for k in keys}))
-
-
-def _merge_layer(model: keras.Model):
-    try:
-        return model.get_layer("probs")
-    except ValueError:
-        return None
 
 
 def joint_trainer(
@@ -134,7 +137,7 @@ def joint_trainer(
     trainer = analysis_model(model)
     keys = ["merged", *names]
     merged_weight = 1.0
-    if isinstance(_merge_layer(model), StackedMerge):
+    if stacked_merge(model) is not None:
         # Each branch by its own loss alone: the stacked merge is fitted afterwards, on
         # held-out images (`fit_stacking`), and must not pull the branches towards each other.
         merged_weight, branch_loss_weight = 0.0, 1.0
@@ -153,6 +156,13 @@ def stagewise_parts(model: keras.Model, head_epochs: int = 1) -> list[str]:
     when there is no head to train: one branch, a merge without trained weights such as
     "average" or "stacked", or `head_epochs` 0)."""
     names = branch_names(model)
+    clashes = sorted(set(names) & set(PHASE_MARKERS))
+    if clashes:
+        raise ValueError(
+            f"Stage-wise training cannot fit branches named {clashes}: the names "
+            f"{list(PHASE_MARKERS)} mark its head and joint phases. Rename the branch "
+            "(a branch spec's `name`)."
+        )
     _, head_layers = _layer_groups(model)
     head_weights = any(model.get_layer(name).trainable_weights for name in head_layers)
     return names + ([HEAD] if len(names) > 1 and head_weights and head_epochs > 0 else [])
