@@ -12,6 +12,7 @@ import tensorflow as tf
 from cellkeras.data.imageset import ImageSet
 from cellkeras.models import create_model
 from cellkeras.training import (
+    adam_with_cosine_decay,
     auto_schedule,
     fit_stacking,
     fit_to_images,
@@ -182,3 +183,27 @@ def test_fit_stacking_sets_the_weights_and_survives_a_save_load(tmp_path):
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
     with pytest.raises(ValueError, match="no stacked merge"):
         fit_stacking(create_model("parallel_small_concat", 3, channels=1), batches)
+
+
+def test_the_optimizer_warms_up_decays_and_with_weight_decay_shrinks_idle_weights():
+    make = adam_with_cosine_decay(1e-2, steps_per_epoch=10, warmup_fraction=0.1)
+    optimizer = make(2)
+    optimizer.build([keras.Variable(np.ones(3, dtype="float32"))])
+    rates = []
+    for step in (0, 2, 20):
+        optimizer.iterations.assign(step)
+        rates.append(float(optimizer.learning_rate))
+    assert rates[0] == pytest.approx(0.0)
+    assert rates[1] == pytest.approx(1e-2)  # the peak, after 10 % of the 20 steps
+    assert rates[2] == pytest.approx(5e-4)  # the cosine's floor, 5 % of the peak
+
+    def after_steps(optimizer, steps=5):
+        weight = keras.Variable(np.ones(3, dtype="float32"))
+        for _ in range(steps):
+            optimizer.apply_gradients([(keras.ops.zeros(3), weight)])
+        return weight.numpy()
+
+    assert np.array_equal(after_steps(make(2)), np.ones(3))  # no gradient, no move
+    decayed = adam_with_cosine_decay(1e-2, 10, weight_decay=1.0)(2)
+    assert isinstance(decayed, keras.optimizers.AdamW)
+    assert np.all(after_steps(decayed) < 0.99)

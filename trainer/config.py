@@ -121,6 +121,8 @@ class TrainConfig:
             linearly from 0 to its peak before the cosine decay.
         batch_size: per-replica batch size.
         learning_rate: peak learning rate (cosine decay over the run).
+        weight_decay: AdamW's decoupled weight decay (each step shrinks the weights by
+            learning_rate x weight_decay of themselves); 0 is plain Adam.
         branch_loss_weight: weight of each branch's auxiliary loss: it gives every branch a
             trained head of its own, so per-branch accuracy means something (0 trains the
             merged output alone).
@@ -164,6 +166,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     batch_size: int = 32
     learning_rate: float = 3e-3
+    weight_decay: float = 0.0
     branch_loss_weight: float = 0.3
     training_mode: str = "joint"
     head_epochs: int = 3

@@ -384,7 +384,10 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
         model,
         phases,
         adam_with_cosine_decay(
-            train_cfg.learning_rate, inputs.steps_per_epoch, train_cfg.warmup_fraction
+            train_cfg.learning_rate,
+            inputs.steps_per_epoch,
+            train_cfg.warmup_fraction,
+            train_cfg.weight_decay,
         ),
         branch_loss_weight=train_cfg.branch_loss_weight,
         jit_compile=runtime.jit_compile,

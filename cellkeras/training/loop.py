@@ -41,12 +41,18 @@ DataFor = Callable[[Phase, bool, range], Any]
 
 
 def adam_with_cosine_decay(
-    learning_rate: float, steps_per_epoch: int, warmup_fraction: float = 0.0
+    learning_rate: float,
+    steps_per_epoch: int,
+    warmup_fraction: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> OptimizerFactory:
     """Adam whose learning rate decays by a cosine to 5 % over the epochs it is made for,
     after rising linearly from 0 over their first `warmup_fraction` of steps (Adam's early
     moment estimates are noisy, and batch-norm statistics are still settling: a full step
-    size there can throw a small model trained from scratch off for many epochs)."""
+    size there can throw a small model trained from scratch off for many epochs).
+
+    `weight_decay` > 0 makes it AdamW: each step shrinks every weight by
+    `learning_rate * weight_decay` of itself, decoupled from the gradient's moments."""
 
     def make(epochs: int) -> keras.optimizers.Optimizer:
         steps = max(1, steps_per_epoch * epochs)
@@ -61,6 +67,8 @@ def adam_with_cosine_decay(
                 warmup_target=learning_rate,
                 warmup_steps=warmup,
             )
+        if weight_decay > 0:
+            return keras.optimizers.AdamW(decay, weight_decay=weight_decay)
         return keras.optimizers.Adam(decay)
 
     return make
