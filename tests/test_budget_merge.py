@@ -207,3 +207,27 @@ def test_the_optimizer_warms_up_decays_and_with_weight_decay_shrinks_idle_weight
     decayed = adam_with_cosine_decay(1e-2, 10, weight_decay=1.0)(2)
     assert isinstance(decayed, keras.optimizers.AdamW)
     assert np.all(after_steps(decayed) < 0.99)
+
+
+def test_label_smoothing_charges_a_sure_and_right_prediction():
+    from cellkeras.training import classification_loss
+
+    labels = tf.one_hot([0, 2], 3)
+    sure = tf.constant([[0.998, 0.001, 0.001], [0.001, 0.001, 0.998]])
+    assert float(classification_loss(0.0)(labels, sure)) < 0.01
+    # Targets 0.8 / 0.1 / 0.1: about -0.1 * 2 * log(0.001) more.
+    assert float(classification_loss(0.3)(labels, sure)) > 1.0
+
+
+@pytest.mark.parametrize("mode", ["joint", "stagewise"])
+def test_label_smoothing_reaches_every_loss_a_phase_trains_on(mode):
+    from cellkeras.training import joint_trainer, stagewise_trainer
+
+    model = _tiny_stacked()
+    if mode == "joint":
+        trainer, _ = joint_trainer(model, "adam", 0.3, label_smoothing=0.2)
+        losses = list(trainer.loss.values())
+        assert len(losses) == 3  # the merged output and both branches
+    else:
+        losses = [stagewise_trainer(model, "edge", "adam", label_smoothing=0.2).loss]
+    assert [loss.label_smoothing for loss in losses] == [0.2] * len(losses)

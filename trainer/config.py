@@ -123,6 +123,8 @@ class TrainConfig:
         learning_rate: peak learning rate (cosine decay over the run).
         weight_decay: AdamW's decoupled weight decay (each step shrinks the weights by
             learning_rate x weight_decay of themselves); 0 is plain Adam.
+        label_smoothing: each one-hot training label softened towards uniform by this much
+            (keras.losses.CategoricalCrossentropy); 0 is the plain cross-entropy.
         branch_loss_weight: weight of each branch's auxiliary loss: it gives every branch a
             trained head of its own, so per-branch accuracy means something (0 trains the
             merged output alone).
@@ -167,6 +169,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0
     branch_loss_weight: float = 0.3
     training_mode: str = "joint"
     head_epochs: int = 3

@@ -390,6 +390,7 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
             train_cfg.weight_decay,
         ),
         branch_loss_weight=train_cfg.branch_loss_weight,
+        label_smoothing=train_cfg.label_smoothing,
         jit_compile=runtime.jit_compile,
         scope=runtime.scope,
         # Every epoch's batches in one dataset, each drawn from (seed, epoch): a resumed run

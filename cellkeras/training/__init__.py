@@ -42,6 +42,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "stacking": ["choose_merge", "fit_stacking", "stacked_merge"],
         "trainers": [
             "AliasMergedMetrics",
+            "classification_loss",
             "compile_classifier",
             "joint_trainer",
             "set_trainable",

@@ -113,6 +113,7 @@ class PhaseRunner:
             joint training makes one for all its epochs, each stage-wise part one of its own
             (an optimizer's state belongs to the variables it was built for).
         branch_loss_weight: each branch's auxiliary loss in joint training.
+        label_smoothing: every cross-entropy's label smoothing (`classification_loss`).
         jit_compile: passed to `compile`.
         scope: where optimizers and compiled models are built (a strategy's scope).
         steps_per_epoch: set when `data_for`'s training data holds all the epochs it is asked
@@ -125,6 +126,7 @@ class PhaseRunner:
     phases: list[Phase]
     optimizer_factory: OptimizerFactory
     branch_loss_weight: float = 0.3
+    label_smoothing: float = 0.0
     jit_compile: bool | str = "auto"
     scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     steps_per_epoch: int | None = None
@@ -147,7 +149,11 @@ class PhaseRunner:
                 optimizer = self.optimizer_factory(self.optimizer_epochs(phase))
             if not joint:
                 fitted = stagewise_trainer(
-                    self.model, phase.part, optimizer, jit_compile=self.jit_compile
+                    self.model,
+                    phase.part,
+                    optimizer,
+                    self.label_smoothing,
+                    jit_compile=self.jit_compile,
                 )
                 return fitted, lambda data: data
             if phase.part == JOINT_HEAD:
@@ -155,7 +161,11 @@ class PhaseRunner:
                 # relearns at the larger size. Keras 3 fixes the trainable set at compile time.
                 set_trainable(self.model, branches=False, head=True)
             return joint_trainer(
-                self.model, optimizer, self.branch_loss_weight, jit_compile=self.jit_compile
+                self.model,
+                optimizer,
+                self.branch_loss_weight,
+                self.label_smoothing,
+                jit_compile=self.jit_compile,
             )
 
     def optimizer_epochs(self, phase: Phase) -> int:

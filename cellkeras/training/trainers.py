@@ -17,16 +17,23 @@ from cellkeras.training.schedule import HEAD, PHASE_MARKERS
 from cellkeras.training.stacking import stacked_merge
 
 
+def classification_loss(label_smoothing: float = 0.0) -> keras.losses.Loss:
+    """Categorical cross-entropy on one-hot labels, each softened by `label_smoothing` towards
+    the uniform distribution (0: the plain loss)."""
+    return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+
 def compile_classifier(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer | str = "adam",
+    label_smoothing: float = 0.0,
     **compile_kwargs: Any,
 ) -> keras.Model:
     """Compile `model` for one-hot labels: categorical cross-entropy and accuracy.
     `compile_kwargs` go to `compile` (e.g. `jit_compile`)."""
     model.compile(
         optimizer=optimizer,
-        loss="categorical_crossentropy",
+        loss=classification_loss(label_smoothing),
         metrics=["accuracy"],
         **compile_kwargs,
     )
@@ -118,6 +125,7 @@ def joint_trainer(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer | str = "adam",
     branch_loss_weight: float = 0.3,
+    label_smoothing: float = 0.0,
     **compile_kwargs: Any,
 ) -> tuple[keras.Model, Callable[[Any], Any]]:
     """The compiled model to `fit` for joint training, and the function that turns
@@ -133,7 +141,8 @@ def joint_trainer(
     """
     names = branch_names(model)
     if branch_loss_weight <= 0 or len(names) < 2:
-        return compile_classifier(model, optimizer, **compile_kwargs), lambda data: data
+        compiled = compile_classifier(model, optimizer, label_smoothing, **compile_kwargs)
+        return compiled, lambda data: data
     trainer = analysis_model(model)
     keys = ["merged", *names]
     merged_weight = 1.0
@@ -143,7 +152,7 @@ def joint_trainer(
         merged_weight, branch_loss_weight = 0.0, 1.0
     trainer.compile(
         optimizer=optimizer,
-        loss={k: "categorical_crossentropy" for k in keys},
+        loss={k: classification_loss(label_smoothing) for k in keys},
         loss_weights={"merged": merged_weight, **{n: branch_loss_weight for n in names}},
         metrics={k: ["accuracy"] for k in keys},
         **compile_kwargs,
@@ -172,6 +181,7 @@ def stagewise_trainer(
     model: keras.Model,
     part: str,
     optimizer: keras.optimizers.Optimizer | str = "adam",
+    label_smoothing: float = 0.0,
     **compile_kwargs: Any,
 ) -> keras.Model:
     """The compiled model to fit for one part of stage-wise training (see `stagewise_parts`):
@@ -180,6 +190,7 @@ def stagewise_trainer(
     plain `(images, one_hot)` data. `compile_kwargs` go to `compile`."""
     if part == HEAD:
         set_trainable(model, branches=False, head=True)
-        return compile_classifier(model, optimizer, **compile_kwargs)
+        return compile_classifier(model, optimizer, label_smoothing, **compile_kwargs)
     set_trainable(model, branches=[part], head=False)
-    return compile_classifier(branch_models(model)[part], optimizer, **compile_kwargs)
+    branch = branch_models(model)[part]
+    return compile_classifier(branch, optimizer, label_smoothing, **compile_kwargs)
