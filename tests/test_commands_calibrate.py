@@ -134,7 +134,9 @@ def test_coco_labels_and_a_keras_file_get_a_sidecar(data, tmp_path, capsys):
 @pytest.mark.parametrize(
     "case,message",
     [("missing-label", "a.png: no label image"), ("wrong-size", "32x32 labels for the 64x64"),
-     ("coco-without-image", "a.png: no entry for it"), ("no-labels-file", "nope.json: COCO labels")],
+     ("coco-without-image", "a.png: no entry for it"), ("no-labels-file", "nope.json: COCO labels"),
+     ("coco-entry-without-id", "coco.json: images[0] needs a `file_name` and an `id`"),
+     ("coco-ragged-bbox", "coco.json: annotations[0] (id 7) needs an `image_id` and a `bbox`")],
 )  # fmt: skip
 def test_bad_labels_are_refused_naming_the_file(data, tmp_path, capsys, case, message):
     root, version = data
@@ -146,6 +148,14 @@ def test_bad_labels_are_refused_naming_the_file(data, tmp_path, capsys, case, me
     if case == "coco-without-image":
         labels = labels / "coco.json"
         labels.write_text(json.dumps({"images": [{"id": 1, "file_name": "b.png"}]}))
+    if case == "coco-entry-without-id":
+        labels = labels / "coco.json"
+        labels.write_text(json.dumps({"images": [{"file_name": "a.png"}]}))
+    if case == "coco-ragged-bbox":
+        labels = labels / "coco.json"
+        images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}]
+        annotations = [{"id": 7, "image_id": 1, "bbox": [1, 2, 3]}]
+        labels.write_text(json.dumps({"images": images, "annotations": annotations}))
     if case == "no-labels-file":
         labels = tmp_path / "nope.json"
     argv = [str(root / "images"), "--labels", str(labels), "--model", str(version)]

@@ -92,6 +92,31 @@ def test_a_model_without_a_background_class_gets_a_warning(nuclei_png, tmp_path,
     assert "warning" in err and "no 'background' class" in err and "--preset=nuclei" in err
 
 
+def test_a_capitalised_background_class_counts_as_one(nuclei_png, tmp_path, capsys):
+    from cellkeras.serving.export import export_model
+
+    version = export_model(tiny_model(), tmp_path / "cells", classes=["Background", "Cell"],
+                           image_size=16, channels=1)  # fmt: skip
+    assert run_detect([str(nuclei_png), "--model", str(version), "--out", str(tmp_path / "o")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    info = json.loads((tmp_path / "o" / "detections.json").read_text())["info"]
+    assert info["method"] == "sliding_window"
+
+
+def test_area_limits_are_um2_where_the_image_pixel_size_is_known():
+    import argparse
+
+    from cellkeras.cli.detect import with_area_limits
+    from cellkeras.detect.pipeline import DetectConfig
+
+    config = DetectConfig.for_workflow("nuclei")
+    args = argparse.Namespace(min_area=10.0, max_area=None)
+    assert with_area_limits(config, args, 0.5).input_area_limits == (40.0, None)
+    assert with_area_limits(config, args, None).input_area_limits == (10.0, None)
+    none = argparse.Namespace(min_area=None, max_area=None)
+    assert with_area_limits(config, none, 0.5) is config
+
+
 def test_a_detection_model_gets_no_warning(exported, nuclei_png, tmp_path, capsys):
     assert run_detect([str(nuclei_png), "--model", str(exported), "--out", str(tmp_path)]) == 0
     assert "warning" not in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """cellkeras.detect: heatmap → boxes on maps with known blobs, splitting, tiling, the pipeline."""
 
+import dataclasses
+
 import cv2
 import keras
 import numpy as np
@@ -240,3 +242,39 @@ def test_detect_rescales_boxes_back(model):
     assert found.scale == 0.5 and found.heatmap.shape == (64, 64)
     # Everything is above a threshold of -1: one box over the whole (rescaled-back) image.
     np.testing.assert_allclose(found.boxes, [[0, 0, 64, 64]])
+
+
+def test_area_limits_count_the_input_images_pixels_when_it_is_rescaled(model):
+    image = np.zeros((64, 64), np.uint8)
+    image[8:16, 8:16] = 200  # 64 px of the input; 16 once halved
+    image[36:52, 36:52] = 200  # 256 px; 64 once halved
+    boxes = BoxParams(threshold="fixed", value=-1.0, min_peak=0.0, extent="image", min_area=0)
+    config = DetectConfig(
+        window=8, stride=4, gate=0.0, train_diameter=8, cell_diameter=16, boxes=boxes
+    )
+    assert len(detect(model, image, config).boxes) == 2
+    limited = dataclasses.replace(config, input_area_limits=(100.0, None))
+    found = detect(model, image, limited)
+    np.testing.assert_allclose(found.boxes, [[36, 36, 52, 52]], atol=1)
+    assert set(np.unique(found.labels)) == {0, 1}
+    at_most = dataclasses.replace(config, input_area_limits=(None, 100.0))
+    np.testing.assert_allclose(detect(model, image, at_most).boxes, [[8, 8, 16, 16]], atol=1)
+
+
+def test_bad_sliding_window_settings_name_the_field():
+    with pytest.raises(ValueError, match="stride"):
+        DetectConfig(window=8, stride=0)
+    with pytest.raises(ValueError, match="stride"):
+        DetectConfig(window=8, stride=9)
+    with pytest.raises(ValueError, match="cell_diameter"):
+        DetectConfig(cell_diameter=0)
+
+
+def test_boxes_map_back_by_each_axis_own_factor(model):
+    # 1024x1002 at 0.25 is 256x250: y is scaled by 250/1002, not by 0.25.
+    image = np.zeros((1002, 1024), np.uint8)
+    config = DetectConfig(
+        window=8, stride=4, gate=0.0, train_diameter=8, cell_diameter=32,
+        boxes=BoxParams(threshold="fixed", value=-1.0, min_peak=0.0),
+    )  # fmt: skip
+    np.testing.assert_allclose(detect(model, image, config).boxes, [[0, 0, 1024, 1002]])

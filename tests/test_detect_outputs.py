@@ -182,6 +182,27 @@ def test_resize_labels_keeps_every_label():
     assert big.shape == (30, 30) and set(np.unique(big)) == {0, 1, 2}
 
 
+def test_a_lost_cell_takes_a_free_pixel_under_its_footprint():
+    # 6x6 -> 2x2 samples (1, 1), (1, 4), (4, 1), (4, 4). Cell 2 (rows 0 and 2, columns 0-3)
+    # is not sampled, and its centroid's pixel belongs to cell 1, which has no other.
+    labels = np.zeros((6, 6), np.int32)
+    labels[1, 1] = 1
+    labels[[0, 2], 0:4] = 2
+    small = resize_labels(labels, (2, 2))
+    np.testing.assert_array_equal(small, [[1, 2], [0, 0]])
+
+
+def test_detect_drops_the_box_of_a_cell_no_pixel_is_left_for():
+    from cellkeras.detect.pipeline import _drop_lost_cells
+
+    boxes = np.arange(12, dtype=np.float32).reshape(3, 4)
+    scores = np.array([0.1, 0.2, 0.3], np.float32)
+    kept, kept_scores, labels = _drop_lost_cells(boxes, scores, np.array([[1, 0], [3, 3]]))
+    np.testing.assert_array_equal(kept, boxes[[0, 2]])
+    np.testing.assert_array_equal(kept_scores, scores[[0, 2]])
+    np.testing.assert_array_equal(labels, [[1, 0], [2, 2]])
+
+
 def test_a_broken_calibration_header_fails_naming_the_file_and_the_flag(
     run_folder, tmp_path, capsys
 ):

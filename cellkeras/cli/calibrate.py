@@ -141,11 +141,21 @@ def _coco_labels(images: list[Path], shapes: list[tuple], coco_path: Path) -> li
         annotations = document.get("annotations", [])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CalibrateError(f"{coco_path}: not a readable COCO JSON ({err})") from None
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "file_name" not in entry or "id" not in entry:
+            raise CalibrateError(f"{coco_path}: images[{index}] needs a `file_name` and an `id`")
     by_name = {Path(e["file_name"]).name: e for e in entries}
     by_stem = {Path(e["file_name"]).stem: e for e in entries}
     boxes: dict = {}
-    for ann in annotations:
-        boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
+    for index, ann in enumerate(annotations):
+        ann = ann if isinstance(ann, dict) else {}
+        bbox = ann.get("bbox")
+        if bbox is None or "image_id" not in ann or np.size(bbox) != 4:
+            raise CalibrateError(
+                f"{coco_path}: annotations[{index}] (id {ann.get('id', '?')}) needs an "
+                "`image_id` and a `bbox` of 4 numbers [x, y, width, height]"
+            )
+        boxes.setdefault(ann["image_id"], []).append(bbox)
     found = []
     for path, shape in zip(images, shapes, strict=True):
         entry = by_name.get(path.name) or by_stem.get(path.stem)
@@ -220,18 +230,32 @@ def _fail(err: Exception | str) -> int:
 
 def _heatmaps(model, info, config, pixels, truths):
     """Heatmaps, true boxes and images at the scale detection thresholds them (gate applied)."""
-    from cellkeras.detect.pipeline import scaled_heatmap
+    from cellkeras.detect.pipeline import axis_scales, scaled_heatmap
 
     heats, boxes, scaled_images = [], [], []
     for image, truth in zip(pixels, truths, strict=True):
-        heat, scaled, scale, probability = scaled_heatmap(
+        heat, scaled, _, probability = scaled_heatmap(
             model, image, config, info.channels, info.classes
         )
         # `detect` gives a gated image no boxes; a zero map gives none at any threshold > 0.
         heats.append(heat if probability >= config.gate else np.zeros_like(heat))
-        boxes.append(np.asarray(truth, np.float32) * np.float32(scale))
+        scale_x, scale_y = axis_scales(image.shape, scaled.shape)
+        factors = np.array([scale_x, scale_y] * 2, np.float32)
+        boxes.append(np.asarray(truth, np.float32).reshape(-1, 4) * factors)
         scaled_images.append(scaled)
     return heats, boxes, scaled_images
+
+
+def sweep_params(config, pixels, scaled_images):
+    """The box parameters the sweep applies to every image: the area limits converted at the
+    images' median area scale (one microscope's images share it; the sweep takes one set)."""
+    from cellkeras.detect.pipeline import axis_scales
+
+    area_scales = [
+        np.prod(axis_scales(image.shape, scaled.shape))
+        for image, scaled in zip(pixels, scaled_images, strict=True)
+    ]
+    return config.boxes_at(float(np.median(area_scales)) if area_scales else 1.0)
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
@@ -261,7 +285,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     except (CalibrateError, DetectError, ValueError) as err:
         return _fail(err)
     extent = scaled if config.boxes.extent == "image" else None
-    result = sweep_threshold(heats, boxes, config.boxes, images=extent)
+    result = sweep_threshold(heats, boxes, sweep_params(config, pixels, scaled), images=extent)
     print(_table(result))
     cells = int(sum(len(b) for b in boxes))
     grid = result["grid"]

@@ -23,6 +23,7 @@ which: `threshold_source` is "--threshold", "model card" or "workflow default".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -85,14 +86,19 @@ def add_detection_arguments(p: argparse.ArgumentParser) -> None:
         "--threshold", type=float, default=None, help="fixed heat threshold in [0, 1] for boxes"
     )
     p.add_argument("--gate", type=float, default=None, help="min class probability per image")
-    p.add_argument("--min_area", type=float, default=None, help="smallest cell, px (or um^2)")
-    p.add_argument("--max_area", type=float, default=None, help="largest cell, px (or um^2)")
+    p.add_argument(
+        "--min_area",
+        type=float,
+        default=None,
+        help="smallest cell: um^2 where the image's pixel size is known, else px of the image",
+    )
+    p.add_argument("--max_area", type=float, default=None, help="largest cell, as --min_area")
     p.add_argument(
         "--pixel_size",
         type=float,
         default=None,
-        help="um per pixel: --min_area/--max_area in um^2; for detect also the cells.csv um "
-        "columns, overriding the pixel size read from OME-TIFF/ImageJ metadata",
+        help="um per pixel, overriding the pixel size read from OME-TIFF/ImageJ metadata: "
+        "--min_area/--max_area are then um^2, and cells.csv gets um columns",
     )
     p.add_argument("--border", choices=("keep", "drop"), default=None, help="cells cut by the edge")
 
@@ -105,8 +111,7 @@ def _workflow_names() -> list[str]:
 
 def build_config(args: argparse.Namespace, info):
     """The `DetectConfig` for the parsed arguments and the loaded model's `ModelInfo`."""
-    from cellkeras.detect.boxes import area_limits_px
-    from cellkeras.detect.pipeline import DetectConfig, choose_workflow
+    from cellkeras.detect.pipeline import DetectConfig, choose_workflow, has_background
 
     card = getattr(info, "detection", None) or {}
     name = choose_workflow(info.classes) if args.workflow == "auto" else args.workflow
@@ -116,23 +121,18 @@ def build_config(args: argparse.Namespace, info):
     if info.image_size is not None:
         overrides["window"] = int(min(info.image_size))
     if name is None:
-        has_background = info.classes is not None and "background" in info.classes
-        overrides["method"] = "sliding_window" if has_background else "gradcam"
+        overrides["method"] = "sliding_window" if has_background(info.classes) else "gradcam"
         if info.image_size is not None:
             # Grad-CAM tiles of the training size see cells at the context they were taught in.
             overrides.update(tile=int(min(info.image_size)), overlap=int(min(info.image_size)) // 2)
     for key in ("method", "stride", "heat", "gate", "border", "train_diameter"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.min_area is not None or args.max_area is not None:
+        overrides["input_area_limits"] = area_limits(args, args.pixel_size)
     threshold = args.threshold if args.threshold is not None else card.get("threshold")
     if threshold is not None:
         overrides.update(threshold="fixed", value=float(threshold), min_peak=float(threshold))
-    if args.min_area is not None or args.max_area is not None:
-        low, high = area_limits_px(args.min_area, args.max_area, args.pixel_size)
-        if args.min_area is not None:
-            overrides["min_area"] = low
-        if args.max_area is not None:
-            overrides["max_area"] = high
     if name is None:
         from cellkeras.detect.boxes import BoxParams
 
@@ -140,6 +140,23 @@ def build_config(args: argparse.Namespace, info):
         box_args = {k: overrides.pop(k) for k in list(overrides) if k in box_keys}
         return None, DetectConfig(**overrides, boxes=BoxParams(**box_args))
     return name, DetectConfig.for_workflow(name, **overrides)
+
+
+def area_limits(args: argparse.Namespace, pixel_size: float | None) -> tuple:
+    """`--min_area` / `--max_area` in an image's pixels (either None when not given): µm²
+    when its pixel size is known, else pixels of the image as given."""
+    from cellkeras.detect.boxes import area_limits_px
+
+    low, high = area_limits_px(args.min_area, args.max_area, pixel_size)
+    return (low if args.min_area is not None else None, high)
+
+
+def with_area_limits(config, args: argparse.Namespace, pixel_size: float | None):
+    """`config` with the area limits for one image whose pixel size (the flag's, or read from
+    its metadata) is `pixel_size`."""
+    if args.min_area is None and args.max_area is None:
+        return config
+    return dataclasses.replace(config, input_area_limits=area_limits(args, pixel_size))
 
 
 GENERIC = "generic"  # the workflow name written when no named workflow fits the classes
@@ -174,7 +191,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     from cellkeras.detect.coco import category_name, to_coco
     from cellkeras.detect.draw import colour_heatmap, draw_boxes, save_rgb
     from cellkeras.detect.exports import write_cells_csv
-    from cellkeras.detect.pipeline import DetectError, check_model, detect
+    from cellkeras.detect.pipeline import DetectError, check_model, detect, has_background
     from cellkeras.inference.loading import expand_image_paths, load_model_for_inference
     from cellkeras.io.images import ImageError, decode_raw
 
@@ -184,7 +201,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         workflow, config = build_config(args, info)
     except (OSError, ValueError) as err:
         return _fail(err)
-    if workflow is None and "background" not in [c.lower() for c in info.classes or []]:
+    if workflow is None and not has_background(info.classes):
         print(NO_BACKGROUND_WARNING.format(classes=", ".join(info.classes or ["unknown"])),
               file=sys.stderr)  # fmt: skip
     source = threshold_source(args, info)
@@ -208,9 +225,12 @@ def _run_detect(args: argparse.Namespace) -> int:
     category = category_name(info.classes)
     metas, all_boxes, all_scores, all_labels, cells = [], [], [], [], []
     for path, image, (pixel_size, size_source) in zip(paths, pixels, sizes, strict=True):
+        image_config = with_area_limits(config, args, pixel_size)
         try:
-            found = detect(model, image, config, channels=info.channels, class_names=info.classes)
-        except DetectError as err:
+            found = detect(
+                model, image, image_config, channels=info.channels, class_names=info.classes
+            )
+        except (DetectError, ValueError) as err:
             return _fail(f"{path}: {err}")
         stem = Path(path).stem
         png = save_rgb(out / f"{stem}_detections.png", draw_boxes(image, found.boxes, found.scores))

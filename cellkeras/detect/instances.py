@@ -47,9 +47,10 @@ CELL_COLUMNS = (
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A label image resized to `shape` (height, width) by nearest neighbour, no label lost.
 
-    Shrinking can miss a small cell altogether; such a cell gets the one pixel under its
-    scaled centroid (taken from a neighbour only if the neighbour keeps other pixels), so
-    every detection keeps a mask.
+    Shrinking can miss a small cell altogether; such a cell gets one pixel: the one under its
+    scaled centroid, else another under its scaled footprint, taken from a neighbour only if
+    the neighbour keeps other pixels. Only where the cells outnumber the output's pixels can
+    one stay lost (`detect` then drops its box).
     """
     labels = np.asarray(labels)
     height, width = shape
@@ -61,15 +62,22 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     resized = resized.astype(np.int32)
     present = np.unique(labels[labels > 0])
     missing = np.setdiff1d(present, resized)
-    if len(missing):
-        centres = ndimage.center_of_mass(np.ones(labels.shape), labels, missing)
-        for label, (row, col) in zip(missing, centres, strict=True):
+    if not len(missing):
+        return resized
+    counts = np.bincount(resized.ravel(), minlength=int(labels.max()) + 1)
+    centres = ndimage.center_of_mass(np.ones(labels.shape), labels, missing)
+    for label, centre in zip(missing, centres, strict=True):
+        footprint = np.argwhere(labels == label)
+        for row, col in [centre, *footprint]:
             r = min(int((row + 0.5) * height / labels.shape[0]), height - 1)
             c = min(int((col + 0.5) * width / labels.shape[1]), width - 1)
             owner = resized[r, c]
             # Take the pixel from a neighbour only while that neighbour keeps another one.
-            if owner == 0 or np.count_nonzero(resized == owner) > 1:
+            if owner == 0 or counts[owner] > 1:
+                counts[owner] -= 1
+                counts[label] += 1
                 resized[r, c] = label
+                break
     return resized
 
 

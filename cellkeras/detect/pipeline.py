@@ -62,6 +62,9 @@ class DetectConfig:
             "window" classifies every window (the reference).
         dense_tolerance: largest max |dense - window| heat on the check crop for "auto".
         dense_tile: the dense path does larger images in overlapping tiles of this side.
+        input_area_limits: `(smallest, largest)` cell area in the input image's pixels (either
+            None: the `boxes` limit stays). `boxes.min_area` / `max_area` count the pixels of
+            the rescaled image boxes are found on; these are converted to it per image.
     """
 
     method: str = "sliding_window"
@@ -82,12 +85,32 @@ class DetectConfig:
     heat: str = "auto"
     dense_tolerance: float = DENSE_TOLERANCE
     dense_tile: int = 1024
+    input_area_limits: tuple[float | None, float | None] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in HEATMAP_METHODS:
             raise ValueError(f"unknown heatmap method {self.method!r}; known: {HEATMAP_METHODS}")
         if self.heat not in HEAT_PATHS:
             raise ValueError(f"unknown heat path {self.heat!r}; known: {HEAT_PATHS}")
+        if not self.window >= 1:
+            raise ValueError(f"window must be >= 1 px, got {self.window}")
+        if not 1 <= self.stride <= self.window:
+            raise ValueError(f"stride must be 1..window ({self.window}) px, got {self.stride}")
+        for name in ("cell_diameter", "train_diameter"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 px, got {value}")
+
+    def boxes_at(self, area_scale: float) -> BoxParams:
+        """`boxes` for an image whose pixel areas were multiplied by `area_scale` before
+        boxes were found, with `input_area_limits` converted to those pixels."""
+        low, high = self.input_area_limits or (None, None)
+        changes = {}
+        if low is not None:
+            changes["min_area"] = float(low) * area_scale
+        if high is not None:
+            changes["max_area"] = float(high) * area_scale
+        return dataclasses.replace(self.boxes, **changes) if changes else self.boxes
 
     @classmethod
     def for_workflow(cls, name: str, **overrides: Any) -> DetectConfig:
@@ -366,20 +389,23 @@ def detect(
     config, estimated = resolve_diameter(image, config)
     heat, scaled, scale, probability = scaled_heatmap(model, image, config, channels, class_names)
     height, width = np.asarray(image).shape[:2]
+    scale_x, scale_y = axis_scales((height, width), scaled.shape)
     if probability < config.gate:
         boxes, scores = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
         labels = np.zeros(heat.shape, np.int32)
     else:
         extent_image = scaled if config.boxes.extent == "image" else None
-        boxes, scores, labels = heatmap_to_instances(heat, config.boxes, extent_image)
+        params = config.boxes_at(scale_x * scale_y)
+        boxes, scores, labels = heatmap_to_instances(heat, params, extent_image)
     if scale != 1.0:
         from cellkeras.detect.instances import resize_labels
 
-        boxes = boxes / np.float32(scale)
+        boxes = boxes / np.array([scale_x, scale_y] * 2, np.float32)
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
         heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
         labels = resize_labels(labels, (height, width))
+        boxes, scores, labels = _drop_lost_cells(boxes, scores, labels)
     return Detections(
         boxes.astype(np.float32),
         scores,
@@ -390,6 +416,30 @@ def detect(
         config.cell_diameter,
         estimated,
     )
+
+
+def _drop_lost_cells(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray):
+    """Boxes, scores and labels renumbered 1..K without the cells a shrinking resize left no
+    pixel (`resize_labels`), so every box keeps a mask."""
+    kept = np.isin(np.arange(1, len(boxes) + 1), labels)
+    if kept.all():
+        return boxes, scores, labels
+    renumber = np.zeros(len(boxes) + 1, np.int32)
+    renumber[1:][kept] = np.arange(1, int(kept.sum()) + 1)
+    return boxes[kept], scores[kept], renumber[labels]
+
+
+def axis_scales(shape: Sequence[int], scaled_shape: Sequence[int]) -> tuple[float, float]:
+    """`(x, y)` factors an image of `shape` (H, W, ...) was resized by to `scaled_shape`: the
+    resize rounds each side, so the two differ slightly from the scale asked for and from each
+    other (1024x1002 at 0.25 gives 256x250)."""
+    return scaled_shape[1] / shape[1], scaled_shape[0] / shape[0]
+
+
+def has_background(classes: Sequence[str] | None) -> bool:
+    """Whether a model's classes include a "background" class (any case): what makes its
+    windows tell a cell from its surroundings."""
+    return any(str(name).lower() == "background" for name in classes or [])
 
 
 def choose_workflow(classes: list[str] | None) -> str | None:
