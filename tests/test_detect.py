@@ -232,16 +232,18 @@ def test_gradcam_detection_on_tiles(model):
     assert found.heatmap.min() >= 0.0 and found.heatmap.max() <= 1.0
 
 
-def test_detect_rescales_boxes_back(model):
-    image = np.zeros((64, 64), np.uint8)
+# 1024x1002 at 0.25 is 256x250: its y is scaled by 250/1002, not by 0.25.
+@pytest.mark.parametrize("height,width,diameter", [(64, 64, 16), (1002, 1024, 32)])
+def test_detect_rescales_boxes_back_by_each_axis_own_factor(model, height, width, diameter):
+    image = np.zeros((height, width), np.uint8)
     config = DetectConfig(
-        window=8, stride=4, gate=0.0, train_diameter=8, cell_diameter=16,
+        window=8, stride=4, gate=0.0, train_diameter=8, cell_diameter=diameter,
         boxes=BoxParams(threshold="fixed", value=-1.0, min_peak=0.0),
     )  # fmt: skip
     found = detect(model, image, config)
-    assert found.scale == 0.5 and found.heatmap.shape == (64, 64)
+    assert found.scale == 8 / diameter and found.heatmap.shape == (height, width)
     # Everything is above a threshold of -1: one box over the whole (rescaled-back) image.
-    np.testing.assert_allclose(found.boxes, [[0, 0, 64, 64]])
+    np.testing.assert_allclose(found.boxes, [[0, 0, width, height]])
 
 
 def test_area_limits_count_the_input_images_pixels_when_it_is_rescaled(model):
@@ -268,13 +270,3 @@ def test_bad_sliding_window_settings_name_the_field():
         DetectConfig(window=8, stride=9)
     with pytest.raises(ValueError, match="cell_diameter"):
         DetectConfig(cell_diameter=0)
-
-
-def test_boxes_map_back_by_each_axis_own_factor(model):
-    # 1024x1002 at 0.25 is 256x250: y is scaled by 250/1002, not by 0.25.
-    image = np.zeros((1002, 1024), np.uint8)
-    config = DetectConfig(
-        window=8, stride=4, gate=0.0, train_diameter=8, cell_diameter=32,
-        boxes=BoxParams(threshold="fixed", value=-1.0, min_peak=0.0),
-    )  # fmt: skip
-    np.testing.assert_allclose(detect(model, image, config).boxes, [[0, 0, 1024, 1002]])
