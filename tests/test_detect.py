@@ -22,6 +22,7 @@ from cellkeras.detect import (
     threshold_heatmap,
     tiled_heatmap,
 )
+from cellkeras.detect.size import estimate_diameter
 from cellkeras.evaluate import calibrate_threshold  # noqa: E402
 from cellkeras.io.images import normalize
 
@@ -270,3 +271,19 @@ def test_bad_sliding_window_settings_name_the_field():
         DetectConfig(window=8, stride=9)
     with pytest.raises(ValueError, match="cell_diameter"):
         DetectConfig(cell_diameter=0)
+
+
+def test_the_diameter_is_measured_on_the_image_as_the_model_takes_it(model):
+    # Red discs of 24 px and green ones of 10 px: a grey model sees the green ones brighter
+    # (luma), so its estimate differs from one on the RGB pixels.
+    image = np.zeros((128, 128, 3), np.uint8)
+    for centre in [(20, 20), (60, 20), (100, 20), (20, 60)]:
+        cv2.circle(image, centre, 12, (255, 0, 0), -1)
+    for centre in [(60, 70), (100, 70), (20, 105), (60, 105), (100, 105)]:
+        cv2.circle(image, centre, 5, (0, 255, 0), -1)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    assert abs(estimate_diameter(grey) - estimate_diameter(image)) > 1
+    config = DetectConfig(window=8, stride=4, gate=0.0, train_diameter=8, estimate_diameter=True)
+    found = detect(model, image, config)
+    assert found.diameter_estimated
+    assert found.cell_diameter == pytest.approx(estimate_diameter(grey), abs=0.01)

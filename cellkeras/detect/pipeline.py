@@ -264,6 +264,12 @@ def check_model(model) -> None:
         )
 
 
+def _input_channels(model, channels: int | None) -> int | None:
+    if channels is not None:
+        return channels
+    return model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None
+
+
 def _to_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
     """Grey <-> RGB and RGBA -> RGB as the data layer converts; anything else is refused."""
     from cellkeras.io.images import ImageError, select_channels
@@ -304,10 +310,8 @@ def scaled_heatmap(
     Raises:
         DetectError: as `detect`.
     """
-    if channels is None:
-        channels = model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None
     check_model(model)
-    image = _to_channels(np.asarray(image), channels)
+    image = _to_channels(np.asarray(image), _input_channels(model, channels))
     config, _ = resolve_diameter(image, config)
     height, width = image.shape[:2]
     scaled, scale = rescale_for_diameter(image, config.cell_diameter, config.train_diameter)
@@ -386,7 +390,9 @@ def detect(
             take, or an image smaller than the model's window after rescaling.
     """
     config = config or DetectConfig.for_workflow("nuclei")
-    config, estimated = resolve_diameter(image, config)
+    # The diameter is measured on the image as the model takes it, as `calibrate` measures it.
+    converted = _to_channels(np.asarray(image), _input_channels(model, channels))
+    config, estimated = resolve_diameter(converted, config)
     heat, scaled, scale, probability = scaled_heatmap(model, image, config, channels, class_names)
     height, width = np.asarray(image).shape[:2]
     scale_x, scale_y = axis_scales((height, width), scaled.shape)
