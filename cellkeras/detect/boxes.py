@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from cellkeras.io.images import stretch_between
+
 THRESHOLD_MODES = ("fraction", "otsu", "fixed")
 SPLIT_MODES = (None, "distance", "heat")
 BORDER_POLICIES = ("keep", "drop")
@@ -323,7 +325,7 @@ def image_foreground(image: np.ndarray, sigma: float = 1.0, mode: str = "otsu") 
     if sigma > 0:
         grey = cv2.GaussianBlur(grey, (0, 0), sigma)
     low, high = np.percentile(grey, [0.5, 99.8])
-    grey = np.clip((grey - low) / max(float(high - low), 1e-6), 0.0, 1.0)
+    grey = stretch_between(grey, low, high)
     level = threshold_heatmap(grey, "otsu")
     foreground = grey > level
     if mode == "local" and foreground.any() and not foreground.all():

@@ -46,7 +46,12 @@ from cellkeras.detect.heatmaps import (
     tiled_heatmap,
     window_grid,
 )
-from cellkeras.io.images import NORMALIZATIONS, NORMALIZE_PERCENTILES, normalize
+from cellkeras.io.images import (
+    NORMALIZATIONS,
+    NORMALIZE_PERCENTILES,
+    normalize,
+    stretch_between,
+)
 
 # Layers that look at more than one pixel, by the attribute holding their kernel size.
 _KERNEL_ATTRS = ("kernel_size", "pool_size")
@@ -273,7 +278,7 @@ def normalize_locally(image: np.ndarray, window: int, stride: int) -> np.ndarray
     low = grid_to_pixels(low, stride, height, width).reshape(height, width, channels)
     high = grid_to_pixels(high, stride, height, width).reshape(height, width, channels)
     values = image.astype(np.float32)
-    return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
+    return stretch_between(values, low, high)
 
 
 def dense_heatmap(

@@ -30,7 +30,12 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from cellkeras.io.images import NORMALIZATIONS, NORMALIZE_PERCENTILES, normalize
+from cellkeras.io.images import (
+    NORMALIZATIONS,
+    NORMALIZE_PERCENTILES,
+    normalize,
+    stretch_between,
+)
 
 
 def target_classes(classes: Sequence[str] | None, num_classes: int) -> list[int]:
@@ -55,7 +60,7 @@ def normalize_windows(windows: np.ndarray, normalization: str) -> np.ndarray:
     flat = values.reshape(len(values), -1, values.shape[-1])
     low, high = np.percentile(flat, NORMALIZE_PERCENTILES, axis=1)  # (B, C) each, numpy "linear"
     low, high = low[:, None, None, :], high[:, None, None, :]
-    return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
+    return stretch_between(values, low, high)
 
 
 def stretch_frame(image: np.ndarray, normalization: str) -> tuple[np.ndarray, str]:

@@ -349,6 +349,12 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
     return grey.astype(rgb.dtype)[..., None]
 
 
+def stretch_between(values: np.ndarray, low, high) -> np.ndarray:
+    """`values` mapped linearly from [low, high] to [0, 1] and clipped; a flat range (high ==
+    low) maps to 0 instead of dividing by zero. `low` and `high` broadcast against `values`."""
+    return np.clip((values - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
+
+
 def normalize(
     pixels: np.ndarray, normalization: str = "range", source: str = "<image>"
 ) -> np.ndarray:
@@ -369,8 +375,7 @@ def normalize(
         # np.percentile answers in float64, which would make the result float64 too: the
         # pipeline's decoder promises float32 (a float64 image failed every file-backed
         # --normalization=percentile run).
-        stretched = (values - low) / np.maximum(high - low, 1e-6)
-        return np.clip(stretched, 0.0, 1.0).astype(np.float32)
+        return stretch_between(values, low, high).astype(np.float32)
     if np.issubdtype(pixels.dtype, np.unsignedinteger):
         return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
     if np.issubdtype(pixels.dtype, np.signedinteger):
