@@ -287,3 +287,13 @@ def test_the_diameter_is_measured_on_the_image_as_the_model_takes_it(model):
     found = detect(model, image, config)
     assert found.diameter_estimated
     assert found.cell_diameter == pytest.approx(estimate_diameter(grey), abs=0.01)
+
+
+def test_target_classes_leave_out_the_background():
+    from cellkeras.detect.heatmaps import target_classes
+
+    assert target_classes(["cell", "Background", "debris"], 3) == [0, 2]
+    assert target_classes(["a", "b"], 2) == [0, 1]  # no background: every class
+    # No names: the first output is taken as the background.
+    assert target_classes(None, 3) == [1, 2]
+    assert target_classes(None, 1) == [0]

@@ -43,6 +43,7 @@ from cellkeras.detect.heatmaps import (
     grid_to_pixels,
     sliding_window_heatmap,
     stretch_frame,
+    target_classes,
     tiled_heatmap,
     window_grid,
 )
@@ -310,7 +311,7 @@ def dense_heatmap(
     image, normalization = stretch_frame(as_hwc(image), normalization)
     height, width, channels = image.shape
     if class_indices is None:
-        class_indices = list(range(1, int(dense.head.outputs[0].shape[-1]))) or [0]
+        class_indices = target_classes(None, int(dense.head.outputs[0].shape[-1]))
     if normalization == "percentile":
         values = normalize_locally(image, window, stride)
     else:

@@ -43,10 +43,12 @@ def target_classes(classes: Sequence[str] | None, num_classes: int) -> list[int]
 
     Every class except one named "background" (case-insensitive); all classes when there is
     none (then the heat of a sliding window says "some class", which only works for
-    classifiers trained with a background class, see `cellkeras.detect.pipeline`).
+    classifiers trained with a background class, see `cellkeras.detect.pipeline`). Without
+    names (`classes` None), every output but the first, taken as the background as in the
+    nuclei and synthetic workflows' models (the only output for a one-output model).
     """
     if classes is None:
-        return list(range(num_classes))
+        return list(range(1, num_classes)) or [0]
     return [i for i, name in enumerate(classes) if str(name).lower() != "background"]
 
 
@@ -128,7 +130,7 @@ def sliding_window_heatmap(
         raise ValueError(f"stride must be in [1, window={window}], got {stride}")
     height, width, channels = image.shape
     if class_indices is None:
-        class_indices = [i for i in range(1, int(model.outputs[0].shape[-1]))] or [0]
+        class_indices = target_classes(None, int(model.outputs[0].shape[-1]))
     pad = window + stride
     if normalization == "range":
         # A per-pixel normalization is the same per window: do it once, not per window.

@@ -325,10 +325,8 @@ def scaled_heatmap(
     num_classes = int(model.outputs[0].shape[-1])
     if config.classes is not None:
         classes = [int(c) for c in config.classes]
-    elif class_names is not None:
-        classes = target_classes(class_names, num_classes)
     else:
-        classes = list(range(1, num_classes)) or [0]
+        classes = target_classes(class_names, num_classes)
 
     if config.method == "sliding_window":
         heat = classifier_heatmap(
