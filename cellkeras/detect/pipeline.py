@@ -389,10 +389,10 @@ def detect(
     """
     config = config or DetectConfig.for_workflow("nuclei")
     # The diameter is measured on the image as the model takes it, as `calibrate` measures it.
-    converted = _to_channels(np.asarray(image), _input_channels(model, channels))
-    config, estimated = resolve_diameter(converted, config)
+    image = _to_channels(np.asarray(image), _input_channels(model, channels))
+    config, estimated = resolve_diameter(image, config)
     heat, scaled, scale, probability = scaled_heatmap(model, image, config, channels, class_names)
-    height, width = np.asarray(image).shape[:2]
+    height, width = image.shape[:2]
     scale_x, scale_y = axis_scales((height, width), scaled.shape)
     if probability < config.gate:
         boxes, scores = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)

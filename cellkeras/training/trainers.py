@@ -98,8 +98,11 @@ class AliasMergedMetrics(keras.callbacks.Callback):
         if not logs:
             return
         for prefix in ("", "val_"):
-            if f"{prefix}merged_loss" in logs and f"{prefix}loss" in logs:
-                logs[f"{prefix}total_loss"] = logs[f"{prefix}loss"]
+            # Once only: a logs dict aliased already (evaluate's, then fit's) holds the merged
+            # loss under `loss`.
+            total = f"{prefix}total_loss"
+            if f"{prefix}merged_loss" in logs and f"{prefix}loss" in logs and total not in logs:
+                logs[total] = logs[f"{prefix}loss"]
         for key in list(logs):
             for prefix in ("", "val_"):
                 if key.startswith(f"{prefix}merged_"):
