@@ -136,9 +136,10 @@ def test_the_dask_runner_writes_what_the_direct_runner_writes(cluster, data, cap
     assert errors[0]["reason"].startswith("not a recognised image")
     rows = sum(len(s.read_text().splitlines()) - 1 for s in out.glob("predictions-*.csv"))
     assert rows == 13
-    # Both worker processes ran the model (the work was spread, not run in one place).
+    # The model ran in the cluster's worker processes, not in the launcher. Not "in both":
+    # Dask's scheduler may give every partition to the worker that is free first.
     ran = client.run(lambda: "cellkeras.inference.predict" in sys.modules)
-    assert sorted(ran.values()) == [True, True]
+    assert True in ran.values()
     wait_for(lambda: idle(client), 30, "the cluster to be idle")
 
 
