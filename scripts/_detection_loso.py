@@ -32,7 +32,6 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from cellkeras.data.nuclei_sources import (
@@ -41,7 +40,7 @@ from cellkeras.data.nuclei_sources import (
     multi_source_patches,
 )
 from cellkeras.detect import BoxParams, heatmap_to_boxes
-from cellkeras.detect.boxes import threshold_heatmap
+from cellkeras.detect.baseline import otsu_watershed
 from cellkeras.detect.draw import TRUE_COLOUR, draw_boxes, save_rgb
 from cellkeras.detect.pipeline import DetectConfig, scaled_heatmap
 from cellkeras.detect.size import estimate_diameter
@@ -68,22 +67,6 @@ BASE_OFFSET = [-0.1, -0.05, 0.0, 0.05, 0.1]
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def otsu_watershed(image: np.ndarray, sigma: float, min_distance: float, offset: float):
-    """Otsu (shifted by `offset` on the 0.5-99.8 percentile scale) + distance watershed."""
-    grey = np.asarray(image, np.float32)
-    grey = grey.mean(-1) if grey.ndim == 3 else grey
-    if sigma > 0:
-        grey = cv2.GaussianBlur(grey, (0, 0), sigma)
-    low, high = np.percentile(grey, [0.5, 99.8])
-    grey = np.clip((grey - low) / max(float(high - low), 1e-6), 0.0, 1.0)
-    mask = grey > threshold_heatmap(grey, "otsu") + offset
-    params = BoxParams(
-        threshold="fixed", value=0.5, min_peak=0.5, split="distance",
-        min_distance=min_distance, min_area=12, score="mean", nms_iou=0.3,
-    )  # fmt: skip
-    return heatmap_to_boxes(mask.astype(np.float32), params)
 
 
 def baseline(images, truth, score) -> dict:

@@ -68,7 +68,7 @@ from cellkeras.detect import (  # noqa: E402
     heatmap_to_boxes,
     sliding_window_heatmap,
 )
-from cellkeras.detect.boxes import image_foreground  # noqa: E402
+from cellkeras.detect.baseline import otsu_watershed  # noqa: E402
 from cellkeras.detect.draw import (  # noqa: E402
     TRUE_COLOUR,
     colour_heatmap,
@@ -202,16 +202,6 @@ def calibrated_method(
 
 
 # --- nuclei -------------------------------------------------------------------------------------
-
-
-def otsu_watershed(image: np.ndarray, sigma: float, min_distance: float) -> tuple:
-    """The classical baseline: Otsu foreground of the smoothed image, distance watershed."""
-    foreground = image_foreground(image, sigma).astype(np.float32)
-    params = BoxParams(
-        threshold="fixed", value=0.5, min_peak=0.5, split="distance",
-        min_distance=min_distance, min_area=12, score="mean", nms_iou=0.3,
-    )  # fmt: skip
-    return heatmap_to_boxes(foreground, params)
 
 
 def nuclei_experiment(args: argparse.Namespace, out: Path) -> dict:

@@ -6,7 +6,8 @@
    estimate / labelled, mean (min-max) over frames.
 2. The image-foreground rule behind `extent="image"`: global Otsu against "local" (also pixels
    above their neighbourhood's mean, `BoxParams.foreground`), each followed by the same
-   distance watershed (min_distance 5, area >= 12 px), every source resized to 12 px nuclei by
+   distance watershed (`cellkeras.detect.baseline.otsu_watershed`: min_distance 5, area >= 12
+   px), every source resized to 12 px nuclei by
    its labels; F1@0.5 over all frames. No heat involved: this isolates the foreground.
 3. What the labels leave out: the Otsu rule's false positives at IoU 0.5 that overlap no
    labelled nucleus at all (box IoU < 0.1 with every one), per source, and a gallery of them
@@ -39,18 +40,13 @@ import numpy as np
 
 from cellkeras.data.nuclei_sources import load_source, median_diameter, rescale_sample
 from cellkeras.data.synthetic_nuclei import synthetic_nuclei_sample
-from cellkeras.detect import BoxParams, heatmap_to_boxes
-from cellkeras.detect.boxes import AUTO_AREA_RANGE, image_foreground
+from cellkeras.detect.baseline import otsu_watershed
+from cellkeras.detect.boxes import AUTO_AREA_RANGE
 from cellkeras.detect.draw import TRUE_COLOUR, draw_boxes, save_rgb
 from cellkeras.detect.size import estimate_diameter
 from cellkeras.evaluate.detection import box_iou, detection_scores, match_boxes
 from cellkeras.io.display import to_display_rgb
 
-# Watershed after the foreground, the same for every rule and source (12 px nuclei).
-FOREGROUND_BOXES = BoxParams(
-    threshold="fixed", value=0.5, min_peak=0.5, split="distance", min_distance=5,
-    min_area=12, score="mean", nms_iou=0.3,
-)  # fmt: skip
 # A prediction whose box overlaps every labelled nucleus by less than this is not a split,
 # merge or loose box of one: it lies where the labels have nothing.
 NO_OVERLAP_IOU = 0.1
@@ -83,12 +79,7 @@ def foreground_rows(samples: dict) -> dict:
         scaled = rescale_sample(sample, 12.0 / median_diameter(sample.labels))
         truth = [scaled.boxes(f) for f in range(len(scaled))]
         for mode in ("otsu", "local"):
-            pred = [
-                heatmap_to_boxes(
-                    image_foreground(im, mode=mode).astype(np.float32), FOREGROUND_BOXES
-                )
-                for im in scaled.images
-            ]
+            pred = [otsu_watershed(im, mode=mode) for im in scaled.images]
             result = detection_scores([b for b, _ in pred], [s for _, s in pred], truth)
             rows[f"{name} {mode}"] = {k: result["iou0.5"][k] for k in ("f1", "precision", "recall")}
             print(
@@ -106,9 +97,7 @@ def unlabelled_rows(samples: dict, gallery: Path | None) -> dict:
                   "unmatched_on_no_label": 0}  # fmt: skip
         for f, image in enumerate(scaled.images):
             truth = scaled.boxes(f)
-            boxes, _ = heatmap_to_boxes(
-                image_foreground(image).astype(np.float32), FOREGROUND_BOXES
-            )
+            boxes, _ = otsu_watershed(image)
             matched = set(match_boxes(boxes, truth, 0.5)[0][:, 0].tolist())
             overlap = box_iou(boxes, truth).max(axis=1) if len(truth) else np.zeros(len(boxes))
             lonely = [
@@ -159,7 +148,7 @@ def size_criteria(boxes: np.ndarray, diameter: float) -> dict:
 def grid_choice_rows(samples: dict) -> dict:
     """Per source: the oracle's F1@0.5 and each criterion's, per image and as one vote."""
     sys.path.insert(0, str(REPO / "scripts"))
-    from _detection_loso import BASE_MIN_DISTANCE, BASE_OFFSET, BASE_SIGMA, otsu_watershed
+    from _detection_loso import BASE_MIN_DISTANCE, BASE_OFFSET, BASE_SIGMA
 
     grid = list(itertools.product(BASE_SIGMA, BASE_MIN_DISTANCE, BASE_OFFSET))
     rows = {}

@@ -22,6 +22,8 @@ from cellkeras.detect import (
     threshold_heatmap,
     tiled_heatmap,
 )
+from cellkeras.detect.baseline import otsu_watershed
+from cellkeras.detect.boxes import image_foreground
 from cellkeras.detect.size import estimate_diameter
 from cellkeras.evaluate import calibrate_threshold  # noqa: E402
 from cellkeras.io.images import normalize
@@ -68,6 +70,21 @@ def test_watershed_splits_two_touching_disks():
     np.testing.assert_array_equal(boxes[:, 3], [31, 31])
     assert boxes[0, 0] == 10 and boxes[1, 2] == 48
     assert abs(boxes[0, 2] - 29) <= 1 and abs(boxes[1, 0] - 29) <= 1
+
+
+def test_the_classical_baseline_splits_touching_nuclei_and_its_offset_moves_the_level():
+    image = np.full((40, 60), 20, np.uint8)
+    cv2.circle(image, (20, 20), 10, 200, -1)
+    cv2.circle(image, (37, 20), 10, 200, -1)
+    cv2.circle(image, (50, 33), 4, 110, -1)  # a dim nucleus, at 0.5 of the bright ones
+    boxes, scores = otsu_watershed(image, sigma=0, min_distance=5)
+    assert len(boxes) == 3  # Otsu's level lies between the background and every nucleus
+    np.testing.assert_array_equal(scores, [1.0, 1.0, 1.0])
+    # Raised above 0.5 of the 0.5-99.8 percentile range, the level leaves the dim one out.
+    assert len(otsu_watershed(image, sigma=0, min_distance=5, offset=0.6)[0]) == 2
+    bright = image_foreground(image, sigma=0, offset=0.6)
+    assert bright.sum() < image_foreground(image, sigma=0).sum()
+    assert not bright[33, 50] and bright[20, 20]
 
 
 def test_blank_and_noise_images_give_no_boxes():

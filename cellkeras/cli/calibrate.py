@@ -188,17 +188,18 @@ def read_labels(images: list[Path], shapes: list[tuple], labels: list[str]) -> l
 
 
 def _table(result: dict) -> str:
+    from cellkeras.evaluate.detection import precision_recall_f1
+
     rows = result["sweep"]
     best = next(i for i, r in enumerate(rows) if r["threshold"] == result["threshold"])
     lines = [f"{'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6} {'n':>5}"]
     for i in range(max(0, best - TABLE_ROWS), min(len(rows), best + TABLE_ROWS + 1)):
         r = rows[i]
-        precision = r["tp"] / r["num_pred"] if r["num_pred"] else 1.0
-        recall = r["tp"] / r["num_true"] if r["num_true"] else 1.0
+        scores = precision_recall_f1(r["tp"], r["num_pred"], r["num_true"])
         mark = "  <- chosen" if i == best else ""
         lines.append(
-            f"{r['threshold']:>9.3f} {precision:>9.3f} {recall:>7.3f} {r['f1']:>6.3f} "
-            f"{r['num_pred']:>5d}{mark}"
+            f"{r['threshold']:>9.3f} {scores['precision']:>9.3f} {scores['recall']:>7.3f} "
+            f"{scores['f1']:>6.3f} {r['num_pred']:>5d}{mark}"
         )
     return "\n".join(lines)
 

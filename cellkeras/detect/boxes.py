@@ -311,12 +311,15 @@ def non_max_suppression(
     return kept[np.argsort(-scores[kept], kind="stable")]
 
 
-def image_foreground(image: np.ndarray, sigma: float = 1.0, mode: str = "otsu") -> np.ndarray:
+def image_foreground(
+    image: np.ndarray, sigma: float = 1.0, mode: str = "otsu", offset: float = 0.0
+) -> np.ndarray:
     """Otsu foreground of an image (channels averaged, Gaussian-smoothed by `sigma` pixels).
 
     The classical baseline's mask, and the extent source of `BoxParams(extent="image")`. With
     `mode="local"` pixels brighter than their neighbourhood's mean (`LOCAL_SIGMA`) and above
-    `LOCAL_FLOOR` of the way from the background's median to Otsu's level count too.
+    `LOCAL_FLOOR` of the way from the background's median to Otsu's level count too. `offset`
+    shifts Otsu's level on the image's 0.5-99.8 percentile scale (the baseline's grid tunes it).
     """
     if mode not in ("otsu", "local"):  # "auto" picks between these two per image
         raise ValueError(f"unknown foreground {mode!r}; known: otsu, local")
@@ -326,7 +329,7 @@ def image_foreground(image: np.ndarray, sigma: float = 1.0, mode: str = "otsu") 
         grey = cv2.GaussianBlur(grey, (0, 0), sigma)
     low, high = np.percentile(grey, [0.5, 99.8])
     grey = stretch_between(grey, low, high)
-    level = threshold_heatmap(grey, "otsu")
+    level = threshold_heatmap(grey, "otsu") + offset
     foreground = grey > level
     if mode == "local" and foreground.any() and not foreground.all():
         background = float(np.median(grey[~foreground]))

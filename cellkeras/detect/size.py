@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from cellkeras.detect.boxes import image_foreground, peak_markers
+from cellkeras.detect.boxes import image_foreground, peak_markers, split_touching
 
 
 def estimate_diameter(image: np.ndarray, passes: int = 2) -> float | None:
@@ -49,8 +49,6 @@ def blob_diameter(image: np.ndarray, sigma: float = 1.0) -> float | None:
     Returns:
         The diameter in pixels, or None when the image has no foreground to measure.
     """
-    from skimage.segmentation import watershed
-
     foreground = image_foreground(image, sigma)
     if not foreground.any() or foreground.all():
         return None
@@ -62,8 +60,7 @@ def blob_diameter(image: np.ndarray, sigma: float = 1.0) -> float | None:
     if not len(heights):
         return None
     radius = float(np.median(heights))
-    markers = peak_markers(distance, foreground, max(2.0, 0.7 * radius))
-    regions = watershed(-distance, markers, mask=foreground)
+    regions = split_touching(foreground, max(2.0, 0.7 * radius))
     ids = np.unique(regions[regions > 0])
     border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
     inner = np.setdiff1d(ids, border)

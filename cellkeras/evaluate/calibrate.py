@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cellkeras.detect.boxes import BoxParams, heatmap_to_boxes
-from cellkeras.evaluate.detection import match_boxes
+from cellkeras.evaluate.detection import match_boxes, precision_recall_f1
 
 DEFAULT_GRID = {"start": 0.02, "stop": 0.98, "step": 0.02}
 # Past the grid's edges, in finer steps: heat is in [0, 1], and a softmax classifier's heat
@@ -27,7 +27,7 @@ _EDGE_STEP = 0.002
 
 
 def _f1(tp: int, n_pred: int, n_true: int) -> float:
-    return 2.0 * tp / (n_pred + n_true) if n_pred + n_true else 1.0
+    return precision_recall_f1(tp, n_pred, n_true)["f1"]
 
 
 def calibrate_threshold(
@@ -180,9 +180,7 @@ def sweep_threshold(
     row = result["sweep"][best]
     result.update(
         threshold=row["threshold"],
-        f1=row["f1"],
-        precision=row["tp"] / row["num_pred"] if row["num_pred"] else 1.0,
-        recall=row["tp"] / row["num_true"] if row["num_true"] else 1.0,
+        **precision_recall_f1(row["tp"], row["num_pred"], row["num_true"]),
         grid=grid,
         refined=refined,
         at_edge=best in (0, len(levels) - 1),

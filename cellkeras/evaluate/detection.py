@@ -137,7 +137,9 @@ def average_precision(hits: np.ndarray, scores: np.ndarray, num_true: int) -> fl
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
-def _prf(tp: int, n_pred: int, n_true: int) -> dict[str, float]:
+def precision_recall_f1(tp: int, n_pred: int, n_true: int) -> dict[str, float]:
+    """Precision, recall and F1 of `tp` matches among `n_pred` predictions and `n_true` truths
+    (no prediction and no truth is perfect; predictions with no truth, or none, score 0)."""
     precision = tp / n_pred if n_pred else (1.0 if n_true == 0 else 0.0)
     recall = tp / n_true if n_true else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -187,7 +189,7 @@ def detection_scores(
         tp = sum(len(match_boxes(p, g, t)[0]) for p, g in zip(preds, trues, strict=True))
         hits = [greedy_match(p, s, g, t) for p, s, g in zip(preds, scores, trues, strict=True)]
         entry = {"tp": int(tp), "fp": int(n_pred.sum() - tp), "fn": int(n_true.sum() - tp)}
-        entry.update(_prf(tp, int(n_pred.sum()), int(n_true.sum())))
+        entry.update(precision_recall_f1(tp, int(n_pred.sum()), int(n_true.sum())))
         entry["ap"] = average_precision(
             np.concatenate(hits) if hits else np.zeros(0, bool), all_scores, int(n_true.sum())
         )
@@ -198,7 +200,7 @@ def detection_scores(
 def image_f1(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5) -> float:
     """F1 of one image at an IoU threshold (Hungarian matching); 1.0 when both are empty."""
     tp = len(match_boxes(pred, true, iou_threshold)[0])
-    return _prf(tp, len(_as_boxes(pred)), len(_as_boxes(true)))["f1"]
+    return precision_recall_f1(tp, len(_as_boxes(pred)), len(_as_boxes(true)))["f1"]
 
 
 def max_box_acc_v2(
