@@ -204,21 +204,72 @@ def split_counts(root: Path) -> dict[str, Counter]:
     return counts
 
 
-def brightness_by_block(root: Path) -> list[tuple[str, str, float, float, float, float]]:
-    """`(split, class, first frame, last frame, lowest, highest mean pixel value)` per time
-    block of a built tree (a run of one sequence's frames in one split and class), in time
-    order: whether brightness alone drifts with time, a cue a classifier can learn."""
+def mean_brightness(image: np.ndarray) -> float:
+    return float(image.mean())
+
+
+def nuclei_count(image: np.ndarray) -> float:
+    """Nuclei in an embryo frame: the classical Otsu + watershed on its green (nuclear) channel,
+    at the frames' 188x128 size (early nuclei ~10 px, late ones ~5 px across)."""
+    from cellkeras.detect.baseline import otsu_watershed
+
+    grey = image[..., 1] if image.ndim == 3 else image
+    return float(len(otsu_watershed(grey, sigma=1.0, min_distance=3)[0]))
+
+
+def measure_frames(root: Path, measure=mean_brightness) -> list[tuple[str, str, str, float, float]]:
+    """`(sequence, split, class, frame, measure(image))` for every frame of a built tree, in
+    time order."""
     from PIL import Image
 
-    rows: list[list] = []
+    rows = []
     for filename, sequence, frame in sorted(read_manifest(root), key=lambda r: (r[1], r[2])):
         split, cls = filename.split("/")[:2]
-        mean = float(np.asarray(Image.open(root / filename), dtype=np.float64).mean())
+        image = np.asarray(Image.open(root / filename), dtype=np.float64)
+        rows.append((sequence, split, cls, frame, measure(image)))
+    return rows
+
+
+def by_block(frames: list[tuple[str, str, str, float, float]]) -> list[tuple]:
+    """`(split, class, first frame, last frame, lowest, highest value)` per time block (a run
+    of one sequence's frames in one split and class) of `measure_frames`' rows: whether a
+    measure drifts with time, a cue a classifier can learn or must extrapolate."""
+    rows: list[list] = []
+    for sequence, split, cls, frame, value in frames:
         if not rows or rows[-1][:3] != [sequence, split, cls]:
-            rows.append([sequence, split, cls, frame, frame, mean, mean])
+            rows.append([sequence, split, cls, frame, frame, value, value])
         row = rows[-1]
-        row[4], row[5], row[6] = frame, min(row[5], mean), max(row[6], mean)
+        row[4], row[5], row[6] = frame, min(row[5], value), max(row[6], value)
     return [tuple(row[1:]) for row in rows]
+
+
+def plot_by_frame(frames, title: str, ylabel: str, path: Path) -> None:
+    """The measure against the frame number, one colour a class, TEST frames as filled dots and
+    TRAIN frames as rings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = list(dict.fromkeys(cls for _, _, cls, _, _ in frames))
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
+    for i, cls in enumerate(classes):
+        for split, marker in (("TRAIN", "o"), ("TEST", "o")):
+            points = [(f, v) for _, s, c, f, v in frames if c == cls and s == split]
+            if not points:
+                continue
+            x, y = zip(*points, strict=True)
+            filled = split == "TEST"
+            ax.scatter(
+                x, y, s=22 if filled else 14, marker=marker, linewidths=1,
+                facecolors=colours(i % 10) if filled else "none", edgecolors=colours(i % 10),
+                label=f"{cls}" if split == "TRAIN" else None,
+            )  # fmt: skip
+    ax.set(xlabel="frame", ylabel=ylabel, title=title)
+    ax.legend(fontsize=7, ncols=2, title="class (rings TRAIN, dots TEST)", title_fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -229,15 +280,27 @@ def main() -> None:
     parser.add_argument(
         "--brightness", action="store_true", help="print each time block's mean pixel values"
     )
+    parser.add_argument(
+        "--nuclei", action="store_true", help="print each time block's nuclei per frame"
+    )
+    parser.add_argument("--plot", type=Path, help="with --nuclei: nuclei against frame, a PNG")
     args = parser.parse_args()
     root = build(args.name, args.cut, args.out)
     for split, counts in sorted(split_counts(root).items()):
         print(f"{split}: {sum(counts.values())} images, {dict(sorted(counts.items()))}")
-    if args.brightness:
-        for split, cls, first, last, low, high in brightness_by_block(root):
+    measures = [("mean", mean_brightness)] * args.brightness + [("nuclei", nuclei_count)] * (
+        args.nuclei
+    )
+    for label, measure in measures:
+        frames = measure_frames(root, measure)
+        for split, cls, first, last, low, high in by_block(frames):
             print(
-                f"  {split:5} {cls:16} frames {first:5.0f}-{last:5.0f}  mean {low:6.1f}-{high:6.1f}"
+                f"  {split:5} {cls:16} frames {first:5.0f}-{last:5.0f}  {label} {low:6.1f}-{high:6.1f}"
             )
+        if label == "nuclei" and args.plot:
+            title = f"{args.name}:{args.cut}, nuclei per frame (Otsu + watershed, green channel)"
+            plot_by_frame(frames, title, "nuclei", args.plot)
+            print(f"plot: {args.plot}")
     print(root)
 
 
