@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from cellkeras.models import (
     MERGES,
+    OrdinalLogits,
     ParallelCNN,
     SobelEdges,
     WeightedAverage,
@@ -373,3 +374,41 @@ def test_a_features_merge_keeps_every_branch_head_trainable_and_analysable():
     assert "loss" in history.history
     first = model.branch_names[0]
     stagewise_trainer(model, first, "adam").fit(images, labels, epochs=1, verbose=0)
+
+
+def test_ordinal_logits_move_the_class_up_the_order_as_the_score_grows():
+    ranks = [2, 0, 3, 1]  # class 1 comes first in time, then 3, 0, 2
+    layer = OrdinalLogits(ranks)
+    layer.build((None, 2))
+    layer.kernel.assign([[1.0], [0.0]])  # the position is the first feature, plus 1.5
+    layer.class_bias.assign([-3.0, 0.0, -5.0, -1.0])
+    scores = np.linspace(-10, 10, 201, dtype=np.float32)
+    features = np.stack([scores, np.zeros_like(scores)], axis=1)
+    logits = keras.ops.convert_to_numpy(layer(features))
+    distance = np.array(ranks, np.float32) - (scores[:, None] + 1.5)
+    expected = layer.class_bias.numpy() - distance**2  # spread 1 to start with
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    order = np.asarray(ranks)[logits.argmax(axis=1)]
+    assert np.all(np.diff(order) >= 0)  # never back down the order
+    assert order[0] == 0 and order[-1] == 3  # far either way: the first or the last stage
+    assert set(order) == {0, 1, 2, 3}  # with these biases every stage has its stretch
+    with pytest.raises(ValueError, match="permutation"):
+        OrdinalLogits([0, 2, 2])
+
+
+@pytest.mark.parametrize("merge", ["stacked", "concat"])
+def test_an_ordinal_model_saves_loads_and_puts_every_head_in_the_order(tmp_path, merge):
+    model = _tiny(merge=merge, class_ranks=[1, 2, 0])
+    heads = [layer for layer in model.layers if layer.name.endswith("_logits")]
+    assert heads and all(isinstance(layer, OrdinalLogits) for layer in heads)
+    assert all(layer.ranks == [1, 2, 0] for layer in heads)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.class_ranks == [1, 2, 0]
+    images = _images(side=20)
+    probs = keras.ops.convert_to_numpy(loaded(images))
+    np.testing.assert_allclose(probs, keras.ops.convert_to_numpy(model(images)), atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="2 class ranks for 3 classes"):
+        _tiny(class_ranks=[1, 0])

@@ -333,3 +333,42 @@ def test_video_to_folders_then_training_splits_by_time(video, tmp_path):
     assert val and train and not train & val
     beside = sorted(f for f in val if {f - 1, f + 1} & train)
     assert beside == [], f"validation frames {beside} have a training frame next to them"
+
+
+def test_stages_cut_from_a_video_train_an_ordinal_head_in_their_time_order(video, tmp_path):
+    import keras
+
+    from cellkeras.data.frames import time_ranks
+    from cellkeras.models import OrdinalLogits
+    from trainer.config import build_config
+    from trainer.task import run
+
+    out = tmp_path / "frames"
+    spec = "late=0:12,early=12:24,mid=24:40"  # folder (alphabetical) order is not time order
+    args = ["video-to-folders", str(video), "--segments", spec, "--unit", "frames"]
+    assert main([*args, "--out", str(out)]) == 0
+    stages = load_class_folders(out)
+    assert stages.classes == ["early", "late", "mid"]
+    assert time_ranks(stages) == [1, 0, 2]  # late first, then early, then mid
+    # Without the manifest the same folders say nothing about time.
+    (out / "frames.csv").unlink()
+    assert time_ranks(load_class_folders(out)) is None
+
+    overrides = {
+        "data.data_dir": str(out),
+        "train.schedule": "16:1",
+        "train.batch_size": 8,
+        "train.model": "edge",
+        "train.ordinal": "time",
+    }
+    config = build_config("smoke", overrides)
+    config.output_dir = str(tmp_path / "untimed")
+    with pytest.raises(ValueError, match="--ordinal=time needs .* no frame order"):
+        run(config, verbose=0)
+    assert main([*args, "--out", str(out), "--overwrite"]) == 0
+    config = build_config("smoke", overrides)
+    config.output_dir = str(tmp_path / "run")
+    run(config, verbose=0)
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    head = model.get_layer("edge_logits")
+    assert isinstance(head, OrdinalLogits) and head.ranks == [1, 0, 2]

@@ -21,6 +21,7 @@ DISTRIBUTIONS = ("auto", "one", "mirrored", "multi_worker")
 TRAINING_LOOPS = ("auto", "fit", "custom")
 LATER_STAGE_MODES = ("all", "head")
 TRAINING_MODES = ("joint", "stagewise")
+ORDINAL_MODES = ("off", "time")
 
 
 @dataclasses.dataclass
@@ -125,6 +126,10 @@ class TrainConfig:
             learning_rate x weight_decay of themselves); 0 is plain Adam.
         label_smoothing: each one-hot training label softened towards uniform by this much
             (keras.losses.CategoricalCrossentropy); 0 is the plain cross-entropy.
+        ordinal: off (a dense head, one direction per class) or time: for classes that are
+            stages of a time-lapse (the frame manifest orders them, `time_ranks`), every head
+            scores one number per image and the stages follow each other along it
+            (`cellkeras.models.layers.OrdinalLogits`).
         branch_loss_weight: weight of each branch's auxiliary loss: it gives every branch a
             trained head of its own, so per-branch accuracy means something (0 trains the
             merged output alone).
@@ -170,6 +175,7 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    ordinal: str = "off"
     branch_loss_weight: float = 0.3
     training_mode: str = "joint"
     head_epochs: int = 3

@@ -18,6 +18,7 @@ from trainer.config import (
     DISTRIBUTIONS,
     LATER_STAGE_MODES,
     MIXED_PRECISION_MODES,
+    ORDINAL_MODES,
     PRESETS,
     TRAINING_LOOPS,
     TRAINING_MODES,
@@ -39,6 +40,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "later_stages": LATER_STAGE_MODES,
     "balance": ("oversample", "none"),
     "val_blocks": BLOCK_PLACEMENTS,
+    "ordinal": ORDINAL_MODES,
 }
 # Run-level settings that are not part of a section.
 RUN_FLAGS = {

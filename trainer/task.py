@@ -37,6 +37,8 @@ from typing import Any  # noqa: E402
 
 import keras  # noqa: E402
 
+from cellkeras.data.frames import time_ranks
+from cellkeras.data.imageset import ImageSet
 from cellkeras.evaluate import evaluate_branches
 from cellkeras.models import branch_names, create_model
 from cellkeras.serving.export import export_model
@@ -54,7 +56,7 @@ from cellkeras.training import (
     stagewise_parts,
 )
 from trainer.checkpoint import RunProgress, trim_history
-from trainer.config import LATER_STAGE_MODES, TRAINING_MODES, RunConfig
+from trainer.config import LATER_STAGE_MODES, ORDINAL_MODES, TRAINING_MODES, RunConfig
 from trainer.custom_loop import fit_stage_distributed
 from trainer.heldout import count_splits, evaluate_test, write_split_csv
 from trainer.inputs import Inputs, resolve_schedule, stage_strength
@@ -67,6 +69,28 @@ from trainer.sharding import (
     total_across_workers,
 )
 from trainer.tfx import config_from_fn_args
+
+
+def class_ranks(ordinal: str, train_set: ImageSet) -> list[int] | None:
+    """The classes' time order for `--ordinal=time` (None for "off").
+
+    Raises:
+        ValueError: "time" for images whose frames do not order the classes.
+    """
+    if ordinal not in ORDINAL_MODES:
+        raise ValueError(f"unknown ordinal {ordinal!r}; known: {', '.join(ORDINAL_MODES)}")
+    if ordinal == "off":
+        return None
+    ranks = time_ranks(train_set)
+    if ranks is None:
+        raise ValueError(
+            "--ordinal=time needs classes that are stages of a time-lapse: a frame manifest "
+            "(frames.csv, or a CSV's frame column) in which each class's frames span their "
+            "own stretch of time, in one order in every sequence; these images have "
+            + ("no frame order" if train_set.order is None else "classes that share time")
+            + ". Use --ordinal=off."
+        )
+    return ranks
 
 
 def _stagewise_parts(model: keras.Model, train_cfg) -> list[str] | None:
@@ -373,7 +397,12 @@ def _run(config: RunConfig, verbose, callbacks) -> dict[str, Any]:
         read_from=None if runtime.role.is_chief else Path(config.output_dir) / "checkpoint",
     )
     with runtime.scope():
-        model = create_model(train_cfg.model, inputs.images.num_classes, channels=inputs.channels)
+        model = create_model(
+            train_cfg.model,
+            inputs.images.num_classes,
+            channels=inputs.channels,
+            class_ranks=class_ranks(train_cfg.ordinal, inputs.train_set),
+        )
     phases = plan_phases(
         stages,
         _stagewise_parts(model, train_cfg),

@@ -23,6 +23,7 @@ folder relabels it). Every image of the tree must have a row; rows for files tha
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import re
 import shutil
@@ -230,3 +231,47 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
         image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
     if not cv2.imwrite(str(path), image):
         raise OSError(f"cv2.imwrite could not write {path}.")
+
+
+def time_ranks(imageset: ImageSet) -> list[int] | None:
+    """Each class's place in time (class index -> rank) when the frames order the classes.
+
+    The classes are stages when, in every sequence, each class's frames span one stretch of
+    time that no other class's frames enter, and every sequence that holds two classes puts
+    them in the same order (so together the sequences give one order of all the classes).
+
+    Returns:
+        The ranks, or None when the images have no order, two classes' frames interleave, the
+        sequences disagree, or they leave two classes unordered.
+    """
+    import graphlib
+
+    if imageset.order is None or not len(imageset.labels):
+        return None
+    labels, order = imageset.labels, np.asarray(imageset.order, np.float64)
+    sequences = imageset.sequence if imageset.sequence is not None else np.zeros(len(labels))
+    sorter = graphlib.TopologicalSorter({c: set() for c in range(len(imageset.classes))})
+    for name in np.unique(sequences):
+        here = np.asarray(sequences == name)
+        spans = sorted(
+            (order[here & (labels == c)].min(), order[here & (labels == c)].max(), int(c))
+            for c in np.unique(labels[here])
+        )
+        for (_, last, before), (first, _, after) in itertools.pairwise(spans):
+            if last >= first:
+                return None  # two classes share a stretch of time
+            sorter.add(after, before)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError:
+        return None  # two sequences order the same classes differently
+    ranks = [0] * len(imageset.classes)
+    rank = 0
+    while sorter.is_active():
+        ready = sorter.get_ready()
+        if len(ready) != 1:
+            return None  # nothing says which of these comes first
+        ranks[ready[0]] = rank
+        rank += 1
+        sorter.done(*ready)
+    return ranks

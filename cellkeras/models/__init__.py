@@ -16,7 +16,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "branches": ["BRANCH_PRESETS", "build_branch", "resolve_branch"],
-        "layers": ["SobelEdges", "WeightedAverage"],
+        "layers": ["OrdinalLogits", "SobelEdges", "WeightedAverage"],
         "names": ["DEFAULT_MODEL", "MODEL_NAMES"],
         "parallel": [
             "MERGES",

@@ -21,7 +21,7 @@ from typing import Any
 
 import keras
 
-from cellkeras.models.layers import SobelEdges
+from cellkeras.models.layers import OrdinalLogits, SobelEdges
 
 Spec = dict[str, Any]
 
@@ -174,7 +174,11 @@ class BranchOutputs:
 
 
 def build_branch(
-    images: Any, spec: Mapping[str, Any], num_classes: int, dtype: Any = None
+    images: Any,
+    spec: Mapping[str, Any],
+    num_classes: int,
+    dtype: Any = None,
+    class_ranks: Sequence[int] | None = None,
 ) -> BranchOutputs:
     """Grow one branch from `images` (a symbolic (B, H, W, C) tensor in [0, 1]).
 
@@ -184,6 +188,8 @@ def build_branch(
         num_classes: size of the branch's classifier head.
         dtype: dtype policy for the branch's layers; None follows the global policy. The
             softmax is always float32.
+        class_ranks: the classes' order (class index -> rank) for an ordinal head
+            (`OrdinalLogits`); None is a dense head, one direction per class.
 
     Returns:
         The branch's tensors, see `BranchOutputs`.
@@ -195,7 +201,7 @@ def build_branch(
     x = _preprocess(images, name, spec, dtype)
     feature_map, last_conv = builder(x, name=name, dtype=dtype, **spec)
     features = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool", dtype=dtype)(feature_map)
-    logits = _dense_head(features, name, num_classes, dtype, **head_kw)
+    logits = _dense_head(features, name, num_classes, dtype, class_ranks, **head_kw)
     probs = keras.layers.Activation("softmax", name=f"{name}_probs", dtype="float32")(logits)
     return BranchOutputs(features=features, logits=logits, probs=probs, last_conv=last_conv)
 
@@ -213,13 +219,24 @@ def _preprocess(images, name: str, spec: Spec, dtype) -> Any:
     return keras.layers.Rescaling(scale, offset, name=f"{name}_rescale", dtype=dtype)(x)
 
 
-def _dense_head(features, name: str, num_classes: int, dtype, dense_units=(), dropout=0.0):
+def _dense_head(
+    features, name: str, num_classes: int, dtype, class_ranks=None, dense_units=(), dropout=0.0
+):
     x = features
     for i, units in enumerate(dense_units, start=1):
         x = keras.layers.Dense(units, activation="relu", name=f"{name}_fc{i}", dtype=dtype)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=f"{name}_dropout", dtype=dtype)(x)
-    return keras.layers.Dense(num_classes, name=f"{name}_logits", dtype=dtype)(x)
+    return class_logits(x, f"{name}_logits", num_classes, dtype, class_ranks)
+
+
+def class_logits(x, name: str, num_classes: int, dtype, class_ranks=None):
+    """The last layer of a classifier head: dense, or ordinal when `class_ranks` is given."""
+    if class_ranks is None:
+        return keras.layers.Dense(num_classes, name=name, dtype=dtype)(x)
+    if len(class_ranks) != num_classes:
+        raise ValueError(f"{name}: {len(class_ranks)} class ranks for {num_classes} classes.")
+    return OrdinalLogits(class_ranks, name=name, dtype=dtype)(x)
 
 
 def _conv_builder(

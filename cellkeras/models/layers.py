@@ -222,3 +222,74 @@ class StackedMerge(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
+
+
+@keras.saving.register_keras_serializable(package="cellkeras")
+class OrdinalLogits(keras.layers.Layer):
+    """Class logits for ordered classes: one position u per image on the classes' order, and
+    class k (rank r_k) scores `-spread * (r_k - u)**2 + c_k`.
+
+    u says how far along the order an image is, and the most likely class moves up the order
+    one class at a time as u grows (the logits have increasing differences in r and u, so
+    their argmax never moves back), whatever the offsets c_k become. A dense head has a
+    separate direction per class and nothing tells it what lies beyond the training images;
+    here an image further along than any training image of the last class (or before the
+    first) still scores as that class, and two classes far apart in the order cannot be
+    confused without the ones between. Stages of a time-lapse are such classes: on the embryo
+    cuts the first frames of a stage show fewer nuclei than any of its training frames
+    (docs/BENCHMARKS.md, "Nuclei per frame").
+
+    u is in rank units (it starts at the middle of the order) and `spread` sets how sharply
+    the classes fall off around it, so neither has to grow with the class count: with plain
+    offsets placing the boundaries, those grow with its square (tens of nats for eight
+    stages) while Adam moves a scalar by about the learning rate a step, and a few hundred
+    steps left most stages unreachable. `spread` is `exp(SPREAD_GAIN * w)` from 1, so Adam
+    can sharpen it tenfold within a short schedule.
+
+    Args:
+        ranks: each class's place in the order (class index -> rank), a permutation of
+            0..K-1; the class names' alphabetical order need not be the time order.
+
+    Input: (..., F) features. Output: (..., K) logits for a softmax.
+    """
+
+    SPREAD_GAIN = 4.0
+
+    def __init__(self, ranks, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ranks = [int(r) for r in ranks]
+        if sorted(self.ranks) != list(range(len(self.ranks))):
+            raise ValueError(f"ranks must be a permutation of 0..K-1, got {self.ranks}.")
+
+    def build(self, input_shape) -> None:
+        count = len(self.ranks)
+        self.kernel = self.add_weight(
+            name="kernel", shape=(input_shape[-1], 1), initializer="glorot_uniform"
+        )
+        self.position_bias = self.add_weight(
+            name="position_bias",
+            shape=(),
+            initializer=keras.initializers.Constant((count - 1) / 2.0),
+        )
+        self.log_spread = self.add_weight(name="log_spread", shape=(), initializer="zeros")
+        self.class_bias = self.add_weight(name="class_bias", shape=(count,), initializer="zeros")
+
+    def spread(self):
+        return ops.exp(self.SPREAD_GAIN * self.log_spread)
+
+    def position(self, inputs):
+        """u: each image's place on the order, in ranks (..., 1)."""
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        return ops.matmul(inputs, kernel) + ops.cast(self.position_bias, inputs.dtype)
+
+    def call(self, inputs):
+        ranks = ops.convert_to_tensor(np.asarray(self.ranks, np.float32), dtype=inputs.dtype)
+        spread = ops.cast(self.spread(), inputs.dtype)
+        distance = ranks - self.position(inputs)
+        return ops.cast(self.class_bias, inputs.dtype) - spread * distance**2
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], len(self.ranks))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "ranks": self.ranks}

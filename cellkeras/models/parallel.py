@@ -21,7 +21,7 @@ from typing import Any
 
 import keras
 
-from cellkeras.models.branches import build_branch, resolve_branch
+from cellkeras.models.branches import build_branch, class_logits, resolve_branch
 from cellkeras.models.layers import StackedMerge, WeightedAverage
 
 MERGES = ("concat", "average", "weighted", "stacked")
@@ -65,6 +65,8 @@ class ParallelCNN(keras.Model):
         head_units: hidden width of the "concat" head.
         dtype: dtype policy (name or `keras.DTypePolicy`) for the layers, e.g. "mixed_float16";
             None follows the global policy. Softmax outputs are float32 in every case.
+        class_ranks: for ordered classes (stages of a time-lapse), each class's place in the
+            order: every head ends in `OrdinalLogits` instead of a dense layer. None: dense.
         **kwargs: `name`, `trainable`.
 
     Attributes:
@@ -83,6 +85,7 @@ class ParallelCNN(keras.Model):
         merge_on: str = "logits",
         head_units: int = 16,
         dtype: str | keras.DTypePolicy | None = None,
+        class_ranks: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         if merge not in MERGES:
@@ -103,7 +106,8 @@ class ParallelCNN(keras.Model):
 
         # === Functional graph ===
         images = keras.Input(shape=(None, None, channels), name="images")
-        built = {s["name"]: build_branch(images, s, num_classes, dtype=policy) for s in specs}
+        ranks = None if class_ranks is None else [int(r) for r in class_ranks]
+        built = {s["name"]: build_branch(images, s, num_classes, policy, ranks) for s in specs}
         if len(built) == 1:
             outputs = next(iter(built.values())).probs
         elif merge == "concat":
@@ -116,7 +120,7 @@ class ParallelCNN(keras.Model):
             x = keras.layers.Dense(
                 head_units, activation="relu", name="merge_hidden", dtype=policy
             )(x)
-            x = keras.layers.Dense(num_classes, name="merge_logits", dtype=policy)(x)
+            x = class_logits(x, "merge_logits", num_classes, policy, ranks)
             outputs = keras.layers.Activation("softmax", name="probs", dtype="float32")(x)
         elif merge == "average":
             outputs = keras.layers.Average(name="probs", dtype="float32")(
@@ -140,6 +144,7 @@ class ParallelCNN(keras.Model):
         self.merge_on = merge_on
         self.head_units = head_units
         self.policy_name = policy
+        self.class_ranks = ranks
 
         # === Bookkeeping for analysis and stage-wise training ===
         self.branch_names = names
@@ -170,6 +175,7 @@ class ParallelCNN(keras.Model):
             "merge_on": self.merge_on,
             "head_units": self.head_units,
             "dtype": self.policy_name,
+            "class_ranks": self.class_ranks,
         }
 
     @classmethod
