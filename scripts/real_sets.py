@@ -213,7 +213,7 @@ def nuclei_count(image: np.ndarray) -> float:
     at the frames' 188x128 size (early nuclei ~10 px, late ones ~5 px across)."""
     from cellkeras.detect.baseline import otsu_watershed
 
-    grey = image[..., 1] if image.ndim == 3 else image
+    grey = image[..., 1] if image.ndim == 3 and image.shape[-1] >= 3 else image
     return float(len(otsu_watershed(grey, sigma=1.0, min_distance=3)[0]))
 
 
@@ -255,14 +255,14 @@ def plot_by_frame(frames, title: str, ylabel: str, path: Path) -> None:
     colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
     for i, cls in enumerate(classes):
-        for split, marker in (("TRAIN", "o"), ("TEST", "o")):
+        for split in ("TRAIN", "TEST"):
             points = [(f, v) for _, s, c, f, v in frames if c == cls and s == split]
             if not points:
                 continue
             x, y = zip(*points, strict=True)
             filled = split == "TEST"
             ax.scatter(
-                x, y, s=22 if filled else 14, marker=marker, linewidths=1,
+                x, y, s=22 if filled else 14, linewidths=1,
                 facecolors=colours(i % 10) if filled else "none", edgecolors=colours(i % 10),
                 label=f"{cls}" if split == "TRAIN" else None,
             )  # fmt: skip
@@ -285,6 +285,8 @@ def main() -> None:
     )
     parser.add_argument("--plot", type=Path, help="with --nuclei: nuclei against frame, a PNG")
     args = parser.parse_args()
+    if args.plot and not args.nuclei:
+        parser.error("--plot draws the nuclei counts: give --nuclei too")
     root = build(args.name, args.cut, args.out)
     for split, counts in sorted(split_counts(root).items()):
         print(f"{split}: {sum(counts.values())} images, {dict(sorted(counts.items()))}")

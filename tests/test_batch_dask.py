@@ -136,8 +136,9 @@ def test_the_dask_runner_writes_what_the_direct_runner_writes(cluster, data, cap
     assert errors[0]["reason"].startswith("not a recognised image")
     rows = sum(len(s.read_text().splitlines()) - 1 for s in out.glob("predictions-*.csv"))
     assert rows == 13
-    # The model ran in the cluster's worker processes, not in the launcher. Not "in both":
-    # Dask's scheduler may give every partition to the worker that is free first.
+    # The model ran in the cluster's worker processes (not only in this launcher, which loaded
+    # it for the DirectRunner's reference). Not "in both": Dask's scheduler may give every
+    # partition to the worker that is free first.
     ran = client.run(lambda: "cellkeras.inference.predict" in sys.modules)
     assert True in ran.values()
     wait_for(lambda: idle(client), 30, "the cluster to be idle")

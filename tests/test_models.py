@@ -410,5 +410,18 @@ def test_an_ordinal_model_saves_loads_and_puts_every_head_in_the_order(tmp_path,
     probs = keras.ops.convert_to_numpy(loaded(images))
     np.testing.assert_allclose(probs, keras.ops.convert_to_numpy(model(images)), atol=1e-6)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    with pytest.raises(ValueError, match="2 class ranks for 3 classes"):
+    with pytest.raises(ValueError, match="class_ranks has 2 entries for 3 classes"):
         _tiny(class_ranks=[1, 0])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_an_ordinal_head_stays_finite_far_along_the_order_under_mixed_precision(policy):
+    model = _tiny(dtype=policy, class_ranks=[0, 1, 2])
+    for name in ("wide_shallow_logits", "edge_logits", "merge_logits"):
+        head = model.get_layer(name)
+        assert head.compute_dtype == "float32"
+        head.kernel.assign(np.full(head.kernel.shape, 50.0, np.float32))  # u in the hundreds
+        head.log_spread.assign(1.0)  # spread e^4: (r - u)^2 * spread far above float16's max
+    probs = keras.ops.convert_to_numpy(model(_images()))
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

@@ -240,3 +240,22 @@ def test_a_different_configuration_is_refused_naming_what_changed(tmp_path):
     now.data.normalization = "percentile"
     with pytest.raises(ValueError, match=r"data\.normalization: 'range' -> 'percentile'"):
         RunProgress.resume_or_start(tmp_path / "checkpoint", now)
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    import dataclasses
+
+    from trainer.checkpoint import EPOCH_PREFIX, PROGRESS, RunProgress
+
+    config = build_config("smoke")
+    train = dataclasses.asdict(config.train)
+    del train["ordinal"]  # the field came later; the run trained with its default
+    fingerprint = {"data": dataclasses.asdict(config.data), "train": train}
+    epoch = tmp_path / "checkpoint" / f"{EPOCH_PREFIX}3"
+    epoch.mkdir(parents=True)
+    state = {"epochs_done": 3, "best_val_accuracy": 0.5, "stages": [], "partial_seconds": {}}
+    (epoch / PROGRESS).write_text(json.dumps({"fingerprint": fingerprint, **state}))
+    assert RunProgress.resume_or_start(tmp_path / "checkpoint", config).epochs_done == 3
+    config.train.ordinal = "time"  # a value other than the default is still a change
+    with pytest.raises(ValueError, match=r"train\.ordinal: 'off' -> 'time'"):
+        RunProgress.resume_or_start(tmp_path / "checkpoint", config)

@@ -363,7 +363,7 @@ def test_stages_cut_from_a_video_train_an_ordinal_head_in_their_time_order(video
     }
     config = build_config("smoke", overrides)
     config.output_dir = str(tmp_path / "untimed")
-    with pytest.raises(ValueError, match="--ordinal=time needs .* no frame order"):
+    with pytest.raises(ValueError, match="--ordinal=time needs .* have no frame order"):
         run(config, verbose=0)
     assert main([*args, "--out", str(out), "--overwrite"]) == 0
     config = build_config("smoke", overrides)
@@ -372,3 +372,32 @@ def test_stages_cut_from_a_video_train_an_ordinal_head_in_their_time_order(video
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
     head = model.get_layer("edge_logits")
     assert isinstance(head, OrdinalLogits) and head.ranks == [1, 0, 2]
+
+
+@pytest.mark.parametrize(
+    "labels,order,sequence,ranks,reason",
+    [
+        ([1, 1, 0, 0, 2, 2], [0, 1, 2, 3, 5, 6], None, [1, 0, 2], ""),
+        # Two sequences each order two classes; together they order all three.
+        ([1, 0, 0, 2], [0, 1, 2, 3], ["x", "x", "y", "y"], [1, 0, 2], ""),
+        ([1, 0, 1, 0, 2, 2], [0, 1, 2, 3, 5, 6], None, None, "a and b sharing time"),
+        ([1, 0, 2, 0], [0, 1, 2, 3], ["x", "x", "y", "y"], None, "which of a, c comes first"),
+        ([1, 0, 0, 1, 2, 2], [0, 1, 2, 3, 4, 5], list("xxyyzz"), None, "order the classes differ"),
+        ([1, 0, 0], [0, 1, np.nan], None, None, "not finite"),
+        ([1, 0, 0], [0, 1, 2], None, None, "no images of c"),
+        ([1, 0, 2], None, None, None, "no frame order"),
+    ],
+)
+def test_time_order_ranks_stages_or_says_why_not(labels, order, sequence, ranks, reason):
+    from cellkeras.data.frames import time_order
+
+    images = ImageSet(
+        classes=["b", "a", "c"],
+        labels=labels,
+        images=np.zeros((len(labels), 2, 2, 1), np.uint8),
+        order=None if order is None else np.asarray(order, float),
+        sequence=None if sequence is None else np.asarray(sequence),
+    )
+    got, why = time_order(images)
+    assert got == ranks
+    assert reason in why and (why == "") == (ranks is not None)

@@ -108,11 +108,20 @@ class RunProgress(keras.callbacks.Callback):
         if source is None:
             return progress
         state = json.loads((source / PROGRESS).read_text())
-        if state["fingerprint"] != fingerprint:
+        # A setting added since the run was saved did not exist for it: its default is what
+        # that run used.
+        defaults = {
+            "data": dataclasses.asdict(type(config.data)()),
+            "train": dataclasses.asdict(type(config.train)()),
+        }
+        saved_fingerprint = {
+            part: {**defaults[part], **state["fingerprint"].get(part, {})} for part in fingerprint
+        }
+        if saved_fingerprint != fingerprint:
             changed = [
                 f"{part}.{name}: {saved.get(name)!r} -> {value!r}"
                 for part, fields in fingerprint.items()
-                for saved in [state["fingerprint"].get(part, {})]
+                for saved in [saved_fingerprint[part]]
                 for name, value in fields.items()
                 if saved.get(name) != value
             ]

@@ -37,7 +37,7 @@ from typing import Any  # noqa: E402
 
 import keras  # noqa: E402
 
-from cellkeras.data.frames import time_ranks
+from cellkeras.data.frames import time_order
 from cellkeras.data.imageset import ImageSet
 from cellkeras.evaluate import evaluate_branches
 from cellkeras.models import branch_names, create_model
@@ -81,14 +81,13 @@ def class_ranks(ordinal: str, train_set: ImageSet) -> list[int] | None:
         raise ValueError(f"unknown ordinal {ordinal!r}; known: {', '.join(ORDINAL_MODES)}")
     if ordinal == "off":
         return None
-    ranks = time_ranks(train_set)
+    ranks, reason = time_order(train_set)
     if ranks is None:
         raise ValueError(
             "--ordinal=time needs classes that are stages of a time-lapse: a frame manifest "
             "(frames.csv, or a CSV's frame column) in which each class's frames span their "
-            "own stretch of time, in one order in every sequence; these images have "
-            + ("no frame order" if train_set.order is None else "classes that share time")
-            + ". Use --ordinal=off."
+            f"own stretch of time, in one order in every sequence; the training images have "
+            f"{reason}. Use --ordinal=off."
         )
     return ranks
 

@@ -234,23 +234,31 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
 
 
 def time_ranks(imageset: ImageSet) -> list[int] | None:
-    """Each class's place in time (class index -> rank) when the frames order the classes.
+    """Each class's place in time (class index -> rank) when the frames order the classes;
+    None when they do not (`time_order` says why)."""
+    return time_order(imageset)[0]
+
+
+def time_order(imageset: ImageSet) -> tuple[list[int] | None, str]:
+    """The classes' ranks in time, or None and the reason they have none.
 
     The classes are stages when, in every sequence, each class's frames span one stretch of
     time that no other class's frames enter, and every sequence that holds two classes puts
     them in the same order (so together the sequences give one order of all the classes).
-
-    Returns:
-        The ranks, or None when the images have no order, two classes' frames interleave, the
-        sequences disagree, or they leave two classes unordered.
     """
     import graphlib
 
-    if imageset.order is None or not len(imageset.labels):
-        return None
+    classes = imageset.classes
+    if imageset.order is None:
+        return None, "no frame order (no frame manifest or frame column)"
     labels, order = imageset.labels, np.asarray(imageset.order, np.float64)
+    if not np.isfinite(order).all():
+        return None, "frame positions that are not finite numbers"
+    missing = sorted(set(range(len(classes))) - set(labels.tolist()))
+    if missing:
+        return None, f"no images of {', '.join(classes[c] for c in missing)}"
     sequences = imageset.sequence if imageset.sequence is not None else np.zeros(len(labels))
-    sorter = graphlib.TopologicalSorter({c: set() for c in range(len(imageset.classes))})
+    sorter = graphlib.TopologicalSorter({c: set() for c in range(len(classes))})
     for name in np.unique(sequences):
         here = np.asarray(sequences == name)
         spans = sorted(
@@ -259,19 +267,22 @@ def time_ranks(imageset: ImageSet) -> list[int] | None:
         )
         for (_, last, before), (first, _, after) in itertools.pairwise(spans):
             if last >= first:
-                return None  # two classes share a stretch of time
+                where = f" in sequence {name}" if imageset.sequence is not None else ""
+                return None, f"{classes[before]} and {classes[after]} sharing time{where}"
             sorter.add(after, before)
     try:
         sorter.prepare()
-    except graphlib.CycleError:
-        return None  # two sequences order the same classes differently
-    ranks = [0] * len(imageset.classes)
+    except graphlib.CycleError as error:
+        cycle = " -> ".join(classes[c] for c in error.args[1])
+        return None, f"sequences that order the classes differently ({cycle})"
+    ranks = [0] * len(classes)
     rank = 0
     while sorter.is_active():
         ready = sorter.get_ready()
         if len(ready) != 1:
-            return None  # nothing says which of these comes first
+            names = ", ".join(sorted(classes[c] for c in ready))
+            return None, f"no sequence that says which of {names} comes first"
         ranks[ready[0]] = rank
         rank += 1
         sorter.done(*ready)
-    return ranks
+    return ranks, ""

@@ -142,7 +142,9 @@ def precision_recall_f1(tp: int, n_pred: int, n_true: int) -> dict[str, float]:
     (no prediction and no truth is perfect; predictions with no truth, or none, score 0)."""
     precision = tp / n_pred if n_pred else (1.0 if n_true == 0 else 0.0)
     recall = tp / n_true if n_true else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    # 2tp / (n_pred + n_true) is 2PR / (P + R) without its rounding, so equal F1s compare
+    # equal (threshold calibration looks for plateaus of ties).
+    f1 = 2.0 * tp / (n_pred + n_true) if n_pred + n_true else 1.0
     return {"precision": precision, "recall": recall, "f1": f1}
 
 

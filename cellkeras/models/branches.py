@@ -231,12 +231,17 @@ def _dense_head(
 
 
 def class_logits(x, name: str, num_classes: int, dtype, class_ranks=None):
-    """The last layer of a classifier head: dense, or ordinal when `class_ranks` is given."""
+    """The last layer of a classifier head: dense, or ordinal (float32) when `class_ranks` is
+    given."""
     if class_ranks is None:
         return keras.layers.Dense(num_classes, name=name, dtype=dtype)(x)
     if len(class_ranks) != num_classes:
-        raise ValueError(f"{name}: {len(class_ranks)} class ranks for {num_classes} classes.")
-    return OrdinalLogits(class_ranks, name=name, dtype=dtype)(x)
+        raise ValueError(
+            f"{name}: class_ranks has {len(class_ranks)} entries for {num_classes} classes."
+        )
+    # float32 whatever the policy: the squared distances of an image far along the order
+    # overflow float16 (65504) and bfloat16 blurs the position near a boundary.
+    return OrdinalLogits(class_ranks, name=name, dtype="float32")(x)
 
 
 def _conv_builder(

@@ -246,6 +246,9 @@ class OrdinalLogits(keras.layers.Layer):
     steps left most stages unreachable. `spread` is `exp(SPREAD_GAIN * w)` from 1, so Adam
     can sharpen it tenfold within a short schedule.
 
+    A class's logit peaks where u sits on its rank, so its gradient there is about zero:
+    explain an ordinal model through its probabilities (or `position`), not a class logit.
+
     Args:
         ranks: each class's place in the order (class index -> rank), a permutation of
             0..K-1; the class names' alphabetical order need not be the time order.
@@ -259,7 +262,10 @@ class OrdinalLogits(keras.layers.Layer):
         super().__init__(**kwargs)
         self.ranks = [int(r) for r in ranks]
         if sorted(self.ranks) != list(range(len(self.ranks))):
-            raise ValueError(f"ranks must be a permutation of 0..K-1, got {self.ranks}.")
+            raise ValueError(
+                f"OrdinalLogits {self.name!r}: class_ranks must be a permutation of 0..K-1, "
+                f"got {self.ranks}."
+            )
 
     def build(self, input_shape) -> None:
         count = len(self.ranks)

@@ -111,7 +111,9 @@ class ParallelCNN(keras.Model):
         if len(built) == 1:
             outputs = next(iter(built.values())).probs
         elif merge == "concat":
-            parts = [b.logits for b in built.values()]
+            # An ordinal head's logits fall with the squared distance along the order (millions
+            # far from a class, beyond float16): its probabilities carry the same ranking.
+            parts = [b.probs if ranks else b.logits for b in built.values()]
             if merge_on == "features":
                 # The logits stay among the inputs: it keeps every branch head in the graph, which
                 # per-branch accuracy, auxiliary branch losses and stage-wise training all read.

@@ -68,7 +68,11 @@ def adam_with_cosine_decay(
                 warmup_steps=warmup,
             )
         if weight_decay > 0:
-            return keras.optimizers.AdamW(decay, weight_decay=weight_decay)
+            optimizer = keras.optimizers.AdamW(decay, weight_decay=weight_decay)
+            # An ordinal head's position and spread are offsets and scales, not weights that
+            # over-fit by growing: decay would pull every image towards the first stage.
+            optimizer.exclude_from_weight_decay(var_names=["position_bias", "log_spread"])
+            return optimizer
         return keras.optimizers.Adam(decay)
 
     return make
