@@ -306,6 +306,20 @@ def test_the_diameter_is_measured_on_the_image_as_the_model_takes_it(model):
     assert found.cell_diameter == pytest.approx(estimate_diameter(grey), abs=0.01)
 
 
+def test_a_frame_of_noise_has_no_cell_size_and_is_not_rescaled(model):
+    rng = np.random.default_rng(0)
+    noise = rng.normal(100, 10, (96, 96)).clip(0, 255).astype(np.uint8)
+    assert estimate_diameter(noise) is None  # it would read as 4 px "nuclei"
+    discs = np.zeros((96, 96), np.uint8)
+    for centre in [(20, 20), (60, 20), (20, 60), (70, 70)]:
+        cv2.circle(discs, centre, 3, 255, -1)  # 7 px nuclei: small, and measured
+    assert 5 <= estimate_diameter(discs) <= 9
+    config = DetectConfig(window=8, stride=4, gate=0.0, train_diameter=16, estimate_diameter=True)
+    found = detect(model, np.stack([noise] * 3, axis=-1), config)
+    assert found.cell_diameter is None and not found.diameter_estimated
+    assert found.scale == 1.0  # at its own size, not upscaled 4x for the 16 px model
+
+
 def test_target_classes_leave_out_the_background():
     from cellkeras.detect.heatmaps import target_classes
 

@@ -259,6 +259,8 @@ def _run_detect(args: argparse.Namespace) -> int:
         if found.cell_diameter is not None:
             how = "estimated" if found.diameter_estimated else "given"
             size = f" (cell diameter {found.cell_diameter:.1f} px, {how})"
+        elif config.estimate_diameter and config.train_diameter is not None:
+            size = " (no cell size measurable on it, not rescaled: give --cell_diameter)"
         print(f"{path}: {len(found.boxes)} {category}(s){size} -> {png}")
     document = to_coco(metas, all_boxes, all_scores, category=category, labels=all_labels)
     document["info"] = {

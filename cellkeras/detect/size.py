@@ -22,9 +22,16 @@ from scipy import ndimage
 
 from cellkeras.detect.boxes import image_foreground, peak_markers, split_touching
 
+# Below this the estimate is not a size: pixel noise smoothed at 1 px and cut at Otsu's level
+# reads as blobs of 4.07 px whatever the noise (a blank or out-of-focus frame), and `detect`
+# would upscale such a frame 3x for a 12 px model. The smallest nuclei the estimate was checked
+# on (6 px, docs/BENCHMARKS.md "Cell size") come out at 5.8-7.7 px.
+MIN_MEASURABLE_DIAMETER = 5.0
+
 
 def estimate_diameter(image: np.ndarray, passes: int = 2) -> float | None:
-    """The median equivalent diameter of the image's nuclei, in pixels (None: no foreground).
+    """The median equivalent diameter of the image's nuclei, in pixels (None: no foreground, or
+    nothing larger than `MIN_MEASURABLE_DIAMETER`).
 
     A first pass at 1 px smoothing, then `passes - 1` more with the smoothing scaled to the last
     estimate (an eighth of the diameter, 1-4 px): too little smoothing breaks dim, textured
@@ -36,6 +43,8 @@ def estimate_diameter(image: np.ndarray, passes: int = 2) -> float | None:
         if diameter is None:
             break
         diameter = blob_diameter(image, float(np.clip(diameter / 8.0, 1.0, 4.0)))
+    if diameter is None or diameter < MIN_MEASURABLE_DIAMETER:
+        return None
     return diameter
 
 
