@@ -128,8 +128,8 @@ class TrainConfig:
             (keras.losses.CategoricalCrossentropy); 0 is the plain cross-entropy.
         ordinal: off (a dense head, one direction per class) or time: for classes that are
             stages of a time-lapse (the frame manifest orders them, `time_ranks`), every head
-            scores one number per image and the stages follow each other along it
-            (`cellkeras.models.layers.OrdinalLogits`).
+            places each image at one position along that order and the stages follow each
+            other along it (`cellkeras.models.layers.OrdinalLogits`).
         branch_loss_weight: weight of each branch's auxiliary loss: it gives every branch a
             trained head of its own, so per-branch accuracy means something (0 trains the
             merged output alone).

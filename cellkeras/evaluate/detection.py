@@ -138,8 +138,10 @@ def average_precision(hits: np.ndarray, scores: np.ndarray, num_true: int) -> fl
 
 
 def precision_recall_f1(tp: int, n_pred: int, n_true: int) -> dict[str, float]:
-    """Precision, recall and F1 of `tp` matches among `n_pred` predictions and `n_true` truths
-    (no prediction and no truth is perfect; predictions with no truth, or none, score 0)."""
+    """Precision, recall and F1 of `tp` matches among `n_pred` predictions and `n_true` truths.
+
+    Nothing predicted where nothing is true scores 1 on all three; predictions where nothing
+    is true, or nothing predicted where something is, score an F1 of 0."""
     precision = tp / n_pred if n_pred else (1.0 if n_true == 0 else 0.0)
     recall = tp / n_true if n_true else 1.0
     # 2tp / (n_pred + n_true) is 2PR / (P + R) without its rounding, so equal F1s compare

@@ -115,7 +115,7 @@ class ParallelCNN(keras.Model):
             # far from a class, beyond float16): its probabilities carry the same ranking.
             parts = [b.probs if ranks else b.logits for b in built.values()]
             if merge_on == "features":
-                # The logits stay among the inputs: it keeps every branch head in the graph, which
+                # The heads stay among the inputs: it keeps every branch head in the graph, which
                 # per-branch accuracy, auxiliary branch losses and stage-wise training all read.
                 parts = [b.features for b in built.values()] + parts
             x = keras.layers.Concatenate(name="merge_concat", dtype=policy)(parts)
