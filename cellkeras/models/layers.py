@@ -243,8 +243,13 @@ class OrdinalLogits(keras.layers.Layer):
     the classes fall off around it, so neither has to grow with the class count: with plain
     offsets placing the boundaries, those grow with its square (tens of nats for eight
     stages) while Adam moves a scalar by about the learning rate a step, and a few hundred
-    steps left most stages unreachable. `spread` is `exp(SPREAD_GAIN * w)` from 1, so Adam
-    can sharpen it tenfold within a short schedule.
+    steps left most stages unreachable. `spread` is `exp(SPREAD_GAIN * log_spread)` from 1, so
+    Adam can sharpen it tenfold within a short schedule.
+
+    Measured (docs/BENCHMARKS.md, "An ordinal head for stages"): one position per image
+    behaves like a clock, right where a stage's boundaries lie midway in time between its
+    training frames and its neighbours', wrong where they do not; so it is an option
+    (`--ordinal=time`), not the default.
 
     A class's logit peaks where u sits on its rank, so its gradient there is about zero:
     explain an ordinal model through its probabilities (or `position`), not a class logit.
