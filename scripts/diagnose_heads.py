@@ -47,14 +47,16 @@ def split_images(folder: Path):
     return parts
 
 
-def predict(model, paths: list[str], labels: list[str], classes, size) -> tuple:
+def predict(models, paths: list[str], labels: list[str], classes, size) -> tuple:
+    """Each model's probabilities on the images (decoded once for all), and their labels."""
     from cellkeras.data import make_dataset
     from cellkeras.data.imageset import ImageSet
 
     index = {name: i for i, name in enumerate(classes)}
     images = ImageSet(classes=list(classes), labels=[index[c] for c in labels], paths=paths)
     dataset = make_dataset(images, size, training=False, channels=3, normalization="range")
-    probs = np.concatenate([np.asarray(model(x, training=False)) for x, _ in dataset])
+    batches = [x for x, _ in dataset]
+    probs = [np.concatenate([np.asarray(m(x, training=False)) for x in batches]) for m in models]
     return probs, images.labels
 
 
@@ -102,9 +104,7 @@ def main() -> None:
             classes = sorted({c for _, labels in parts.values() for c in labels})
             for split in ("val", "test"):
                 paths, labels = parts[split]
-                (dense, truth), (ordinal, _) = (
-                    predict(m, paths, labels, classes, size) for m in models
-                )
+                (dense, ordinal), truth = predict(models, paths, labels, classes, size)
                 scores = {
                     k: float(np.mean(p.argmax(1) == truth))
                     for k, p in combined(dense, ordinal).items()
