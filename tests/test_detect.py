@@ -264,6 +264,36 @@ def test_detect_rescales_boxes_back_by_each_axis_own_factor(model, height, width
     np.testing.assert_allclose(found.boxes, [[0, 0, width, height]])
 
 
+def test_a_resize_that_rounds_one_side_back_is_still_mapped_back(model):
+    # 8 / 7.9 turns 32 columns into 32.4 (32) and 40 rows into 40.5 (41): the realised width
+    # ratio is 1, the image was resized all the same.
+    image = np.zeros((40, 32), np.uint8)
+    boxes = BoxParams(threshold="fixed", value=-1.0, min_peak=0.0)
+    config = DetectConfig(window=8, stride=4, gate=0.0, train_diameter=8, cell_diameter=7.9)
+    found = detect(model, image, dataclasses.replace(config, boxes=boxes))
+    assert found.heatmap.shape == (40, 32) and found.labels.shape == (40, 32)
+    np.testing.assert_allclose(found.boxes, [[0, 0, 32, 40]])
+
+
+def test_detect_refuses_a_batch_with_a_clear_error(model):
+    with pytest.raises(DetectError, match="one at a time"):
+        detect(model, np.zeros((2, 40, 40, 1), np.uint8), DetectConfig(window=8, stride=4))
+
+
+def test_workflow_overrides_keep_a_given_box_params_and_flat_fields_win():
+    config = DetectConfig.for_workflow("nuclei", boxes=BoxParams(min_area=999.0, erode=3))
+    assert config.boxes.min_area == 999.0 and config.boxes.erode == 3
+    flat = DetectConfig.for_workflow("nuclei", boxes=BoxParams(min_area=999.0), min_area=5.0)
+    assert flat.boxes.min_area == 5.0
+    plain = DetectConfig.from_flat(window=8, stride=4, erode=2)
+    assert plain.window == 8 and plain.boxes.erode == 2
+
+
+def test_a_zero_pixel_size_names_the_field():
+    with pytest.raises(ValueError, match="pixel_size_um must be > 0"):
+        area_limits_px(10.0, 20.0, 0.0)
+
+
 def test_area_limits_count_the_input_images_pixels_when_it_is_rescaled(model):
     image = np.zeros((64, 64), np.uint8)
     image[8:16, 8:16] = 200  # 64 px of the input; 16 once halved
@@ -299,7 +329,10 @@ def test_the_diameter_is_measured_on_the_image_as_the_model_takes_it(model):
     for centre in [(60, 70), (100, 70), (20, 105), (60, 105), (100, 105)]:
         cv2.circle(image, centre, 5, (0, 255, 0), -1)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    assert abs(estimate_diameter(grey) - estimate_diameter(image)) > 1
+    # The foreground reads RGB through the data layer's grey, not a channel mean.
+    assert estimate_diameter(image) == pytest.approx(estimate_diameter(grey), abs=0.05)
+    channel_mean = image.mean(axis=-1).astype(np.uint8)
+    assert abs(estimate_diameter(channel_mean) - estimate_diameter(grey)) > 1
     config = DetectConfig(window=8, stride=4, gate=0.0, train_diameter=8, estimate_diameter=True)
     found = detect(model, image, config)
     assert found.diameter_estimated

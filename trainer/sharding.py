@@ -22,7 +22,7 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     (folders and CSVs are lists of paths, TFRecords are parsed into one up front by
     `load_tfrecords`), so the graph has no file-reading source for FILE sharding to split, and
     TensorFlow raises an error under FILE when it finds none. TFRecords are sharded by file at
-    the source instead (`trainer.task.load_data` reads each worker's share of the files; see
+    the source instead (`trainer.inputs.load_data` reads each worker's share of the files; see
     `per_worker_input`); this is for every other source. DATA needs every worker to produce
     the same elements in the same order: `make_dataset` shuffles with the run's seed and keeps
     the order deterministic. Each worker then runs the input pipeline over every batch and

@@ -134,11 +134,7 @@ def build_config(args: argparse.Namespace, info):
     if threshold is not None:
         overrides.update(threshold="fixed", value=float(threshold), min_peak=float(threshold))
     if name is None:
-        from cellkeras.detect.boxes import BoxParams
-
-        box_keys = {f for f in BoxParams.__dataclass_fields__}
-        box_args = {k: overrides.pop(k) for k in list(overrides) if k in box_keys}
-        return None, DetectConfig(**overrides, boxes=BoxParams(**box_args))
+        return None, DetectConfig.from_flat(**overrides)
     return name, DetectConfig.for_workflow(name, **overrides)
 
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from cellkeras.io.images import stretch_between
+from cellkeras.io.images import stretch_between, to_grey
 
 THRESHOLD_MODES = ("fraction", "otsu", "fixed")
 SPLIT_MODES = (None, "distance", "heat")
@@ -135,9 +135,9 @@ def area_limits_px(
     Returns:
         `(min_area_px, max_area_px)`.
     """
-    per_px = 1.0 if pixel_size_um is None else 1.0 / float(pixel_size_um) ** 2
     if pixel_size_um is not None and not pixel_size_um > 0:
         raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
+    per_px = 1.0 if pixel_size_um is None else 1.0 / float(pixel_size_um) ** 2
     low = 0.0 if min_area is None else float(min_area) * per_px
     high = None if max_area is None else float(max_area) * per_px
     return low, high
@@ -314,7 +314,8 @@ def non_max_suppression(
 def image_foreground(
     image: np.ndarray, sigma: float = 1.0, mode: str = "otsu", offset: float = 0.0
 ) -> np.ndarray:
-    """Otsu foreground of an image (channels averaged, Gaussian-smoothed by `sigma` pixels).
+    """Otsu foreground of an image (RGB as the data layer's grey, Gaussian-smoothed by `sigma`
+    pixels).
 
     The classical baseline's mask, and the extent source of `BoxParams(extent="image")`. With
     `mode="local"` pixels brighter than their neighbourhood's mean (`LOCAL_SIGMA`) and above
@@ -324,7 +325,11 @@ def image_foreground(
     if mode not in ("otsu", "local"):  # "auto" picks between these two per image
         raise ValueError(f"unknown foreground {mode!r}; known: otsu, local")
     image = np.asarray(image, np.float32)
-    grey = image.mean(axis=-1) if image.ndim == 3 else image
+    if image.ndim == 3:
+        # The one grey formula, so an RGB image is cut on the grey a 1-channel model sees.
+        grey = to_grey(image[..., :3])[..., 0] if image.shape[-1] >= 3 else image.mean(axis=-1)
+    else:
+        grey = image
     if sigma > 0:
         grey = cv2.GaussianBlur(grey, (0, 0), sigma)
     low, high = np.percentile(grey, [0.5, 99.8])

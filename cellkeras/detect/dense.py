@@ -391,9 +391,12 @@ def _check_crop(image: np.ndarray, side: int) -> np.ndarray:
     return image[y0 : y0 + side, x0 : x0 + side]
 
 
-def _choose(model, image, window, stride, classes, normalization, batch_size, heat, tolerance):
+def _dense_or_reason(
+    model, image, window, stride, classes, normalization, batch_size, heat, tolerance
+):
     """The DenseClassifier to use, or None with the reason (checked once per model and grid)."""
-    key = (window, stride, normalization, heat, tolerance)
+    # The tolerance check compares the classes' heat, so another class set checks afresh.
+    key = (window, stride, normalization, heat, tolerance, tuple(classes))
     cached = _CACHE.setdefault(model, {})
     if key in cached:
         return cached[key]
@@ -461,7 +464,7 @@ def classifier_heatmap(
     args = (window, stride, class_indices, normalization)
     dense = None
     if heat != "window":
-        dense = _choose(model, image, *args, batch_size, heat, tolerance)
+        dense = _dense_or_reason(model, image, *args, batch_size, heat, tolerance)
     if dense is None:
         return sliding_window_heatmap(model, image, *args, batch_size)
     if max(image.shape[:2]) <= tile:

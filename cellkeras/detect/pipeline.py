@@ -121,12 +121,21 @@ class DetectConfig:
         if name not in WORKFLOWS:
             raise ValueError(f"unknown workflow {name!r}; known: {', '.join(WORKFLOWS)}")
         preset = {**WORKFLOWS[name]}
+        return cls.from_flat(preset.pop("boxes", {}), **{**preset, **overrides})
+
+    @classmethod
+    def from_flat(cls, box_defaults: dict[str, Any] | None = None, **fields: Any) -> DetectConfig:
+        """A configuration from `DetectConfig` and `BoxParams` fields given side by side (as
+        flags and workflow presets give them), over `box_defaults`. A `boxes=BoxParams(...)`
+        among `fields` is the starting point its flat box fields then override."""
+        box_args = {**(box_defaults or {})}
+        if "boxes" in fields:
+            box_args.update(dataclasses.asdict(fields.pop("boxes")))
         box_fields = {f.name for f in dataclasses.fields(BoxParams)}
-        box_args = {**preset.pop("boxes", {})}
-        for key in list(overrides):
+        for key in list(fields):
             if key in box_fields:
-                box_args[key] = overrides.pop(key)
-        return cls(**{**preset, **overrides, "boxes": BoxParams(**box_args)})
+                box_args[key] = fields.pop(key)
+        return cls(**fields, boxes=BoxParams(**box_args))
 
 
 # The per-workflow defaults, chosen by scripts/experiment_detection.py (docs/BENCHMARKS.md).
@@ -237,7 +246,8 @@ def resolve_diameter(image: np.ndarray, config: DetectConfig) -> tuple[DetectCon
 
     diameter = estimate_diameter(np.asarray(image))
     if diameter is None:
-        return config, False
+        # Measured once: `scaled_heatmap` resolves again and must not rerun the watershed.
+        return dataclasses.replace(config, estimate_diameter=False), False
     return dataclasses.replace(config, cell_diameter=round(diameter, 2)), True
 
 
@@ -274,20 +284,23 @@ def _to_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
     """Grey <-> RGB and RGBA -> RGB as the data layer converts; anything else is refused."""
     from cellkeras.io.images import ImageError, select_channels
 
+    if image.ndim not in (2, 3):
+        raise DetectError(
+            f"the image has shape {image.shape}; detect takes one (H, W) or (H, W, C) image, "
+            "not a batch: pass the images one at a time"
+        )
     if image.ndim == 2:
         image = image[..., None]
     have = image.shape[-1]
     if channels is None or have == channels:
         return image
-    if (have, channels) not in ((1, 3), (3, 1), (4, 3), (4, 1)):
+    try:
+        return select_channels(image, channels)
+    except ImageError:
         raise DetectError(
             f"the image has {have} channel(s) and the model takes {channels}; only grey/RGB/RGBA "
             "conversions are automatic, convert it first"
-        )
-    try:
-        return select_channels(image[..., :3] if have == 4 else image, channels)
-    except ImageError as err:
-        raise DetectError(str(err)) from None
+        ) from None
 
 
 def scaled_heatmap(
@@ -319,7 +332,11 @@ def scaled_heatmap(
     if min(scaled.shape[:2]) < min_side:
         raise DetectError(
             f"the image ({width}x{height}"
-            + (f", {scaled.shape[1]}x{scaled.shape[0]} after rescaling" if scale != 1 else "")
+            + (
+                f", {scaled.shape[1]}x{scaled.shape[0]} after rescaling"
+                if scaled.shape[:2] != (height, width)
+                else ""
+            )
             + f") is smaller than the model's window of {min_side} px"
         )
     num_classes = int(model.outputs[0].shape[-1])
@@ -401,7 +418,8 @@ def detect(
         extent_image = scaled if config.boxes.extent == "image" else None
         params = config.boxes_at(scale_x * scale_y)
         boxes, scores, labels = heatmap_to_instances(heat, params, extent_image)
-    if scale != 1.0:
+    # Compared by shape: a resize can round one side back to its own size and not the other.
+    if scaled.shape[:2] != (height, width):
         from cellkeras.detect.instances import resize_labels
 
         boxes = boxes / np.array([scale_x, scale_y] * 2, np.float32)

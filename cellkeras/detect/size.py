@@ -65,7 +65,6 @@ def blob_diameter(image: np.ndarray, sigma: float = 1.0) -> float | None:
     # First guess: the typical radius is the median height of the local distance maxima.
     peaks = peak_markers(distance, foreground, 2.0)
     heights = distance[peaks > 0]
-    heights = heights[heights >= 1.0]
     if not len(heights):
         return None
     radius = float(np.median(heights))
