@@ -19,6 +19,8 @@ def otsu_watershed(
     min_distance: float = 5.0,
     offset: float = 0.0,
     mode: str = "otsu",
+    min_area: float = 12.0,
+    nms_iou: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of Otsu's foreground (shifted by `offset`) split by a distance watershed.
 
@@ -29,6 +31,9 @@ def otsu_watershed(
         offset: shift of Otsu's level on the image's 0.5-99.8 percentile scale.
         mode: "otsu", or "local" to add what is brighter than its neighbourhood
             (`image_foreground`).
+        min_area: smallest nucleus kept, pixels: at 12 px nuclei (about 110 px) this drops
+            specks of noise; scale it with the nuclei.
+        nms_iou: boxes overlapping a better one by more are dropped.
 
     Returns:
         `(boxes, scores)` as `heatmap_to_boxes` gives them; every score is 1.
@@ -36,6 +41,6 @@ def otsu_watershed(
     foreground = image_foreground(image, sigma, mode, offset).astype(np.float32)
     params = BoxParams(
         threshold="fixed", value=0.5, min_peak=0.5, split="distance",
-        min_distance=min_distance, min_area=12, score="mean", nms_iou=0.3,
+        min_distance=min_distance, min_area=min_area, score="mean", nms_iou=nms_iou,
     )  # fmt: skip
     return heatmap_to_boxes(foreground, params)
