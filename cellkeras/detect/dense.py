@@ -41,6 +41,7 @@ import numpy as np
 from cellkeras.detect.heatmaps import (
     as_hwc,
     grid_to_pixels,
+    predict_probabilities,
     sliding_window_heatmap,
     stretch_frame,
     target_classes,
@@ -358,8 +359,7 @@ def dense_heatmap(
     heat = np.empty(len(shift), np.float32)
     for start in range(0, len(shift), head_batch):
         part = [f[start : start + head_batch] for f in features]
-        probs = dense.head.predict_on_batch(part if len(part) > 1 else part[0])
-        probs = np.asarray(probs[0] if isinstance(probs, list | tuple) else probs, np.float32)
+        probs = predict_probabilities(dense.head, part if len(part) > 1 else part[0])
         heat[start : start + len(probs)] = probs[:, index].sum(axis=1)
     return np.clip(grid_to_pixels(heat.reshape(ny, nx), stride, height, width), 0.0, 1.0)
 

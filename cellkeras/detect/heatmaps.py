@@ -85,7 +85,8 @@ def as_hwc(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _predict(model, batch: np.ndarray) -> np.ndarray:
+def predict_probabilities(model, batch) -> np.ndarray:
+    """The model's (first) output on one batch, float32."""
     # predict_on_batch runs Keras' compiled predict function (2-3x an eager call on CPU) without
     # `predict`'s per-call tf.data setup.
     out = model.predict_on_batch(batch)
@@ -160,7 +161,7 @@ def sliding_window_heatmap(
                     for w in batch
                 ]
             ).reshape(len(batch), input_size, input_size, channels)
-        probs = _predict(model, batch)
+        probs = predict_probabilities(model, batch)
         heat[start : start + len(batch)] = probs[:, index].sum(axis=1)
     return np.clip(grid_to_pixels(heat.reshape(ny, nx), stride, height, width), 0.0, 1.0)
 

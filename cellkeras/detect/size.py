@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 from scipy import ndimage
 
-from cellkeras.detect.boxes import image_foreground, peak_markers, split_touching
+from cellkeras.detect.boxes import (
+    distance_to_background,
+    image_foreground,
+    peak_markers,
+    split_touching,
+)
 
 # Below this the estimate is not a size: pixel noise smoothed at 1 px and cut at Otsu's level
 # reads as blobs of 4.07 px whatever the noise (a blank or out-of-focus frame), and `detect`
@@ -61,7 +65,7 @@ def blob_diameter(image: np.ndarray, sigma: float = 1.0) -> float | None:
     foreground = image_foreground(image, sigma)
     if not foreground.any() or foreground.all():
         return None
-    distance = cv2.distanceTransform(foreground.astype(np.uint8), cv2.DIST_L2, 5)
+    distance = distance_to_background(foreground)
     # First guess: the typical radius is the median height of the local distance maxima.
     peaks = peak_markers(distance, foreground, 2.0)
     heights = distance[peaks > 0]
